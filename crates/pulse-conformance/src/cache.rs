@@ -1,0 +1,198 @@
+//! The cache suite: what every [`Cache`] adapter must do. Keys are unique per case so the suite can
+//! share one Redis server with other tests.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pulse_core::cache::{Cache, CacheWrite};
+
+use crate::unique_name;
+
+fn key(name: &str) -> String {
+    format!("{}:{name}", unique_name("conformance"))
+}
+
+/// Values can be written, read back and removed.
+pub async fn set_get_delete_round_trip<C: Cache + ?Sized>(cache: &C) {
+    let k = key("a");
+    assert_eq!(cache.get(&k).await.expect("get"), None);
+    let value = Bytes::from_static(br#"{"multiplier":1.5,"updated_at":1704200000}"#);
+    cache.set(&k, value.clone(), None).await.expect("set");
+    assert_eq!(cache.get(&k).await.expect("get"), Some(value));
+    cache
+        .set(&k, Bytes::from_static(b"x"), None)
+        .await
+        .expect("overwrite");
+    assert_eq!(
+        cache.get(&k).await.expect("get").as_deref(),
+        Some(&b"x"[..])
+    );
+    assert!(cache.delete(&k).await.expect("delete"));
+    assert!(!cache.delete(&k).await.expect("delete again"));
+    assert_eq!(cache.get(&k).await.expect("get"), None);
+    cache.ping().await.expect("ping");
+}
+
+/// An entry is gone once its TTL has passed.
+pub async fn entries_expire_after_their_ttl<C: Cache + ?Sized>(cache: &C) {
+    let k = key("ttl");
+    cache
+        .set(
+            &k,
+            Bytes::from_static(b"1"),
+            Some(Duration::from_millis(300)),
+        )
+        .await
+        .expect("set");
+    assert!(cache.get(&k).await.expect("get").is_some());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(cache.get(&k).await.expect("get"), None);
+    assert_eq!(cache.get_many(&[k]).await.expect("get_many"), vec![None]);
+}
+
+/// `ttl` distinguishes missing keys, keys without expiry and keys with one.
+pub async fn ttl_reports_missing_persistent_and_expiring_keys<C: Cache + ?Sized>(cache: &C) {
+    let missing = key("missing");
+    let persistent = key("persistent");
+    let expiring = key("expiring");
+    cache
+        .set(&persistent, Bytes::from_static(b"1"), None)
+        .await
+        .expect("set");
+    cache
+        .set(
+            &expiring,
+            Bytes::from_static(b"1"),
+            Some(Duration::from_secs(60)),
+        )
+        .await
+        .expect("set");
+    assert_eq!(cache.ttl(&missing).await.expect("ttl"), None);
+    assert_eq!(cache.ttl(&persistent).await.expect("ttl"), Some(None));
+    let remaining = cache
+        .ttl(&expiring)
+        .await
+        .expect("ttl")
+        .flatten()
+        .expect("has ttl");
+    assert!(remaining > Duration::from_secs(55) && remaining <= Duration::from_secs(60));
+}
+
+/// Concurrent increments are never lost.
+pub async fn incr_by_is_atomic_under_concurrency<C: Cache + ?Sized>(cache: &C) {
+    let k = key("counter");
+    let tasks = (0..10).map(|_| {
+        let k = k.clone();
+        async move {
+            for _ in 0..50 {
+                cache.incr_by(&k, 2, None).await.expect("incr");
+            }
+        }
+    });
+    futures::future::join_all(tasks).await;
+    assert_eq!(cache.incr_by(&k, -1, None).await.expect("decr"), 999);
+    assert_eq!(
+        cache.get(&k).await.expect("get").as_deref(),
+        Some(&b"999"[..])
+    );
+}
+
+/// An increment with a TTL makes the counter expire.
+pub async fn incr_by_sets_the_ttl<C: Cache + ?Sized>(cache: &C) {
+    let k = key("window");
+    assert_eq!(
+        cache
+            .incr_by(&k, 5, Some(Duration::from_millis(300)))
+            .await
+            .expect("incr"),
+        5
+    );
+    assert!(cache.ttl(&k).await.expect("ttl").flatten().is_some());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        cache.incr_by(&k, 1, None).await.expect("incr"),
+        1,
+        "restarts after expiry"
+    );
+}
+
+/// Incrementing text is a caller error, not an outage.
+pub async fn incr_by_on_a_non_integer_fails_without_retry<C: Cache + ?Sized>(cache: &C) {
+    let k = key("text");
+    cache
+        .set(&k, Bytes::from_static(b"hello"), None)
+        .await
+        .expect("set");
+    let err = cache.incr_by(&k, 1, None).await.expect_err("incr on text");
+    assert!(!err.is_retryable(), "{err}");
+    assert_eq!(
+        cache.get(&k).await.expect("get").as_deref(),
+        Some(&b"hello"[..])
+    );
+}
+
+/// `get_many` answers in the order asked, with `None` for missing keys.
+pub async fn get_many_keeps_order_and_reports_missing<C: Cache + ?Sized>(cache: &C) {
+    let keys: Vec<String> = (0..5).map(|i| key(&format!("m{i}"))).collect();
+    for (i, k) in keys.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+        cache
+            .set(k, Bytes::from(i.to_string()), None)
+            .await
+            .expect("set");
+    }
+    let got = cache.get_many(&keys).await.expect("get_many");
+    let expected: Vec<Option<Bytes>> = (0..5)
+        .map(|i| (i % 2 == 0).then(|| Bytes::from(i.to_string())))
+        .collect();
+    assert_eq!(got, expected);
+    assert!(cache
+        .get_many(&[])
+        .await
+        .expect("empty get_many")
+        .is_empty());
+}
+
+/// A batch of sets, increments and deletes lands as a whole.
+pub async fn apply_writes_a_batch<C: Cache + ?Sized>(cache: &C) {
+    let (set, counter, gone) = (key("set"), key("counter"), key("gone"));
+    cache
+        .set(&gone, Bytes::from_static(b"1"), None)
+        .await
+        .expect("set");
+    cache
+        .apply(vec![
+            CacheWrite::Set {
+                key: set.clone(),
+                value: Bytes::from_static(b"v"),
+                ttl: Some(Duration::from_secs(60)),
+            },
+            CacheWrite::IncrBy {
+                key: counter.clone(),
+                delta: 3,
+                ttl: None,
+            },
+            CacheWrite::IncrBy {
+                key: counter.clone(),
+                delta: 4,
+                ttl: Some(Duration::from_secs(60)),
+            },
+            CacheWrite::Delete { key: gone.clone() },
+        ])
+        .await
+        .expect("apply");
+    let got = cache
+        .get_many(&[set.clone(), counter.clone(), gone])
+        .await
+        .expect("get_many");
+    assert_eq!(
+        got,
+        vec![
+            Some(Bytes::from_static(b"v")),
+            Some(Bytes::from_static(b"7")),
+            None
+        ]
+    );
+    assert!(cache.ttl(&set).await.expect("ttl").flatten().is_some());
+    assert!(cache.ttl(&counter).await.expect("ttl").flatten().is_some());
+    cache.apply(Vec::new()).await.expect("empty batch");
+}

@@ -1,0 +1,122 @@
+//! Conformance suites for Pulse's ports, written once and run against every adapter.
+//!
+//! Each suite is a module of `async fn` cases taking the port under test, plus a macro that stamps
+//! out one `#[tokio::test]` per case for an adapter, given a factory expression:
+//!
+//! ```ignore
+//! pulse_conformance::event_log_suite!(async { pulse_kafka::KafkaLog::connect(&url()).await.unwrap() });
+//! ```
+//!
+//! Adapter crates call the macros from their own tests, so `cargo test -p pulse-kafka` shows
+//! `event_log_conformance::append_keeps_per_key_order ... ok` for Kafka, and the same names for the
+//! embedded log. The [`services`] module finds the real PostgreSQL, Kafka and Redis started by
+//! `scripts/services`, and fails loudly when one is missing.
+
+pub mod cache;
+pub mod event_log;
+pub mod services;
+pub mod store;
+
+/// The port under test, plus whatever must live as long as it (a temporary directory).
+#[derive(Debug)]
+pub struct Fixture<P> {
+    /// The adapter under test.
+    pub port: P,
+    _guard: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl<P> Fixture<P> {
+    /// A fixture that needs nothing kept alive.
+    pub fn new(port: P) -> Self {
+        Self { port, _guard: None }
+    }
+
+    /// A fixture that keeps `guard` alive (and drops it after the test).
+    pub fn with_guard(port: P, guard: impl std::any::Any + Send) -> Self {
+        Self {
+            port,
+            _guard: Some(Box::new(guard)),
+        }
+    }
+}
+
+/// A name no other test run uses, for topics, groups, keys and databases on shared services.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __stamp_cases {
+    ($suite:ident, $factory:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fixture: $crate::Fixture<_> = $factory.await;
+                $crate::$suite::$case(&fixture.port).await;
+            }
+        )+
+    };
+}
+
+/// Stamps out the event log suite in a module `event_log_conformance`.
+#[macro_export]
+macro_rules! event_log_suite {
+    ($factory:expr) => {
+        mod event_log_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__stamp_cases!(event_log, $factory;
+                create_topic_is_idempotent_and_reports_partitions,
+                append_returns_positions_and_consumer_reads_records_back,
+                append_keeps_per_key_order_under_concurrency,
+                poll_returns_empty_after_timeout_when_idle,
+                group_resumes_after_last_commit,
+                uncommitted_records_are_redelivered,
+                groups_consume_independently,
+                members_of_one_group_share_partitions,
+                seek_to_offset_replays,
+                seek_to_timestamp_replays_from_that_time,
+            );
+        }
+    };
+}
+
+/// Stamps out the cache suite in a module `cache_conformance`.
+#[macro_export]
+macro_rules! cache_suite {
+    ($factory:expr) => {
+        mod cache_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__stamp_cases!(cache, $factory;
+                set_get_delete_round_trip,
+                entries_expire_after_their_ttl,
+                ttl_reports_missing_persistent_and_expiring_keys,
+                incr_by_is_atomic_under_concurrency,
+                incr_by_sets_the_ttl,
+                incr_by_on_a_non_integer_fails_without_retry,
+                get_many_keeps_order_and_reports_missing,
+                apply_writes_a_batch,
+            );
+        }
+    };
+}
+
+/// Stamps out the relational store suite in a module `store_conformance`.
+#[macro_export]
+macro_rules! store_suite {
+    ($factory:expr) => {
+        mod store_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__stamp_cases!(store, $factory;
+                migrations_are_idempotent,
+                seed_tables_accept_seed_rows,
+                rolled_back_transactions_leave_nothing,
+                concurrent_transactions_all_commit,
+                ping_answers,
+            );
+        }
+    };
+}

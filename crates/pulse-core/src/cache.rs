@@ -1,0 +1,68 @@
+//! The cache/state store port: small values with TTLs, counters and batched writes.
+//!
+//! Redis in distributed mode, an in-process map in embedded mode. Values are bytes; callers pick
+//! the encoding (the surge engine writes JSON so operators can read it with `redis-cli`).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::PortResult;
+
+/// One write in a [`Cache::apply`] batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheWrite {
+    /// Sets `key` to `value`, expiring after `ttl` when given (no TTL = keep until deleted).
+    Set {
+        /// Key.
+        key: String,
+        /// Value.
+        value: Bytes,
+        /// Time to live.
+        ttl: Option<Duration>,
+    },
+    /// Adds `delta` to the integer at `key` (missing = 0); when `ttl` is given it is (re)set.
+    IncrBy {
+        /// Key.
+        key: String,
+        /// Amount to add (may be negative).
+        delta: i64,
+        /// Time to live to set after the increment.
+        ttl: Option<Duration>,
+    },
+    /// Removes `key`.
+    Delete {
+        /// Key.
+        key: String,
+    },
+}
+
+/// A key/value store with expiry.
+#[async_trait]
+pub trait Cache: Send + Sync + std::fmt::Debug {
+    /// The value at `key`, unless missing or expired.
+    async fn get(&self, key: &str) -> PortResult<Option<Bytes>>;
+
+    /// The values at `keys`, in the same order.
+    async fn get_many(&self, keys: &[String]) -> PortResult<Vec<Option<Bytes>>>;
+
+    /// Sets `key` to `value`, expiring after `ttl` when given.
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> PortResult<()>;
+
+    /// Atomically adds `delta` to the integer at `key` (missing = 0) and returns the new value.
+    /// When `ttl` is given the key's expiry is (re)set to it.
+    async fn incr_by(&self, key: &str, delta: i64, ttl: Option<Duration>) -> PortResult<i64>;
+
+    /// Removes `key`; returns whether it existed.
+    async fn delete(&self, key: &str) -> PortResult<bool>;
+
+    /// Remaining time to live of `key`: `None` when missing, `Some(None)` when it never expires.
+    async fn ttl(&self, key: &str) -> PortResult<Option<Option<Duration>>>;
+
+    /// Applies `writes` in order as one atomic batch: no reader sees half of it.
+    async fn apply(&self, writes: Vec<CacheWrite>) -> PortResult<()>;
+
+    /// Succeeds when the store answers a trivial request.
+    async fn ping(&self) -> PortResult<()>;
+}

@@ -1,0 +1,21 @@
+//! Domain-free core of Pulse.
+//!
+//! This crate defines the *ports* every other crate talks through — the event log
+//! ([`log::EventLog`]), the cache/state store ([`cache::Cache`]) and time ([`clock::Clock`]) — plus
+//! the error type they share. It performs no I/O of its own: adapters (embedded log, Kafka, Redis,
+//! in-process memory) implement these traits, domain crates consume them, and only the `pulse`
+//! binary wires one to the other.
+//!
+//! Invariants every adapter must honour (checked by `pulse-conformance`):
+//! * an append returns only once the records are durable;
+//! * records with the same key keep their order within a topic;
+//! * a consumer group resumes from the last *committed* position and commits only when told;
+//! * cache entries with a TTL are never returned after they expired.
+
+pub mod cache;
+pub mod clock;
+pub mod error;
+pub mod health;
+pub mod log;
+
+pub use error::{PortError, PortResult};

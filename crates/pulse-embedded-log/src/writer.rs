@@ -1,0 +1,221 @@
+//! The single writer of the embedded log: appends are batched into one SQLite transaction
+//! ("group commit"), so many concurrent producers share one fsync.
+
+use std::collections::HashMap;
+
+use pulse_core::clock::SharedClock;
+use pulse_core::log::{OutgoingRecord, RecordPosition};
+use pulse_core::{PortError, PortResult};
+use sqlx::{Connection, SqliteConnection};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::schema::{encode_headers, storage_error};
+
+/// Most append requests folded into one transaction.
+const MAX_REQUESTS_PER_COMMIT: usize = 512;
+
+pub(crate) struct AppendRequest {
+    pub(crate) topic: String,
+    pub(crate) records: Vec<OutgoingRecord>,
+    pub(crate) reply: oneshot::Sender<PortResult<Vec<RecordPosition>>>,
+}
+
+pub(crate) struct Writer {
+    conn: SqliteConnection,
+    clock: SharedClock,
+    /// Partition counts of topics seen so far (a topic's count never shrinks).
+    partitions: HashMap<String, u32>,
+    /// Next offset per (topic, partition), as last committed.
+    next_offsets: HashMap<(String, u32), i64>,
+    /// Round-robin cursor for records without a key.
+    unkeyed_cursor: u32,
+    appended: watch::Sender<u64>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: SqliteConnection,
+        clock: SharedClock,
+        appended: watch::Sender<u64>,
+    ) -> Self {
+        Self {
+            conn,
+            clock,
+            partitions: HashMap::new(),
+            next_offsets: HashMap::new(),
+            unkeyed_cursor: 0,
+            appended,
+        }
+    }
+
+    /// Serves append requests until every sender is gone.
+    pub(crate) async fn run(mut self, mut requests: mpsc::Receiver<AppendRequest>) {
+        let mut batch = Vec::with_capacity(MAX_REQUESTS_PER_COMMIT);
+        while requests
+            .recv_many(&mut batch, MAX_REQUESTS_PER_COMMIT)
+            .await
+            > 0
+        {
+            self.commit_batch(std::mem::take(&mut batch)).await;
+        }
+        let _ = self.conn.close().await;
+    }
+
+    async fn commit_batch(&mut self, batch: Vec<AppendRequest>) {
+        let started = std::time::Instant::now();
+        let mut staged_offsets: HashMap<(String, u32), i64> = HashMap::new();
+        let mut results = Vec::with_capacity(batch.len());
+        let outcome = self
+            .write_batch(&batch, &mut staged_offsets, &mut results)
+            .await;
+        match outcome {
+            Ok(()) => {
+                let records: usize = batch.iter().map(|request| request.records.len()).sum();
+                self.next_offsets.extend(staged_offsets);
+                metrics::counter!("pulse_embedded_log_appended_records_total")
+                    .increment(records as u64);
+                metrics::histogram!("pulse_embedded_log_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                self.appended.send_modify(|seq| *seq = seq.wrapping_add(1));
+                for (request, result) in batch.into_iter().zip(results) {
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "embedded log commit failed");
+                let message = err.to_string();
+                for request in batch {
+                    let _ = request.reply.send(Err(PortError::Unavailable {
+                        backend: crate::schema::BACKEND,
+                        message: message.clone(),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Writes every request of `batch` in one transaction. A request that is invalid on its own
+    /// (unknown topic) gets its own error in `results` without failing the others.
+    async fn write_batch(
+        &mut self,
+        batch: &[AppendRequest],
+        staged: &mut HashMap<(String, u32), i64>,
+        results: &mut Vec<PortResult<Vec<RecordPosition>>>,
+    ) -> PortResult<()> {
+        for request in batch {
+            if !self.partitions.contains_key(&request.topic) {
+                if let Some(count) = self.load_partition_count(&request.topic).await? {
+                    self.partitions.insert(request.topic.clone(), count);
+                }
+            }
+        }
+        // IMMEDIATE takes the write lock up front: a deferred transaction that reads first could
+        // fail outright (SQLITE_BUSY_SNAPSHOT) if an offset commit slipped in before its write.
+        sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut self.conn)
+            .await
+            .map_err(storage_error)?;
+        let written = self.write_records(batch, staged, results).await;
+        let end = if written.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        let ended = sqlx::raw_sql(end)
+            .execute(&mut self.conn)
+            .await
+            .map_err(storage_error);
+        written.and(ended.map(|_| ()))
+    }
+
+    async fn write_records(
+        &mut self,
+        batch: &[AppendRequest],
+        staged: &mut HashMap<(String, u32), i64>,
+        results: &mut Vec<PortResult<Vec<RecordPosition>>>,
+    ) -> PortResult<()> {
+        let now_ms = self.clock.now_ms();
+        for request in batch {
+            let Some(&partition_count) = self.partitions.get(&request.topic) else {
+                results.push(Err(PortError::NotFound(format!("topic {}", request.topic))));
+                continue;
+            };
+            let mut positions = Vec::with_capacity(request.records.len());
+            for record in &request.records {
+                let partition = match &record.key {
+                    Some(key) => crc32fast::hash(key) % partition_count,
+                    None => {
+                        self.unkeyed_cursor = self.unkeyed_cursor.wrapping_add(1);
+                        self.unkeyed_cursor % partition_count
+                    }
+                };
+                let slot = (request.topic.clone(), partition);
+                let offset = match staged.get(&slot).or_else(|| self.next_offsets.get(&slot)) {
+                    Some(offset) => *offset,
+                    None => load_next_offset(&mut self.conn, &request.topic, partition).await?,
+                };
+                sqlx::query(
+                    r#"INSERT INTO records (topic, partition, "offset", record_key, payload, headers, timestamp_ms)
+                       VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"#,
+                )
+                .bind(&request.topic)
+                .bind(partition)
+                .bind(offset)
+                .bind(record.key.as_deref())
+                .bind(record.payload.as_ref())
+                .bind(encode_headers(&record.headers))
+                .bind(now_ms)
+                .execute(&mut self.conn)
+                .await
+                .map_err(storage_error)?;
+                staged.insert(slot, offset + 1);
+                positions.push(RecordPosition {
+                    topic: request.topic.clone(),
+                    partition,
+                    offset,
+                });
+            }
+            results.push(Ok(positions));
+        }
+        for ((topic, partition), next_offset) in staged.iter() {
+            sqlx::query(
+                "UPDATE partitions SET next_offset = ?3 WHERE topic = ?1 AND partition = ?2",
+            )
+            .bind(topic)
+            .bind(partition)
+            .bind(next_offset)
+            .execute(&mut self.conn)
+            .await
+            .map_err(storage_error)?;
+        }
+        Ok(())
+    }
+
+    async fn load_partition_count(&mut self, topic: &str) -> PortResult<Option<u32>> {
+        sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?1")
+            .bind(topic)
+            .fetch_optional(&mut self.conn)
+            .await
+            .map_err(storage_error)
+    }
+}
+
+async fn load_next_offset(
+    conn: &mut SqliteConnection,
+    topic: &str,
+    partition: u32,
+) -> PortResult<i64> {
+    let next: Option<i64> = sqlx::query_scalar(
+        "SELECT next_offset FROM partitions WHERE topic = ?1 AND partition = ?2",
+    )
+    .bind(topic)
+    .bind(partition)
+    .fetch_optional(conn)
+    .await
+    .map_err(storage_error)?;
+    next.ok_or_else(|| {
+        PortError::Corrupt(format!(
+            "partition {partition} of {topic} has no offset row"
+        ))
+    })
+}

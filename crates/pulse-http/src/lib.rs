@@ -1,0 +1,59 @@
+//! Pulse's HTTP surface: the axum router every process serves, the one JSON error shape, and the
+//! operational endpoints.
+//!
+//! * `GET /healthz` — 200 `{"status":"ok"}` while the process is alive;
+//! * `GET /readyz` — 200 when every configured backend answers, else 503 naming the ones that
+//!   do not;
+//! * `GET /metrics` — Prometheus text format.
+//!
+//! Domain crates contribute routes under `/api/v1`; this crate wraps them with request metrics,
+//! tracing, a body size limit and a JSON 404, so every error a client sees has the shape
+//! `{"error":{"code":"...","message":"..."}}`.
+
+mod error;
+mod metrics_layer;
+mod ops;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use pulse_core::health::HealthCheck;
+
+pub use error::ApiError;
+pub use metrics_exporter_prometheus::PrometheusHandle;
+pub use metrics_layer::{install_metrics_recorder, HTTP_REQUESTS_TOTAL, HTTP_REQUEST_DURATION};
+
+/// Largest request body accepted anywhere (routes may set lower limits).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// What the operational endpoints need.
+#[derive(Clone)]
+pub struct OpsState {
+    /// Backends `/readyz` asks.
+    pub checks: Vec<Arc<dyn HealthCheck>>,
+    /// How long `/readyz` waits for each backend.
+    pub check_timeout: Duration,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+impl std::fmt::Debug for OpsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.checks.iter().map(|check| check.name()).collect();
+        f.debug_struct("OpsState").field("checks", &names).finish()
+    }
+}
+
+/// The full router: operational endpoints, `api` under `/api/v1`, and the shared layers.
+pub fn router(ops: OpsState, api: Router) -> Router {
+    Router::new()
+        .merge(ops::routes(ops))
+        .nest("/api/v1", api)
+        .fallback(error::not_found)
+        .layer(axum::middleware::from_fn(metrics_layer::record_request))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_BODY_BYTES,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}

@@ -1,0 +1,287 @@
+//! A member of a Kafka consumer group.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pulse_core::log::{ConsumedRecord, Header, LogConsumer, RecordPosition, TopicPartition};
+use pulse_core::{PortError, PortResult};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::time::Instant;
+
+use crate::{base_config, blocking, kafka_error, KafkaOptions};
+
+/// After the first record of a batch, how long to wait for the next one before returning.
+const BATCH_LINGER: Duration = Duration::from_millis(2);
+
+pub(crate) struct KafkaConsumer {
+    consumer: Arc<StreamConsumer>,
+    group: String,
+    topics: Vec<String>,
+    options: KafkaOptions,
+    /// Seeks asked for partitions that may not be assigned yet; applied once they are.
+    pending_seeks: HashMap<TopicPartition, i64>,
+}
+
+impl std::fmt::Debug for KafkaConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConsumer")
+            .field("group", &self.group)
+            .field("topics", &self.topics)
+            .finish()
+    }
+}
+
+impl KafkaConsumer {
+    pub(crate) fn subscribe(
+        servers: &str,
+        group: &str,
+        topics: &[&str],
+        options: KafkaOptions,
+    ) -> PortResult<Self> {
+        let consumer: StreamConsumer = base_config(servers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("allow.auto.create.topics", "false")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .create()
+            .map_err(kafka_error)?;
+        consumer.subscribe(topics).map_err(kafka_error)?;
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            group: group.to_owned(),
+            topics: topics.iter().map(|topic| (*topic).to_owned()).collect(),
+            options,
+            pending_seeks: HashMap::new(),
+        })
+    }
+
+    fn assigned(&self) -> PortResult<Vec<TopicPartition>> {
+        let assignment = self.consumer.assignment().map_err(kafka_error)?;
+        Ok(assignment
+            .elements()
+            .iter()
+            .map(|element| TopicPartition {
+                topic: element.topic().to_owned(),
+                partition: element.partition() as u32,
+            })
+            .collect())
+    }
+
+    /// Applies the pending seeks whose partitions are assigned now. A partition that was just
+    /// assigned may not accept a seek until its first fetch starts; such seeks stay pending.
+    async fn apply_pending_seeks(&mut self) -> PortResult<()> {
+        if self.pending_seeks.is_empty() {
+            return Ok(());
+        }
+        let assigned = self.assigned()?;
+        let ready: Vec<(TopicPartition, i64)> = self
+            .pending_seeks
+            .iter()
+            .filter(|(tp, _)| assigned.contains(tp))
+            .map(|(tp, offset)| (tp.clone(), *offset))
+            .collect();
+        for (tp, offset) in ready {
+            let consumer = self.consumer.clone();
+            let timeout = self.options.request_timeout;
+            let topic = tp.topic.clone();
+            let outcome = blocking(move || {
+                consumer
+                    .seek(&topic, tp.partition as i32, Offset::Offset(offset), timeout)
+                    .map_err(kafka_error)
+            })
+            .await;
+            match outcome {
+                Ok(()) => {
+                    self.pending_seeks.remove(&tp);
+                }
+                Err(err) => tracing::debug!(error = %err, ?tp, "seek not accepted yet; will retry"),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn to_record(message: &BorrowedMessage<'_>) -> ConsumedRecord {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|header| {
+                    Header::new(
+                        header.key,
+                        Bytes::copy_from_slice(header.value.unwrap_or_default()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ConsumedRecord {
+        position: RecordPosition {
+            topic: message.topic().to_owned(),
+            partition: message.partition() as u32,
+            offset: message.offset(),
+        },
+        key: message.key().map(Bytes::copy_from_slice),
+        payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+        headers,
+        timestamp_ms: message.timestamp().to_millis().unwrap_or_default(),
+    }
+}
+
+#[async_trait]
+impl LogConsumer for KafkaConsumer {
+    async fn poll(&mut self, max: usize, timeout: Duration) -> PortResult<Vec<ConsumedRecord>> {
+        self.apply_pending_seeks().await?;
+        let max = max.max(1);
+        let deadline = Instant::now() + timeout;
+        let mut records = Vec::new();
+        while records.len() < max {
+            let wait = if records.is_empty() {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                BATCH_LINGER
+            };
+            match tokio::time::timeout(wait, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Ok(message)) => {
+                    let record = to_record(&message);
+                    let tp = TopicPartition {
+                        topic: record.position.topic.clone(),
+                        partition: record.position.partition,
+                    };
+                    // Records fetched before a pending seek of their partition are stale.
+                    if !self.pending_seeks.contains_key(&tp) {
+                        records.push(record);
+                    }
+                }
+                // Transient consumption errors (a broker restarting) are retried by librdkafka.
+                Ok(Err(KafkaError::MessageConsumption(code))) => {
+                    tracing::warn!(%code, group = %self.group, "kafka consume error; retrying");
+                    if records.is_empty() && Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                Ok(Err(err)) => return Err(kafka_error(err)),
+            }
+            if !self.pending_seeks.is_empty() {
+                self.apply_pending_seeks().await?;
+            }
+        }
+        Ok(records)
+    }
+
+    async fn commit(&mut self, positions: &[RecordPosition]) -> PortResult<()> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let mut next: HashMap<(&str, u32), i64> = HashMap::new();
+        for position in positions {
+            let slot = next
+                .entry((position.topic.as_str(), position.partition))
+                .or_insert(i64::MIN);
+            *slot = (*slot).max(position.offset + 1);
+        }
+        let mut list = TopicPartitionList::with_capacity(next.len());
+        for ((topic, partition), offset) in next {
+            list.add_partition_offset(topic, partition as i32, Offset::Offset(offset))
+                .map_err(kafka_error)?;
+        }
+        let consumer = self.consumer.clone();
+        blocking(move || {
+            consumer
+                .commit(&list, CommitMode::Sync)
+                .map_err(kafka_error)
+        })
+        .await
+    }
+
+    async fn assignment(&mut self) -> PortResult<Vec<TopicPartition>> {
+        self.assigned()
+    }
+
+    async fn seek(&mut self, topic: &str, partition: u32, offset: i64) -> PortResult<()> {
+        if !self.topics.iter().any(|subscribed| subscribed == topic) {
+            return Err(PortError::Invalid(format!(
+                "consumer is not subscribed to {topic}"
+            )));
+        }
+        let tp = TopicPartition {
+            topic: topic.to_owned(),
+            partition,
+        };
+        self.pending_seeks.insert(tp, offset.max(0));
+        self.apply_pending_seeks().await
+    }
+
+    async fn seek_to_timestamp(&mut self, topic: &str, timestamp_ms: i64) -> PortResult<()> {
+        let consumer = self.consumer.clone();
+        let timeout = self.options.request_timeout;
+        let topic_name = topic.to_owned();
+        let offsets = blocking(move || {
+            let metadata = consumer
+                .fetch_metadata(Some(&topic_name), timeout)
+                .map_err(kafka_error)?;
+            let partitions = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic_name)
+                .map(|t| t.partitions().len())
+                .unwrap_or(0);
+            let mut query = TopicPartitionList::with_capacity(partitions);
+            for partition in 0..partitions {
+                query
+                    .add_partition_offset(
+                        &topic_name,
+                        partition as i32,
+                        Offset::Offset(timestamp_ms),
+                    )
+                    .map_err(kafka_error)?;
+            }
+            let found = consumer
+                .offsets_for_times(query, timeout)
+                .map_err(kafka_error)?;
+            let mut offsets = Vec::new();
+            for element in found.elements() {
+                let offset = match element.offset() {
+                    Offset::Offset(offset) => offset,
+                    // No record at or after the time: resume at the end.
+                    _ => {
+                        let (_, high) = consumer
+                            .fetch_watermarks(&topic_name, element.partition(), timeout)
+                            .map_err(kafka_error)?;
+                        high
+                    }
+                };
+                offsets.push((element.partition() as u32, offset));
+            }
+            Ok(offsets)
+        })
+        .await?;
+        for (partition, offset) in offsets {
+            self.seek(topic, partition, offset).await?;
+        }
+        Ok(())
+    }
+
+    async fn close(self: Box<Self>) -> PortResult<()> {
+        let consumer = self.consumer.clone();
+        drop(self);
+        // Unsubscribing and dropping leaves the group (a blocking network round trip).
+        blocking(move || {
+            consumer.unsubscribe();
+            drop(consumer);
+            Ok(())
+        })
+        .await
+    }
+}

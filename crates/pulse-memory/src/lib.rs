@@ -1,0 +1,406 @@
+//! In-process TTL store: the embedded adapter of the [`Cache`] port, standing in for Redis when
+//! Pulse runs on one machine.
+//!
+//! Hand-written rather than built on a caching crate because it must take time from the
+//! [`Clock`](pulse_core::clock::Clock) port (so TTLs are testable without sleeping) and offer
+//! atomic increments and atomic batches with the same semantics as Redis `INCRBY` and `MULTI`.
+//!
+//! Invariants: an expired entry is never returned; the number of live entries never exceeds
+//! `max_entries` — when full, expired entries are purged first, then the entry closest to expiry
+//! is evicted (Redis `volatile-ttl`); if no entry has a TTL the write is refused.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pulse_core::cache::{Cache, CacheWrite};
+use pulse_core::clock::{SharedClock, SystemClock};
+use pulse_core::{PortError, PortResult};
+
+const BACKEND: &str = "memory-cache";
+
+/// Default bound on live entries.
+pub const DEFAULT_MAX_ENTRIES: usize = 1_000_000;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    value: Bytes,
+    expires_at_ms: Option<i64>,
+}
+
+impl Entry {
+    fn is_live(&self, now_ms: i64) -> bool {
+        self.expires_at_ms.is_none_or(|at| at > now_ms)
+    }
+}
+
+/// The in-process cache. Cheap to clone; clones share the same entries.
+#[derive(Debug, Clone)]
+pub struct MemoryCache {
+    entries: Arc<Mutex<HashMap<String, Entry>>>,
+    clock: SharedClock,
+    max_entries: usize,
+}
+
+impl Default for MemoryCache {
+    fn default() -> Self {
+        Self::new(Arc::new(SystemClock), DEFAULT_MAX_ENTRIES)
+    }
+}
+
+impl MemoryCache {
+    /// An empty cache reading time from `clock`, holding at most `max_entries` live entries.
+    pub fn new(clock: SharedClock, max_entries: usize) -> Self {
+        Self {
+            entries: Arc::new(Mutex::new(HashMap::new())),
+            clock,
+            max_entries: max_entries.max(1),
+        }
+    }
+
+    /// Number of entries held, including expired ones not yet purged.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every expired entry; returns how many were dropped.
+    pub fn purge_expired(&self) -> usize {
+        let now = self.clock.now_ms();
+        let mut entries = self.lock();
+        let before = entries.len();
+        entries.retain(|_, entry| entry.is_live(now));
+        before - entries.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding the lock cannot leave an entry half-written (every mutation is a
+        // single map operation), so a poisoned lock is still safe to use.
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn expiry(now_ms: i64, ttl: Option<Duration>) -> Option<i64> {
+        ttl.map(|ttl| now_ms.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)))
+    }
+
+    fn live<'a>(entries: &'a HashMap<String, Entry>, key: &str, now: i64) -> Option<&'a Entry> {
+        entries.get(key).filter(|entry| entry.is_live(now))
+    }
+
+    /// Makes room for one more key, as described in the crate docs.
+    fn make_room(
+        &self,
+        entries: &mut HashMap<String, Entry>,
+        key: &str,
+        now: i64,
+    ) -> PortResult<()> {
+        if entries.len() < self.max_entries || entries.contains_key(key) {
+            return Ok(());
+        }
+        entries.retain(|_, entry| entry.is_live(now));
+        if entries.len() < self.max_entries {
+            return Ok(());
+        }
+        metrics::counter!("pulse_memory_cache_evictions_total").increment(1);
+        // A linear scan is fine here: it only runs when the cache is full of live entries, which
+        // is an operator sizing problem, not the steady state.
+        let victim = entries
+            .iter()
+            .filter_map(|(k, entry)| entry.expires_at_ms.map(|at| (at, k.clone())))
+            .min();
+        match victim {
+            Some((_, victim)) => {
+                entries.remove(&victim);
+                Ok(())
+            }
+            None => Err(PortError::Unavailable {
+                backend: BACKEND,
+                message: format!(
+                    "cache is full ({} entries without TTL); raise the limit",
+                    self.max_entries
+                ),
+            }),
+        }
+    }
+
+    fn apply_one(
+        &self,
+        entries: &mut HashMap<String, Entry>,
+        write: CacheWrite,
+        now: i64,
+    ) -> PortResult<Option<i64>> {
+        match write {
+            CacheWrite::Set { key, value, ttl } => {
+                self.make_room(entries, &key, now)?;
+                let expires_at_ms = Self::expiry(now, ttl);
+                entries.insert(
+                    key,
+                    Entry {
+                        value,
+                        expires_at_ms,
+                    },
+                );
+                Ok(None)
+            }
+            CacheWrite::IncrBy { key, delta, ttl } => {
+                let (current, expires_at_ms) = match Self::live(entries, &key, now) {
+                    Some(entry) => (parse_integer(&key, &entry.value)?, entry.expires_at_ms),
+                    None => (0, None),
+                };
+                let next = current.checked_add(delta).ok_or_else(|| {
+                    PortError::Invalid(format!("increment of {key} overflows a 64-bit integer"))
+                })?;
+                let expires_at_ms = match ttl {
+                    Some(ttl) => Self::expiry(now, Some(ttl)),
+                    None => expires_at_ms,
+                };
+                self.make_room(entries, &key, now)?;
+                entries.insert(
+                    key,
+                    Entry {
+                        value: Bytes::from(next.to_string()),
+                        expires_at_ms,
+                    },
+                );
+                Ok(Some(next))
+            }
+            CacheWrite::Delete { key } => {
+                entries.remove(&key);
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn parse_integer(key: &str, value: &[u8]) -> PortResult<i64> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| text.parse::<i64>().ok())
+        .ok_or_else(|| PortError::Corrupt(format!("value at {key} is not an integer")))
+}
+
+#[async_trait]
+impl Cache for MemoryCache {
+    async fn get(&self, key: &str) -> PortResult<Option<Bytes>> {
+        let now = self.clock.now_ms();
+        let entries = self.lock();
+        Ok(Self::live(&entries, key, now).map(|entry| entry.value.clone()))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> PortResult<Vec<Option<Bytes>>> {
+        let now = self.clock.now_ms();
+        let entries = self.lock();
+        Ok(keys
+            .iter()
+            .map(|key| Self::live(&entries, key, now).map(|entry| entry.value.clone()))
+            .collect())
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> PortResult<()> {
+        let now = self.clock.now_ms();
+        let mut entries = self.lock();
+        let write = CacheWrite::Set {
+            key: key.to_owned(),
+            value,
+            ttl,
+        };
+        self.apply_one(&mut entries, write, now).map(|_| ())
+    }
+
+    async fn incr_by(&self, key: &str, delta: i64, ttl: Option<Duration>) -> PortResult<i64> {
+        let now = self.clock.now_ms();
+        let mut entries = self.lock();
+        let write = CacheWrite::IncrBy {
+            key: key.to_owned(),
+            delta,
+            ttl,
+        };
+        let next = self.apply_one(&mut entries, write, now)?;
+        Ok(next.unwrap_or_default())
+    }
+
+    async fn delete(&self, key: &str) -> PortResult<bool> {
+        let now = self.clock.now_ms();
+        let mut entries = self.lock();
+        Ok(entries.remove(key).is_some_and(|entry| entry.is_live(now)))
+    }
+
+    async fn ttl(&self, key: &str) -> PortResult<Option<Option<Duration>>> {
+        let now = self.clock.now_ms();
+        let entries = self.lock();
+        Ok(Self::live(&entries, key, now).map(|entry| {
+            entry
+                .expires_at_ms
+                .map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0)))
+        }))
+    }
+
+    async fn apply(&self, writes: Vec<CacheWrite>) -> PortResult<()> {
+        let now = self.clock.now_ms();
+        let mut entries = self.lock();
+        // Remember what the batch touches so a failing write can be rolled back: no reader can
+        // observe the batch half-applied because the lock is held throughout.
+        let mut before: Vec<(String, Option<Entry>)> = Vec::with_capacity(writes.len());
+        for write in &writes {
+            let key = match write {
+                CacheWrite::Set { key, .. } | CacheWrite::IncrBy { key, .. } => key,
+                CacheWrite::Delete { key } => key,
+            };
+            before.push((key.clone(), entries.get(key).cloned()));
+        }
+        for write in writes {
+            if let Err(err) = self.apply_one(&mut entries, write, now) {
+                for (key, entry) in before.into_iter().rev() {
+                    match entry {
+                        Some(entry) => entries.insert(key, entry),
+                        None => entries.remove(&key),
+                    };
+                }
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> PortResult<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pulse_core::clock::ManualClock;
+
+    use super::*;
+
+    fn cache_with_clock(max_entries: usize) -> (MemoryCache, ManualClock) {
+        let clock = ManualClock::new(1_000_000);
+        (
+            MemoryCache::new(Arc::new(clock.clone()), max_entries),
+            clock,
+        )
+    }
+
+    #[tokio::test]
+    async fn entries_expire_exactly_at_their_ttl() {
+        let (cache, clock) = cache_with_clock(10);
+        cache
+            .set(
+                "surge:a",
+                Bytes::from_static(b"1.5"),
+                Some(Duration::from_secs(60)),
+            )
+            .await
+            .unwrap();
+        clock.advance(Duration::from_millis(59_999));
+        assert!(cache.get("surge:a").await.unwrap().is_some());
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(cache.get("surge:a").await.unwrap(), None);
+        assert_eq!(cache.ttl("surge:a").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_evicts_the_entry_closest_to_expiry() {
+        let (cache, _clock) = cache_with_clock(2);
+        let value = Bytes::from_static(b"v");
+        cache
+            .set("long", value.clone(), Some(Duration::from_secs(100)))
+            .await
+            .unwrap();
+        cache
+            .set("short", value.clone(), Some(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        cache
+            .set("new", value.clone(), Some(Duration::from_secs(50)))
+            .await
+            .unwrap();
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.get("short").await.unwrap(), None);
+        assert!(cache.get("long").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_purges_expired_entries_before_evicting_live_ones() {
+        let (cache, clock) = cache_with_clock(2);
+        let value = Bytes::from_static(b"v");
+        cache.set("keep", value.clone(), None).await.unwrap();
+        cache
+            .set("old", value.clone(), Some(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(2));
+        cache.set("new", value.clone(), None).await.unwrap();
+        assert!(cache.get("keep").await.unwrap().is_some());
+        assert!(cache.get("new").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_cache_full_of_entries_without_ttl_refuses_new_keys() {
+        let (cache, _clock) = cache_with_clock(1);
+        cache
+            .set("a", Bytes::from_static(b"1"), None)
+            .await
+            .unwrap();
+        let err = cache
+            .set("b", Bytes::from_static(b"1"), None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("cache is full"), "{err}");
+        // Overwriting an existing key needs no room.
+        cache
+            .set("a", Bytes::from_static(b"2"), None)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_a_bad_increment_changes_nothing() {
+        let (cache, _clock) = cache_with_clock(10);
+        cache
+            .set("text", Bytes::from_static(b"abc"), None)
+            .await
+            .unwrap();
+        let err = cache
+            .apply(vec![
+                CacheWrite::Set {
+                    key: "x".into(),
+                    value: Bytes::from_static(b"1"),
+                    ttl: None,
+                },
+                CacheWrite::IncrBy {
+                    key: "text".into(),
+                    delta: 1,
+                    ttl: None,
+                },
+            ])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PortError::Corrupt(_)), "{err}");
+        assert_eq!(cache.get("x").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn purge_expired_drops_only_expired_entries() {
+        let (cache, clock) = cache_with_clock(10);
+        cache
+            .set("a", Bytes::from_static(b"1"), Some(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        cache
+            .set("b", Bytes::from_static(b"1"), None)
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(cache.purge_expired(), 1);
+        assert_eq!(cache.len(), 1);
+    }
+}

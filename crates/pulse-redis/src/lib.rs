@@ -1,0 +1,199 @@
+//! Redis adapter of the [`Cache`] port.
+//!
+//! Chosen with `--cache redis://host:port[/db]`. A [`ConnectionManager`] multiplexes one
+//! connection and reconnects with backoff after Redis restarts; every call carries a response
+//! timeout so an unresponsive Redis surfaces as [`PortError::Timeout`] instead of a hang.
+//! Batches run as `MULTI`/`EXEC`, so readers never see half of one (Redis does not roll back a
+//! batch whose command fails at run time, e.g. `INCRBY` on text).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pulse_core::cache::{Cache, CacheWrite};
+use pulse_core::{PortError, PortResult};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Pipeline, RedisError};
+
+const BACKEND: &str = "redis";
+
+/// Settings of the Redis adapter.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// Timeout of one connection attempt.
+    pub connect_timeout: Duration,
+    /// Timeout of one command or batch.
+    pub response_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Handle to a Redis server. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisCache {
+    conn: ConnectionManager,
+    url: String,
+}
+
+impl std::fmt::Debug for RedisCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCache")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+fn redis_error(err: RedisError) -> PortError {
+    let outage = err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_unrecoverable_error();
+    if outage {
+        PortError::unavailable(BACKEND, err)
+    } else {
+        PortError::Invalid(format!("redis refused the command: {err}"))
+    }
+}
+
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn add_write(pipe: &mut Pipeline, write: &CacheWrite) {
+    match write {
+        CacheWrite::Set { key, value, ttl } => {
+            let cmd = pipe.cmd("SET").arg(key).arg(value.as_ref());
+            if let Some(ttl) = ttl {
+                cmd.arg("PX").arg(millis(*ttl));
+            }
+            cmd.ignore();
+        }
+        CacheWrite::IncrBy { key, delta, ttl } => {
+            pipe.cmd("INCRBY").arg(key).arg(*delta).ignore();
+            if let Some(ttl) = ttl {
+                pipe.cmd("PEXPIRE").arg(key).arg(millis(*ttl)).ignore();
+            }
+        }
+        CacheWrite::Delete { key } => {
+            pipe.cmd("DEL").arg(key).ignore();
+        }
+    }
+}
+
+impl RedisCache {
+    /// Connects to `url` and checks that Redis answers.
+    pub async fn connect(url: &str, options: RedisOptions) -> PortResult<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|err| PortError::Invalid(format!("invalid Redis URL {url:?}: {err}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let connecting = ConnectionManager::new_with_config(client, config);
+        let conn = tokio::time::timeout(options.connect_timeout * 2, connecting)
+            .await
+            .map_err(|_| PortError::Timeout {
+                backend: BACKEND,
+                timeout: options.connect_timeout * 2,
+            })?
+            .map_err(redis_error)?;
+        let cache = Self {
+            conn,
+            url: url.to_owned(),
+        };
+        cache.ping().await?;
+        Ok(cache)
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> PortResult<T> {
+        let mut conn = self.conn.clone();
+        cmd.query_async(&mut conn).await.map_err(redis_error)
+    }
+}
+
+#[async_trait]
+impl Cache for RedisCache {
+    async fn get(&self, key: &str) -> PortResult<Option<Bytes>> {
+        let value: Option<Vec<u8>> = self.run(redis::cmd("GET").arg(key)).await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> PortResult<Vec<Option<Bytes>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<Vec<u8>>> = self.run(redis::cmd("MGET").arg(keys)).await?;
+        Ok(values
+            .into_iter()
+            .map(|value| value.map(Bytes::from))
+            .collect())
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> PortResult<()> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value.as_ref());
+        if let Some(ttl) = ttl {
+            cmd.arg("PX").arg(millis(ttl));
+        }
+        self.run(&cmd).await
+    }
+
+    async fn incr_by(&self, key: &str, delta: i64, ttl: Option<Duration>) -> PortResult<i64> {
+        let Some(ttl) = ttl else {
+            return self.run(redis::cmd("INCRBY").arg(key).arg(delta)).await;
+        };
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("INCRBY")
+            .arg(key)
+            .arg(delta)
+            .cmd("PEXPIRE")
+            .arg(key)
+            .arg(millis(ttl))
+            .ignore();
+        let mut conn = self.conn.clone();
+        let (value,): (i64,) = pipe.query_async(&mut conn).await.map_err(redis_error)?;
+        Ok(value)
+    }
+
+    async fn delete(&self, key: &str) -> PortResult<bool> {
+        let removed: i64 = self.run(redis::cmd("DEL").arg(key)).await?;
+        Ok(removed > 0)
+    }
+
+    async fn ttl(&self, key: &str) -> PortResult<Option<Option<Duration>>> {
+        let remaining: i64 = self.run(redis::cmd("PTTL").arg(key)).await?;
+        Ok(match remaining {
+            -2 => None,
+            -1 => Some(None),
+            ms => Some(Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))),
+        })
+    }
+
+    async fn apply(&self, writes: Vec<CacheWrite>) -> PortResult<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for write in &writes {
+            add_write(&mut pipe, write);
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(redis_error)
+    }
+
+    async fn ping(&self) -> PortResult<()> {
+        let _: String = self.run(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+}

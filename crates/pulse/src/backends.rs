@@ -1,0 +1,192 @@
+//! Opens the backends named by the configuration's URLs and adapts them for readiness checks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use pulse_core::cache::Cache;
+use pulse_core::health::HealthCheck;
+use pulse_core::log::EventLog;
+use pulse_core::PortResult;
+use pulse_embedded_log::{EmbeddedLog, EmbeddedLogOptions};
+use pulse_kafka::{KafkaLog, KafkaOptions};
+use pulse_memory::MemoryCache;
+use pulse_redis::{RedisCache, RedisOptions};
+use pulse_store::{Database, StoreOptions};
+
+use crate::config::Config;
+
+/// The topics fixed by the seed contract, created at start-up when missing.
+pub const CONTRACT_TOPICS: [&str; 2] = ["demand.orders", "supply.updates"];
+
+/// The open backends of one process.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    /// Relational store.
+    pub store: Database,
+    /// Event log.
+    pub log: Arc<dyn EventLog>,
+    /// Cache / state store.
+    pub cache: Arc<dyn Cache>,
+    /// Set when the cache is in-process, so its expired entries can be swept.
+    pub memory_cache: Option<MemoryCache>,
+}
+
+/// Hides the password of a URL before it is logged or printed.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Backends {
+    /// Opens the store only (for `pulse migrate`).
+    pub async fn open_store(config: &Config) -> anyhow::Result<Database> {
+        let url = config.store_url();
+        let options = StoreOptions {
+            acquire_timeout: Duration::from_secs(config.backend_timeout_secs),
+            ..StoreOptions::default()
+        };
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if let Some(parent) = std::path::Path::new(path)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+        }
+        Database::connect(&url, &options)
+            .await
+            .with_context(|| format!("store {}", redact(&url)))
+    }
+
+    /// Opens every backend, failing with the first one that does not answer.
+    pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        let store = Self::open_store(config).await?;
+        if config.migrate_on_start {
+            store.migrate().await?;
+        }
+        let timeout = Duration::from_secs(config.backend_timeout_secs);
+        let log: Arc<dyn EventLog> = match config.log_url.as_str() {
+            "embedded" | "embedded://" => {
+                let options = EmbeddedLogOptions {
+                    retention: Duration::from_secs(config.embedded_log.retention_hours * 3600),
+                    ..EmbeddedLogOptions::default()
+                };
+                Arc::new(
+                    EmbeddedLog::open(&config.data_dir, options)
+                        .await
+                        .context("embedded log")?,
+                )
+            }
+            url if url.starts_with("kafka://") => {
+                let options = KafkaOptions {
+                    request_timeout: timeout,
+                    replication_factor: config.topics.replication_factor,
+                    ..KafkaOptions::default()
+                };
+                Arc::new(
+                    KafkaLog::connect(url, options)
+                        .await
+                        .with_context(|| format!("log {url}"))?,
+                )
+            }
+            other => bail!(
+                "unsupported log URL {other:?}: expected embedded or kafka://host:port[,host:port]"
+            ),
+        };
+        let mut memory_cache = None;
+        let cache: Arc<dyn Cache> = match config.cache_url.as_str() {
+            "memory" | "memory://" => {
+                let cache = MemoryCache::new(
+                    Arc::new(pulse_core::clock::SystemClock),
+                    config.memory_cache.max_entries,
+                );
+                memory_cache = Some(cache.clone());
+                Arc::new(cache)
+            }
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                let options = RedisOptions {
+                    connect_timeout: timeout,
+                    response_timeout: timeout,
+                };
+                Arc::new(
+                    RedisCache::connect(url, options)
+                        .await
+                        .with_context(|| format!("cache {}", redact(url)))?,
+                )
+            }
+            other => {
+                bail!("unsupported cache URL {other:?}: expected memory:// or redis://host:port")
+            }
+        };
+        for topic in CONTRACT_TOPICS {
+            log.create_topic(topic, config.topics.partitions)
+                .await
+                .with_context(|| format!("creating topic {topic}"))?;
+        }
+        Ok(Self {
+            store,
+            log,
+            cache,
+            memory_cache,
+        })
+    }
+
+    /// Readiness probes for `/readyz`, one per backend.
+    pub fn health_checks(&self) -> Vec<Arc<dyn HealthCheck>> {
+        vec![
+            Arc::new(self.store.clone()),
+            Arc::new(PortCheck::Log(self.log.clone())),
+            Arc::new(PortCheck::Cache(self.cache.clone())),
+        ]
+    }
+}
+
+/// A readiness probe over a port.
+#[derive(Debug)]
+enum PortCheck {
+    Log(Arc<dyn EventLog>),
+    Cache(Arc<dyn Cache>),
+}
+
+#[async_trait]
+impl HealthCheck for PortCheck {
+    fn name(&self) -> &str {
+        match self {
+            PortCheck::Log(_) => "log",
+            PortCheck::Cache(_) => "cache",
+        }
+    }
+
+    async fn check(&self) -> PortResult<()> {
+        match self {
+            PortCheck::Log(log) => log.ping().await,
+            PortCheck::Cache(cache) => cache.ping().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            redact("postgres://pulse:secret@127.0.0.1:5432/pulse"),
+            "postgres://pulse:***@127.0.0.1:5432/pulse"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact("sqlite://data/pulse.db"), "sqlite://data/pulse.db");
+    }
+}

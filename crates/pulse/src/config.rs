@@ -1,0 +1,265 @@
+//! Configuration: defaults → `pulse.toml` (`--config`) → `PULSE_*` environment → flags.
+//!
+//! Top-level keys map to `PULSE_<KEY>` (`PULSE_STORE_URL`, `PULSE_LISTEN`, …); nested keys use a
+//! double underscore (`PULSE_EMBEDDED_LOG__RETENTION_HOURS`). `docs/CONFIGURATION.md` lists them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (for log pipelines).
+    Json,
+    /// Human-readable, coloured when on a terminal.
+    Pretty,
+}
+
+/// Settings of the embedded log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedLogConfig {
+    /// Records older than this many hours are deleted.
+    pub retention_hours: u64,
+}
+
+impl Default for EmbeddedLogConfig {
+    fn default() -> Self {
+        Self {
+            retention_hours: 168,
+        }
+    }
+}
+
+/// Settings of the in-process cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryCacheConfig {
+    /// Most live entries held.
+    pub max_entries: usize,
+}
+
+impl Default for MemoryCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: pulse_memory::DEFAULT_MAX_ENTRIES,
+        }
+    }
+}
+
+/// Settings of the topics Pulse creates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Partitions of each topic Pulse creates (existing topics keep theirs).
+    pub partitions: u32,
+    /// Replication factor on Kafka (`-1` = the broker's default).
+    pub replication_factor: i32,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 6,
+            replication_factor: -1,
+        }
+    }
+}
+
+/// Everything a Pulse process can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// Where embedded backends keep their files.
+    pub data_dir: PathBuf,
+    /// Relational store: `sqlite://path` or `postgres://…`; default `sqlite://<data_dir>/pulse.db`.
+    pub store_url: Option<String>,
+    /// Event log: `embedded` or `kafka://host:port[,host:port]`.
+    pub log_url: String,
+    /// Cache: `memory://` or `redis://host:port[/db]`.
+    pub cache_url: String,
+    /// Apply pending schema migrations when a process starts.
+    pub migrate_on_start: bool,
+    /// Most seconds a graceful shutdown may take before tasks are aborted.
+    pub shutdown_timeout_secs: u64,
+    /// Timeout, in seconds, of every backend call made at start-up and by `/readyz`.
+    pub backend_timeout_secs: u64,
+    /// `json` or `pretty`.
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `pulse=debug,info` (`RUST_LOG` wins when set).
+    pub log_level: String,
+    /// Embedded log settings.
+    pub embedded_log: EmbeddedLogConfig,
+    /// In-process cache settings.
+    pub memory_cache: MemoryCacheConfig,
+    /// Topic settings.
+    pub topics: TopicsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            store_url: None,
+            log_url: "embedded".to_owned(),
+            cache_url: "memory://".to_owned(),
+            migrate_on_start: true,
+            shutdown_timeout_secs: 10,
+            backend_timeout_secs: 5,
+            log_format: LogFormat::Json,
+            log_level: "info".to_owned(),
+            embedded_log: EmbeddedLogConfig::default(),
+            memory_cache: MemoryCacheConfig::default(),
+            topics: TopicsConfig::default(),
+        }
+    }
+}
+
+/// Values given as command-line flags; `None` leaves the lower layers' value.
+#[derive(Debug, Clone, Default, Serialize, clap::Args)]
+pub struct FlagOverrides {
+    /// Address to listen on [env: PULSE_LISTEN] [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the embedded backends [env: PULSE_DATA_DIR] [default: ./data]
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Relational store: sqlite://PATH or postgres://… [env: PULSE_STORE_URL]
+    #[arg(long = "store", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_url: Option<String>,
+    /// Event log: embedded or kafka://HOST:PORT[,HOST:PORT] [env: PULSE_LOG_URL]
+    #[arg(long = "log", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_url: Option<String>,
+    /// Cache: memory:// or redis://HOST:PORT [env: PULSE_CACHE_URL]
+    #[arg(long = "cache", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_url: Option<String>,
+    /// Log format [env: PULSE_LOG_FORMAT] [default: json]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter such as info or pulse=debug [env: PULSE_LOG_LEVEL]
+    #[arg(long, value_name = "FILTER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named by `--config` does not exist.
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    /// A value has the wrong type or an unknown key was given.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the layered configuration.
+    pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> Result<Self, ConfigError> {
+        Self::figment(file, flags)?
+            .extract::<Config>()
+            .map_err(|err| ConfigError::Invalid(err.to_string().replace('\n', " ")))
+    }
+
+    fn figment(file: Option<&Path>, flags: &FlagOverrides) -> Result<Figment, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::MissingFile(file.to_owned()));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        // `PULSE_TEST_*` and similar variables belong to the test tooling, not to Pulse.
+        let env = Env::prefixed("PULSE_").split("__").filter(|key| {
+            !key.as_str().starts_with("test_") && !key.as_str().starts_with("crash_")
+        });
+        Ok(figment.merge(env).merge(Serialized::defaults(flags)))
+    }
+
+    /// The store URL, defaulting to an SQLite file in the data directory.
+    pub fn store_url(&self) -> String {
+        self.store_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("pulse.db").display()))
+    }
+}
+
+#[cfg(test)]
+// figment::Jail fixes the closure's error type, which is large.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_embedded_backends_on_loopback() {
+        figment::Jail::expect_with(|_jail| {
+            let config = Config::load(None, &FlagOverrides::default()).expect("defaults load");
+            assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(config.log_url, "embedded");
+            assert_eq!(config.cache_url, "memory://");
+            assert_eq!(config.store_url(), "sqlite://data/pulse.db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_environment_then_flags_take_precedence() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "pulse.toml",
+                r#"
+                listen = "127.0.0.1:9000"
+                cache_url = "redis://file:6379"
+                log_url = "kafka://file:9092"
+                [embedded_log]
+                retention_hours = 1
+                "#,
+            )?;
+            jail.set_env("PULSE_CACHE_URL", "redis://env:6379");
+            jail.set_env("PULSE_LOG_URL", "kafka://env:9092");
+            jail.set_env("PULSE_EMBEDDED_LOG__RETENTION_HOURS", "2");
+            jail.set_env("PULSE_TEST_POSTGRES_URL", "postgres://ignored");
+            let flags = FlagOverrides {
+                log_url: Some("kafka://flag:9092".into()),
+                ..FlagOverrides::default()
+            };
+            let config = Config::load(Some(Path::new("pulse.toml")), &flags).expect("load");
+            assert_eq!(
+                config.listen.to_string(),
+                "127.0.0.1:9000",
+                "file beats default"
+            );
+            assert_eq!(config.cache_url, "redis://env:6379", "env beats file");
+            assert_eq!(config.log_url, "kafka://flag:9092", "flag beats env");
+            assert_eq!(config.embedded_log.retention_hours, 2);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_and_missing_files_are_reported_plainly() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PULSE_LISTEN", "not-an-address");
+            let err = Config::load(None, &FlagOverrides::default()).unwrap_err();
+            assert!(err.to_string().to_lowercase().contains("listen"), "{err}");
+            let err =
+                Config::load(Some(Path::new("nope.toml")), &FlagOverrides::default()).unwrap_err();
+            assert!(matches!(err, ConfigError::MissingFile(_)));
+            Ok(())
+        });
+    }
+}
