@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use async_trait::async_trait;
 use pulse_core::cache::Cache;
 use pulse_core::health::HealthCheck;
@@ -15,7 +15,7 @@ use pulse_memory::MemoryCache;
 use pulse_redis::{RedisCache, RedisOptions};
 use pulse_store::{Database, StoreOptions};
 
-use crate::config::Config;
+use crate::config::{CacheTarget, Config, LogTarget};
 
 /// The topics fixed by the seed contract, created at start-up when missing.
 pub const CONTRACT_TOPICS: [&str; 2] = ["demand.orders", "supply.updates"];
@@ -76,8 +76,8 @@ impl Backends {
             store.migrate().await?;
         }
         let timeout = Duration::from_secs(config.backend_timeout_secs);
-        let log: Arc<dyn EventLog> = match config.log_url.as_str() {
-            "embedded" | "embedded://" => {
+        let log: Arc<dyn EventLog> = match config.log_target()? {
+            LogTarget::Embedded => {
                 let options = EmbeddedLogOptions {
                     retention: Duration::from_secs(config.embedded_log.retention_hours * 3600),
                     ..EmbeddedLogOptions::default()
@@ -88,25 +88,22 @@ impl Backends {
                         .context("embedded log")?,
                 )
             }
-            url if url.starts_with("kafka://") => {
+            LogTarget::Kafka(url) => {
                 let options = KafkaOptions {
                     request_timeout: timeout,
                     replication_factor: config.topics.replication_factor,
                     ..KafkaOptions::default()
                 };
                 Arc::new(
-                    KafkaLog::connect(url, options)
+                    KafkaLog::connect(&url, options)
                         .await
                         .with_context(|| format!("log {url}"))?,
                 )
             }
-            other => bail!(
-                "unsupported log URL {other:?}: expected embedded or kafka://host:port[,host:port]"
-            ),
         };
         let mut memory_cache = None;
-        let cache: Arc<dyn Cache> = match config.cache_url.as_str() {
-            "memory" | "memory://" => {
+        let cache: Arc<dyn Cache> = match config.cache_target()? {
+            CacheTarget::Memory => {
                 let cache = MemoryCache::new(
                     Arc::new(pulse_core::clock::SystemClock),
                     config.memory_cache.max_entries,
@@ -114,19 +111,16 @@ impl Backends {
                 memory_cache = Some(cache.clone());
                 Arc::new(cache)
             }
-            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            CacheTarget::Redis(url) => {
                 let options = RedisOptions {
                     connect_timeout: timeout,
                     response_timeout: timeout,
                 };
                 Arc::new(
-                    RedisCache::connect(url, options)
+                    RedisCache::connect(&url, options)
                         .await
-                        .with_context(|| format!("cache {}", redact(url)))?,
+                        .with_context(|| format!("cache {}", redact(&url)))?,
                 )
-            }
-            other => {
-                bail!("unsupported cache URL {other:?}: expected memory:// or redis://host:port")
             }
         };
         for topic in CONTRACT_TOPICS {

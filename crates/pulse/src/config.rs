@@ -156,6 +156,24 @@ pub struct FlagOverrides {
     pub log_level: Option<String>,
 }
 
+/// The event log a process uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// The embedded log in the data directory.
+    Embedded,
+    /// Apache Kafka at this `kafka://` URL.
+    Kafka(String),
+}
+
+/// The cache a process uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheTarget {
+    /// The in-process TTL store.
+    Memory,
+    /// Redis at this `redis://` (or `rediss://`) URL.
+    Redis(String),
+}
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -165,14 +183,26 @@ pub enum ConfigError {
     /// A value has the wrong type or an unknown key was given.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// A backend URL has a scheme Pulse does not support.
+    #[error("unsupported {what} URL {url:?}: expected {expected}")]
+    UnsupportedScheme {
+        /// Which backend.
+        what: &'static str,
+        /// The URL given.
+        url: String,
+        /// The accepted forms.
+        expected: &'static str,
+    },
 }
 
 impl Config {
     /// Loads the layered configuration.
     pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> Result<Self, ConfigError> {
-        Self::figment(file, flags)?
+        let config = Self::figment(file, flags)?
             .extract::<Config>()
-            .map_err(|err| ConfigError::Invalid(err.to_string().replace('\n', " ")))
+            .map_err(|err| ConfigError::Invalid(err.to_string().replace('\n', " ")))?;
+        config.validate()?;
+        Ok(config)
     }
 
     fn figment(file: Option<&Path>, flags: &FlagOverrides) -> Result<Figment, ConfigError> {
@@ -188,6 +218,52 @@ impl Config {
             !key.as_str().starts_with("test_") && !key.as_str().starts_with("crash_")
         });
         Ok(figment.merge(env).merge(Serialized::defaults(flags)))
+    }
+
+    /// Checks every backend URL's scheme, so a typo fails before anything is opened.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let store = self.store_url();
+        let known_store = ["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| store.starts_with(scheme));
+        if !known_store {
+            return Err(ConfigError::UnsupportedScheme {
+                what: "store",
+                url: store,
+                expected: "sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB",
+            });
+        }
+        self.log_target()?;
+        self.cache_target()?;
+        Ok(())
+    }
+
+    /// The event log named by `log_url`.
+    pub fn log_target(&self) -> Result<LogTarget, ConfigError> {
+        match self.log_url.as_str() {
+            "embedded" | "embedded://" => Ok(LogTarget::Embedded),
+            url if url.starts_with("kafka://") => Ok(LogTarget::Kafka(url.to_owned())),
+            url => Err(ConfigError::UnsupportedScheme {
+                what: "log",
+                url: url.to_owned(),
+                expected: "embedded or kafka://HOST:PORT[,HOST:PORT]",
+            }),
+        }
+    }
+
+    /// The cache named by `cache_url`.
+    pub fn cache_target(&self) -> Result<CacheTarget, ConfigError> {
+        match self.cache_url.as_str() {
+            "memory" | "memory://" => Ok(CacheTarget::Memory),
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                Ok(CacheTarget::Redis(url.to_owned()))
+            }
+            url => Err(ConfigError::UnsupportedScheme {
+                what: "cache",
+                url: url.to_owned(),
+                expected: "memory:// or redis://HOST:PORT[/DB]",
+            }),
+        }
     }
 
     /// The store URL, defaulting to an SQLite file in the data directory.
@@ -248,6 +324,32 @@ mod tests {
             assert_eq!(config.embedded_log.retention_hours, 2);
             Ok(())
         });
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused_before_anything_opens() {
+        let mut config = Config::default();
+        config.validate().expect("defaults are valid");
+        config.cache_url = "memcached://x".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("unsupported cache URL") && err.contains("redis://"),
+            "{err}"
+        );
+        config.cache_url = "redis://127.0.0.1:6379".into();
+        config.log_url = "pulsar://x".into();
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("unsupported log URL"));
+        config.log_url = "kafka://a:1".into();
+        config.store_url = Some("mysql://db".into());
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("unsupported store URL"));
     }
 
     #[test]

@@ -19,7 +19,9 @@ pub fn init_logging(config: &Config) {
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
     };
     // Already installed (tests build several applications in one process): keep the first.
     drop(installed);

@@ -1,0 +1,217 @@
+//! The `pulse` binary as a user runs it: start, probe, SIGTERM, and the failures a user meets
+//! first (bad flags, unknown schemes, unreachable backends, a data directory in use).
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn pulse() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pulse"));
+    command
+        .env_remove("RUST_LOG")
+        .env("PULSE_LOG_FORMAT", "json");
+    command
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn start_up(data_dir: &Path, port: u16) -> Child {
+    pulse()
+        .args(["up", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pulse up")
+}
+
+async fn wait_healthy(port: u16, child: &mut Child) {
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await {
+            if response.status().is_success() {
+                return;
+            }
+        }
+        if let Some(status) = child.try_wait().expect("poll child") {
+            panic!("pulse exited early with {status}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no /healthz within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+fn wait_with_deadline(mut child: Child, deadline: Duration) -> Output {
+    let started = Instant::now();
+    while child.try_wait().expect("poll child").is_none() {
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            panic!("pulse did not exit within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("collect output")
+}
+
+/// Runs a command that is expected to fail fast and returns its stderr.
+fn expect_failure(command: &mut Command, code: i32) -> String {
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let output = wait_with_deadline(child, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(code), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "no panic: {stderr}");
+    assert!(
+        !stderr.contains("stack backtrace"),
+        "no backtrace: {stderr}"
+    );
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "exactly one error line: {stderr}");
+    errors[0].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_health_and_metrics_then_exits_zero_on_sigterm() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut child = start_up(data_dir.path(), port);
+    wait_healthy(port, &mut child).await;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    assert!(metrics.contains("pulse_http_requests_total"), "{metrics}");
+    assert!(
+        data_dir.path().join("pulse.db").exists(),
+        "SQLite store in the data dir"
+    );
+    assert!(
+        data_dir.path().join("log.db").exists(),
+        "embedded log in the data dir"
+    );
+
+    signal(&child, "TERM");
+    let output = wait_with_deadline(child, Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit status {:?}: {stderr}",
+        output.status
+    );
+    assert!(stderr.contains("pulse stopped"), "{stderr}");
+    for line in stderr.lines() {
+        let parsed: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("log lines are JSON: {line}"));
+        assert!(parsed.get("level").is_some(), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_the_same_data_dir_is_refused() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut first = start_up(data_dir.path(), port);
+    wait_healthy(port, &mut first).await;
+    let line = expect_failure(
+        pulse()
+            .args(["up", "--listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--data-dir")
+            .arg(data_dir.path()),
+        1,
+    );
+    assert!(line.contains("in use by another Pulse process"), "{line}");
+    signal(&first, "INT");
+    assert!(wait_with_deadline(first, Duration::from_secs(10))
+        .status
+        .success());
+}
+
+#[test]
+fn a_bad_flag_is_one_line_and_exit_code_2() {
+    let line = expect_failure(pulse().args(["up", "--bogus"]), 2);
+    assert!(line.contains("--bogus"), "{line}");
+}
+
+#[test]
+fn an_unknown_role_is_refused() {
+    let line = expect_failure(pulse().args(["serve", "--role", "gateway,pricing"]), 1);
+    assert!(line.contains("unknown role \"pricing\""), "{line}");
+}
+
+#[test]
+fn an_unknown_scheme_is_refused_before_anything_opens() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let line = expect_failure(
+        pulse()
+            .args(["up", "--cache", "memcached://127.0.0.1:11211"])
+            .arg("--data-dir")
+            .arg(data_dir.path()),
+        1,
+    );
+    assert!(line.contains("unsupported cache URL"), "{line}");
+    assert!(
+        !data_dir.path().join("pulse.db").exists(),
+        "nothing was opened"
+    );
+}
+
+#[test]
+fn an_unreachable_backend_fails_fast_with_its_name() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let started = Instant::now();
+    let line = expect_failure(
+        pulse()
+            .args(["up", "--store", "postgres://pulse:secret@127.0.0.1:1/pulse"])
+            .arg("--data-dir")
+            .arg(data_dir.path()),
+        1,
+    );
+    assert!(
+        line.contains("store postgres://pulse:***@127.0.0.1:1/pulse"),
+        "{line}"
+    );
+    assert!(!line.contains("secret"), "password redacted: {line}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn migrate_applies_the_schema_and_exits() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let output = pulse()
+        .arg("migrate")
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .output()
+        .expect("run migrate");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("migrations applied to sqlite://"),
+        "{stderr}"
+    );
+    assert!(data_dir.path().join("pulse.db").exists());
+}
