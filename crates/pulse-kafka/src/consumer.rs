@@ -285,3 +285,14 @@ impl LogConsumer for KafkaConsumer {
         .await
     }
 }
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        // The last reference closes the consumer, which leaves the group over the network: keep
+        // that off the async workers when dropped inside a runtime.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let consumer = self.consumer.clone();
+            drop(runtime.spawn_blocking(move || drop(consumer)));
+        }
+    }
+}

@@ -327,6 +327,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_in_the_repository_loads_with_default_values() {
+        figment::Jail::expect_with(|_jail| {
+            let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pulse.example.toml");
+            let config = Config::load(Some(&example), &FlagOverrides::default()).expect("load");
+            assert_eq!(config, Config::default(), "the example documents the defaults");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_schemes_are_refused_before_anything_opens() {
         let mut config = Config::default();
         config.validate().expect("defaults are valid");
