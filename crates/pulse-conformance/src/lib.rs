@@ -3,7 +3,7 @@
 //! Each suite is a module of `async fn` cases taking the port under test, plus a macro that stamps
 //! out one `#[tokio::test]` per case for an adapter, given a factory expression:
 //!
-//! ```ignore
+//! ```text
 //! pulse_conformance::event_log_suite!(async { pulse_kafka::KafkaLog::connect(&url()).await.unwrap() });
 //! ```
 //!

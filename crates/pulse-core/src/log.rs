@@ -157,5 +157,55 @@ pub trait LogConsumer: Send + std::fmt::Debug {
     async fn close(self: Box<Self>) -> PortResult<()>;
 }
 
+/// For a commit of `positions`: the offset each partition resumes from (one past the highest
+/// committed position of that partition).
+pub fn resume_offsets(positions: &[RecordPosition]) -> Vec<(TopicPartition, i64)> {
+    let mut next: std::collections::BTreeMap<TopicPartition, i64> =
+        std::collections::BTreeMap::new();
+    for position in positions {
+        let tp = TopicPartition {
+            topic: position.topic.clone(),
+            partition: position.partition,
+        };
+        let slot = next.entry(tp).or_insert(i64::MIN);
+        *slot = (*slot).max(position.offset + 1);
+    }
+    next.into_iter().collect()
+}
+
+/// Refuses a seek on a topic the consumer did not subscribe to.
+pub fn ensure_subscribed(subscribed: &[String], topic: &str) -> PortResult<()> {
+    if subscribed.iter().any(|name| name == topic) {
+        Ok(())
+    } else {
+        Err(crate::PortError::Invalid(format!(
+            "consumer is not subscribed to {topic}"
+        )))
+    }
+}
+
 /// Default time a consumer waits in [`LogConsumer::poll`] in background loops.
 pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(topic: &str, partition: u32, offset: i64) -> RecordPosition {
+        RecordPosition {
+            topic: topic.into(),
+            partition,
+            offset,
+        }
+    }
+
+    #[test]
+    fn resume_offsets_take_the_highest_position_per_partition() {
+        let resume = resume_offsets(&[at("a", 0, 4), at("a", 0, 2), at("a", 1, 0), at("b", 0, 9)]);
+        let as_tuples: Vec<(&str, u32, i64)> = resume
+            .iter()
+            .map(|(tp, offset)| (tp.topic.as_str(), tp.partition, *offset))
+            .collect();
+        assert_eq!(as_tuples, vec![("a", 0, 5), ("a", 1, 1), ("b", 0, 10)]);
+    }
+}

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pulse_core::log::{ConsumedRecord, LogConsumer, RecordPosition, TopicPartition};
+use pulse_core::log::{
+    ensure_subscribed, resume_offsets, ConsumedRecord, LogConsumer, RecordPosition, TopicPartition,
+};
 use pulse_core::{PortError, PortResult};
 use sqlx::Row;
 use tokio::sync::watch;
@@ -178,16 +180,9 @@ impl LogConsumer for EmbeddedConsumer {
     }
 
     async fn commit(&mut self, positions: &[RecordPosition]) -> PortResult<()> {
-        let mut next: BTreeMap<(&str, u32), i64> = BTreeMap::new();
-        for position in positions {
-            let slot = next
-                .entry((position.topic.as_str(), position.partition))
-                .or_insert(i64::MIN);
-            *slot = (*slot).max(position.offset + 1);
-        }
         let now_ms = self.shared.clock.now_ms();
         let mut tx = self.shared.pool.begin().await.map_err(storage_error)?;
-        for ((topic, partition), next_offset) in next {
+        for (tp, next_offset) in resume_offsets(positions) {
             sqlx::query(
                 "INSERT INTO group_offsets (group_id, topic, partition, next_offset, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)
@@ -195,8 +190,8 @@ impl LogConsumer for EmbeddedConsumer {
                  DO UPDATE SET next_offset = excluded.next_offset, updated_ms = excluded.updated_ms",
             )
             .bind(&self.group)
-            .bind(topic)
-            .bind(partition)
+            .bind(&tp.topic)
+            .bind(tp.partition)
             .bind(next_offset)
             .bind(now_ms)
             .execute(&mut *tx)
@@ -212,11 +207,7 @@ impl LogConsumer for EmbeddedConsumer {
     }
 
     async fn seek(&mut self, topic: &str, partition: u32, offset: i64) -> PortResult<()> {
-        if !self.topics.iter().any(|subscribed| subscribed == topic) {
-            return Err(PortError::Invalid(format!(
-                "consumer is not subscribed to {topic}"
-            )));
-        }
+        ensure_subscribed(&self.topics, topic)?;
         let count = self.shared.partition_count(topic).await?;
         if partition >= count {
             return Err(PortError::Invalid(format!(

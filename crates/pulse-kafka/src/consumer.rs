@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pulse_core::log::{ConsumedRecord, Header, LogConsumer, RecordPosition, TopicPartition};
-use pulse_core::{PortError, PortResult};
+use pulse_core::log::{
+    ensure_subscribed, resume_offsets, ConsumedRecord, Header, LogConsumer, RecordPosition,
+    TopicPartition,
+};
+use pulse_core::PortResult;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -184,16 +187,10 @@ impl LogConsumer for KafkaConsumer {
         if positions.is_empty() {
             return Ok(());
         }
-        let mut next: HashMap<(&str, u32), i64> = HashMap::new();
-        for position in positions {
-            let slot = next
-                .entry((position.topic.as_str(), position.partition))
-                .or_insert(i64::MIN);
-            *slot = (*slot).max(position.offset + 1);
-        }
-        let mut list = TopicPartitionList::with_capacity(next.len());
-        for ((topic, partition), offset) in next {
-            list.add_partition_offset(topic, partition as i32, Offset::Offset(offset))
+        let resume = resume_offsets(positions);
+        let mut list = TopicPartitionList::with_capacity(resume.len());
+        for (tp, offset) in resume {
+            list.add_partition_offset(&tp.topic, tp.partition as i32, Offset::Offset(offset))
                 .map_err(kafka_error)?;
         }
         let consumer = self.consumer.clone();
@@ -210,11 +207,7 @@ impl LogConsumer for KafkaConsumer {
     }
 
     async fn seek(&mut self, topic: &str, partition: u32, offset: i64) -> PortResult<()> {
-        if !self.topics.iter().any(|subscribed| subscribed == topic) {
-            return Err(PortError::Invalid(format!(
-                "consumer is not subscribed to {topic}"
-            )));
-        }
+        ensure_subscribed(&self.topics, topic)?;
         let tp = TopicPartition {
             topic: topic.to_owned(),
             partition,

@@ -331,7 +331,11 @@ mod tests {
         figment::Jail::expect_with(|_jail| {
             let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pulse.example.toml");
             let config = Config::load(Some(&example), &FlagOverrides::default()).expect("load");
-            assert_eq!(config, Config::default(), "the example documents the defaults");
+            assert_eq!(
+                config,
+                Config::default(),
+                "the example documents the defaults"
+            );
             Ok(())
         });
     }
