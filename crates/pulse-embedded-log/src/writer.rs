@@ -6,10 +6,13 @@ use std::collections::HashMap;
 use pulse_core::clock::SharedClock;
 use pulse_core::log::{OutgoingRecord, RecordPosition};
 use pulse_core::{PortError, PortResult};
-use sqlx::{Connection, SqliteConnection};
+use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::schema::{encode_headers, storage_error};
+
+/// Rows per INSERT statement (7 parameters each, far below SQLite's 32,766-parameter limit).
+const ROWS_PER_INSERT: usize = 256;
 
 /// Most append requests folded into one transaction.
 const MAX_REQUESTS_PER_COMMIT: usize = 512;
@@ -135,6 +138,8 @@ impl Writer {
         results: &mut Vec<PortResult<Vec<RecordPosition>>>,
     ) -> PortResult<()> {
         let now_ms = self.clock.now_ms();
+        // Every row to insert with its position, in append order.
+        let mut rows: Vec<(&OutgoingRecord, &str, u32, i64)> = Vec::new();
         for request in batch {
             let Some(&partition_count) = self.partitions.get(&request.topic) else {
                 results.push(Err(PortError::NotFound(format!("topic {}", request.topic))));
@@ -154,21 +159,8 @@ impl Writer {
                     Some(offset) => *offset,
                     None => load_next_offset(&mut self.conn, &request.topic, partition).await?,
                 };
-                sqlx::query(
-                    r#"INSERT INTO records (topic, partition, "offset", record_key, payload, headers, timestamp_ms)
-                       VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"#,
-                )
-                .bind(&request.topic)
-                .bind(partition)
-                .bind(offset)
-                .bind(record.key.as_deref())
-                .bind(record.payload.as_ref())
-                .bind(encode_headers(&record.headers))
-                .bind(now_ms)
-                .execute(&mut self.conn)
-                .await
-                .map_err(storage_error)?;
                 staged.insert(slot, offset + 1);
+                rows.push((record, request.topic.as_str(), partition, offset));
                 positions.push(RecordPosition {
                     topic: request.topic.clone(),
                     partition,
@@ -176,6 +168,27 @@ impl Writer {
                 });
             }
             results.push(Ok(positions));
+        }
+        // Multi-row INSERTs: each statement is a round trip to sqlx's SQLite worker thread, which
+        // costs more than the insert itself.
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                r#"INSERT INTO records (topic, partition, "offset", record_key, payload, headers, timestamp_ms) "#,
+            );
+            insert.push_values(chunk, |mut row, (record, topic, partition, offset)| {
+                row.push_bind(*topic)
+                    .push_bind(*partition)
+                    .push_bind(*offset)
+                    .push_bind(record.key.as_deref())
+                    .push_bind(record.payload.as_ref())
+                    .push_bind(encode_headers(&record.headers))
+                    .push_bind(now_ms);
+            });
+            insert
+                .build()
+                .execute(&mut self.conn)
+                .await
+                .map_err(storage_error)?;
         }
         for ((topic, partition), next_offset) in staged.iter() {
             sqlx::query(
