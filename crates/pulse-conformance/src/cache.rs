@@ -196,3 +196,57 @@ pub async fn apply_writes_a_batch<C: Cache + ?Sized>(cache: &C) {
     assert!(cache.ttl(&counter).await.expect("ttl").flatten().is_some());
     cache.apply(Vec::new()).await.expect("empty batch");
 }
+
+/// A guarded batch applies once: the second attempt with the same guard changes nothing.
+pub async fn apply_if_absent_applies_once_per_guard<C: Cache + ?Sized>(cache: &C) {
+    let (guard, counter, value) = (key("seen"), key("counter"), key("value"));
+    let writes = || {
+        vec![
+            CacheWrite::IncrBy {
+                key: counter.clone(),
+                delta: 1,
+                ttl: Some(Duration::from_secs(60)),
+            },
+            CacheWrite::Set {
+                key: value.clone(),
+                value: Bytes::from_static(b"v"),
+                ttl: None,
+            },
+        ]
+    };
+    assert!(cache
+        .apply_if_absent(&guard, Duration::from_secs(60), writes())
+        .await
+        .expect("first"));
+    assert!(!cache
+        .apply_if_absent(&guard, Duration::from_secs(60), writes())
+        .await
+        .expect("second"));
+    assert_eq!(
+        cache.get(&counter).await.expect("get").as_deref(),
+        Some(&b"1"[..])
+    );
+    assert!(
+        cache.ttl(&guard).await.expect("ttl").flatten().is_some(),
+        "the guard expires"
+    );
+    assert!(cache.ttl(&counter).await.expect("ttl").flatten().is_some());
+    assert_eq!(
+        cache.get(&value).await.expect("get").as_deref(),
+        Some(&b"v"[..])
+    );
+    // Concurrent attempts: exactly one wins.
+    let other_guard = key("race");
+    let attempts =
+        (0..8).map(|_| cache.apply_if_absent(&other_guard, Duration::from_secs(60), writes()));
+    let won = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .filter(|outcome| *outcome.as_ref().expect("attempt"))
+        .count();
+    assert_eq!(won, 1);
+    assert_eq!(
+        cache.get(&counter).await.expect("get").as_deref(),
+        Some(&b"2"[..])
+    );
+}

@@ -98,6 +98,7 @@ macro_rules! cache_suite {
                 incr_by_on_a_non_integer_fails_without_retry,
                 get_many_keeps_order_and_reports_missing,
                 apply_writes_a_batch,
+                apply_if_absent_applies_once_per_guard,
             );
         }
     };

@@ -63,6 +63,18 @@ pub trait Cache: Send + Sync + std::fmt::Debug {
     /// Applies `writes` in order as one atomic batch: no reader sees half of it.
     async fn apply(&self, writes: Vec<CacheWrite>) -> PortResult<()>;
 
+    /// Atomically: when `guard` is absent, sets it (expiring after `guard_ttl`) and applies
+    /// `writes`, returning `true`; when `guard` exists, changes nothing and returns `false`.
+    ///
+    /// This is how an at-least-once consumer applies an effect exactly once: the guard names the
+    /// event (`seen:order:{id}`) and lives at least as long as a redelivery can happen.
+    async fn apply_if_absent(
+        &self,
+        guard: &str,
+        guard_ttl: Duration,
+        writes: Vec<CacheWrite>,
+    ) -> PortResult<bool>;
+
     /// Succeeds when the store answers a trivial request.
     async fn ping(&self) -> PortResult<()>;
 }

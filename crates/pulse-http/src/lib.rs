@@ -10,6 +10,7 @@
 //! tracing, a body size limit and a JSON 404, so every error a client sees has the shape
 //! `{"error":{"code":"...","message":"..."}}`.
 
+pub mod api;
 mod error;
 mod metrics_layer;
 mod ops;

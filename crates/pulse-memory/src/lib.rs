@@ -178,6 +178,36 @@ impl MemoryCache {
             }
         }
     }
+    /// Applies `writes` in order under the caller's lock, rolling back on failure.
+    fn apply_locked(
+        &self,
+        entries: &mut HashMap<String, Entry>,
+        writes: Vec<CacheWrite>,
+        now: i64,
+    ) -> PortResult<()> {
+        // Remember what the batch touches so a failing write can be rolled back: no reader can
+        // observe the batch half-applied because the lock is held throughout.
+        let mut before: Vec<(String, Option<Entry>)> = Vec::with_capacity(writes.len());
+        for write in &writes {
+            let key = match write {
+                CacheWrite::Set { key, .. } | CacheWrite::IncrBy { key, .. } => key,
+                CacheWrite::Delete { key } => key,
+            };
+            before.push((key.clone(), entries.get(key).cloned()));
+        }
+        for write in writes {
+            if let Err(err) = self.apply_one(entries, write, now) {
+                for (key, entry) in before.into_iter().rev() {
+                    match entry {
+                        Some(entry) => entries.insert(key, entry),
+                        None => entries.remove(&key),
+                    };
+                }
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn parse_integer(key: &str, value: &[u8]) -> PortResult<i64> {
@@ -246,28 +276,29 @@ impl Cache for MemoryCache {
     async fn apply(&self, writes: Vec<CacheWrite>) -> PortResult<()> {
         let now = self.clock.now_ms();
         let mut entries = self.lock();
-        // Remember what the batch touches so a failing write can be rolled back: no reader can
-        // observe the batch half-applied because the lock is held throughout.
-        let mut before: Vec<(String, Option<Entry>)> = Vec::with_capacity(writes.len());
-        for write in &writes {
-            let key = match write {
-                CacheWrite::Set { key, .. } | CacheWrite::IncrBy { key, .. } => key,
-                CacheWrite::Delete { key } => key,
-            };
-            before.push((key.clone(), entries.get(key).cloned()));
+        self.apply_locked(&mut entries, writes, now)
+    }
+
+    async fn apply_if_absent(
+        &self,
+        guard: &str,
+        guard_ttl: Duration,
+        writes: Vec<CacheWrite>,
+    ) -> PortResult<bool> {
+        let now = self.clock.now_ms();
+        let mut entries = self.lock();
+        if Self::live(&entries, guard, now).is_some() {
+            return Ok(false);
         }
-        for write in writes {
-            if let Err(err) = self.apply_one(&mut entries, write, now) {
-                for (key, entry) in before.into_iter().rev() {
-                    match entry {
-                        Some(entry) => entries.insert(key, entry),
-                        None => entries.remove(&key),
-                    };
-                }
-                return Err(err);
-            }
-        }
-        Ok(())
+        let mut all = Vec::with_capacity(writes.len() + 1);
+        all.push(CacheWrite::Set {
+            key: guard.to_owned(),
+            value: Bytes::from_static(b"1"),
+            ttl: Some(guard_ttl),
+        });
+        all.extend(writes);
+        self.apply_locked(&mut entries, all, now)?;
+        Ok(true)
     }
 
     async fn ping(&self) -> PortResult<()> {

@@ -88,6 +88,26 @@ fn add_write(pipe: &mut Pipeline, write: &CacheWrite) {
     }
 }
 
+/// `apply_if_absent` as one server-side step. Keys beyond the guard are passed as arguments, so
+/// this suits a single Redis (or one shard), not Redis Cluster.
+const APPLY_IF_ABSENT: &str = r#"
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+local i = 2
+while i <= #ARGV do
+  local op, key, value, ttl = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  if op == 'S' then
+    if ttl > 0 then redis.call('SET', key, value, 'PX', ttl) else redis.call('SET', key, value) end
+  elseif op == 'I' then
+    redis.call('INCRBY', key, value)
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+  else
+    redis.call('DEL', key)
+  end
+  i = i + 4
+end
+return 1
+"#;
+
 impl RedisCache {
     /// Connects to `url` and checks that Redis answers.
     pub async fn connect(url: &str, options: RedisOptions) -> PortResult<Self> {
@@ -190,6 +210,37 @@ impl Cache for RedisCache {
         }
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn).await.map_err(redis_error)
+    }
+
+    async fn apply_if_absent(
+        &self,
+        guard: &str,
+        guard_ttl: Duration,
+        writes: Vec<CacheWrite>,
+    ) -> PortResult<bool> {
+        let script = redis::Script::new(APPLY_IF_ABSENT);
+        let mut invocation = script.prepare_invoke();
+        invocation.key(guard).arg(millis(guard_ttl));
+        for write in &writes {
+            let ttl_ms = |ttl: &Option<Duration>| ttl.map_or(0, millis);
+            match write {
+                CacheWrite::Set { key, value, ttl } => invocation
+                    .arg("S")
+                    .arg(key)
+                    .arg(value.as_ref())
+                    .arg(ttl_ms(ttl)),
+                CacheWrite::IncrBy { key, delta, ttl } => {
+                    invocation.arg("I").arg(key).arg(*delta).arg(ttl_ms(ttl))
+                }
+                CacheWrite::Delete { key } => invocation.arg("D").arg(key).arg("").arg(0),
+            };
+        }
+        let mut conn = self.conn.clone();
+        let applied: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(applied == 1)
     }
 
     async fn ping(&self) -> PortResult<()> {

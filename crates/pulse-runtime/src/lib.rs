@@ -151,6 +151,8 @@ impl Supervisor {
     pub async fn run_until_stopped(mut self, drain_timeout: Duration) -> Result<(), RuntimeError> {
         let mut first_error = None;
         tokio::select! {
+            // Checked first: a task that ends because shutdown was requested is not news.
+            biased;
             () = self.shutdown.cancelled() => {}
             Some(joined) = self.tasks.join_next() => {
                 first_error = self.finished(joined);

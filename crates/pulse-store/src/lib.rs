@@ -8,6 +8,8 @@
 //! * migrations are embedded in the binary and applied in order, once, under sqlx's lock;
 //! * every pool has an acquire timeout, so a dead database surfaces as an error, not a hang.
 
+mod orders;
+
 use std::str::FromStr;
 use std::time::Duration;
 

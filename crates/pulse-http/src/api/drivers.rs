@@ -1,0 +1,86 @@
+//! `POST /api/v1/drivers/{driver_id}/location`: a driver's position, appended to
+//! `supply.updates` keyed by the driver.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use pulse_core::log::OutgoingRecord;
+use pulse_proto::v1::DriverLocationUpdated;
+use pulse_proto::Message;
+use pulse_surge::engine::SUPPLY_TOPIC;
+use serde::{Deserialize, Serialize};
+
+use super::{rfc3339, to_point, ApiJson, ApiState};
+use crate::ApiError;
+
+/// Longest accepted driver id.
+pub(crate) const MAX_DRIVER_ID_CHARS: usize = 50;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Location {
+    lat: f64,
+    lng: f64,
+    available: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Accepted {
+    driver_id: String,
+    h3: String,
+    available: bool,
+    accepted_at: String,
+}
+
+fn validate_driver_id(driver_id: &str) -> Result<(), ApiError> {
+    let valid = !driver_id.is_empty()
+        && driver_id.len() <= MAX_DRIVER_ID_CHARS
+        && driver_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "driver_id must be 1 to {MAX_DRIVER_ID_CHARS} characters of [A-Za-z0-9._:-]"
+        )))
+    }
+}
+
+pub(crate) async fn report_location(
+    State(state): State<ApiState>,
+    Path(driver_id): Path<String>,
+    ApiJson(body): ApiJson<Location>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    validate_driver_id(&driver_id)?;
+    let point = to_point("location", body.lat, body.lng)?;
+    let cell = point.cell().to_string();
+    let now_ms = state.clock.now_ms();
+    let event = DriverLocationUpdated {
+        driver_id: driver_id.clone(),
+        h3: cell.clone(),
+        available: body.available,
+        timestamp: now_ms,
+        lat: point.lat(),
+        lng: point.lng(),
+    };
+    let record = OutgoingRecord::keyed(driver_id.clone(), event.encode_to_vec());
+    // Accepted only once the log holds it durably.
+    state
+        .log
+        .append(SUPPLY_TOPIC, vec![record])
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "supply append failed");
+            ApiError::unavailable("driver locations are temporarily unavailable; retry")
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            driver_id,
+            h3: cell,
+            available: body.available,
+            accepted_at: rfc3339(now_ms),
+        }),
+    ))
+}

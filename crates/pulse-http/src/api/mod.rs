@@ -1,0 +1,80 @@
+//! The public API under `/api/v1`: orders, driver locations and quotes.
+
+mod drivers;
+mod json;
+mod orders;
+mod quotes;
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::routing::{get, post};
+use axum::Router;
+use pulse_core::clock::SharedClock;
+use pulse_core::log::EventLog;
+use pulse_orders::OrderService;
+use pulse_surge::geo::{GeoError, Point};
+use pulse_surge::quotes::QuoteService;
+use serde::Deserialize;
+
+use crate::ApiError;
+
+pub use json::ApiJson;
+
+/// Largest JSON body the API accepts.
+pub const MAX_API_BODY_BYTES: usize = 16 * 1024;
+
+/// What the API handlers need.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// Order placement.
+    pub orders: OrderService,
+    /// Quotes.
+    pub quotes: QuoteService,
+    /// The log driver locations are appended to.
+    pub log: Arc<dyn EventLog>,
+    /// Time.
+    pub clock: SharedClock,
+}
+
+/// The `/api/v1` routes.
+pub fn routes(state: ApiState) -> Router {
+    Router::new()
+        .route("/orders", post(orders::place))
+        .route("/orders/{order_id}", get(orders::get))
+        .route(
+            "/drivers/{driver_id}/location",
+            post(drivers::report_location),
+        )
+        .route("/quote", get(quotes::quote))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_API_BODY_BYTES))
+        .with_state(state)
+}
+
+/// `{"lat": .., "lng": ..}` in a request body.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LatLng {
+    lat: f64,
+    lng: f64,
+}
+
+impl LatLng {
+    pub(crate) fn point(self, field: &str) -> Result<Point, ApiError> {
+        to_point(field, self.lat, self.lng)
+    }
+}
+
+pub(crate) fn to_point(field: &str, lat: f64, lng: f64) -> Result<Point, ApiError> {
+    Point::new(lat, lng).map_err(|err| match err {
+        GeoError::Latitude(_) | GeoError::Longitude(_) | GeoError::Cell(_) => {
+            ApiError::bad_request(format!("{field}: {err}"))
+        }
+    })
+}
+
+/// RFC 3339 (UTC, milliseconds) for a Unix-millisecond time.
+pub(crate) fn rfc3339(unix_ms: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
+}

@@ -1,0 +1,195 @@
+//! Orders and outbox events.
+
+use bytes::Bytes;
+use pulse_surge::geo::Point;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Longest accepted user id (the seed's `VARCHAR(50)`).
+pub const MAX_USER_ID_CHARS: usize = 50;
+/// Longest accepted idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 200;
+
+/// Why input was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValidationError {
+    /// A field is missing, empty, too long or malformed.
+    #[error("{field}: {message}")]
+    Field {
+        /// The field, as the client named it.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ValidationError {
+    pub(crate) fn field(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Field {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Lifecycle of an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    /// Accepted, waiting for a driver.
+    Pending,
+    /// Done.
+    Completed,
+}
+
+impl OrderStatus {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "PENDING",
+            OrderStatus::Completed => "COMPLETED",
+        }
+    }
+
+    /// From the stored text.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "PENDING" => Some(OrderStatus::Pending),
+            "COMPLETED" => Some(OrderStatus::Completed),
+            _ => None,
+        }
+    }
+}
+
+/// A client's `Idempotency-Key`: 1 to 200 printable ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// Validates a header value.
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        let valid = !raw.is_empty()
+            && raw.len() <= MAX_IDEMPOTENCY_KEY_CHARS
+            && raw.bytes().all(|b| b.is_ascii_graphic());
+        if valid {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(ValidationError::field(
+                "Idempotency-Key",
+                format!("must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters"),
+            ))
+        }
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A validated order request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewOrder {
+    /// Who orders.
+    pub user_id: String,
+    /// Where to pick up.
+    pub pickup: Point,
+    /// Where to drop off.
+    pub dropoff: Point,
+    /// A locked quote to pay, if any.
+    pub quote_id: Option<Uuid>,
+}
+
+impl NewOrder {
+    /// Validates the user id; points are validated when built.
+    pub fn new(
+        user_id: &str,
+        pickup: Point,
+        dropoff: Point,
+        quote_id: Option<Uuid>,
+    ) -> Result<Self, ValidationError> {
+        let chars = user_id.chars().count();
+        if chars == 0 || chars > MAX_USER_ID_CHARS || user_id.trim() != user_id {
+            return Err(ValidationError::field(
+                "user_id",
+                format!("must be 1 to {MAX_USER_ID_CHARS} characters without surrounding spaces"),
+            ));
+        }
+        if user_id.chars().any(char::is_control) {
+            return Err(ValidationError::field(
+                "user_id",
+                "must not contain control characters",
+            ));
+        }
+        Ok(Self {
+            user_id: user_id.to_owned(),
+            pickup,
+            dropoff,
+            quote_id,
+        })
+    }
+}
+
+/// A locked price an order pays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPrice {
+    /// Total in minor units.
+    pub total: i64,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// Multiplier applied, in thousandths.
+    pub multiplier_milli: i32,
+}
+
+/// A stored order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Order {
+    /// Order id (UUID v7: time-ordered).
+    pub id: Uuid,
+    /// Who ordered.
+    pub user_id: String,
+    /// Pickup point.
+    pub pickup: Point,
+    /// Dropoff point.
+    pub dropoff: Point,
+    /// Pickup cell (H3 resolution 9).
+    pub pickup_h3: String,
+    /// Dropoff cell (H3 resolution 9).
+    pub dropoff_h3: String,
+    /// Status.
+    pub status: OrderStatus,
+    /// Acceptance time, Unix milliseconds.
+    pub created_at_ms: i64,
+    /// The locked quote it was placed with.
+    pub quote_id: Option<Uuid>,
+    /// The price it pays, when placed with a quote.
+    pub price: Option<OrderPrice>,
+}
+
+impl Order {
+    /// Whether `request` asks for this very order (same user, points and quote), so a retry
+    /// with the same idempotency key can be answered with it.
+    pub fn matches(&self, request: &NewOrder) -> bool {
+        self.user_id == request.user_id
+            && self.pickup == request.pickup
+            && self.dropoff == request.dropoff
+            && self.quote_id == request.quote_id
+    }
+}
+
+/// A row of the outbox: an event waiting to be appended to the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEvent {
+    /// Event id.
+    pub id: Uuid,
+    /// The entity the event is about; also the log key, so its events stay in order.
+    pub aggregate_id: Uuid,
+    /// e.g. `ORDER`.
+    pub aggregate_type: String,
+    /// Destination topic.
+    pub topic: String,
+    /// Encoded event (protobuf).
+    pub payload: Bytes,
+    /// When it was written, Unix milliseconds.
+    pub created_at_ms: i64,
+}

@@ -1,0 +1,186 @@
+//! The relay role: moves committed outbox rows to the log, marking them sent only after the log
+//! acknowledged them. Several relays may run at once; leases keep them off each other's rows.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use pulse_core::clock::SharedClock;
+use pulse_core::log::{EventLog, OutgoingRecord};
+use tokio_util::sync::CancellationToken;
+
+use crate::model::OutboxEvent;
+use crate::ports::Outbox;
+
+/// Events appended to the log by the relay.
+pub const RELAY_PUBLISHED_TOTAL: &str = "pulse_relay_published_total";
+/// Failed relay rounds, by stage (`claim`, `append`, `mark_sent`).
+pub const RELAY_ERRORS_TOTAL: &str = "pulse_relay_errors_total";
+/// Outbox rows not yet sent.
+pub const OUTBOX_BACKLOG: &str = "pulse_outbox_backlog";
+/// Time from an outbox row's commit to the log's acknowledgement.
+pub const RELAY_LAG: &str = "pulse_relay_lag_seconds";
+
+/// Relay settings.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Most events moved per round.
+    pub batch_size: usize,
+    /// How long a claimed batch is reserved for this relay.
+    pub lease: Duration,
+    /// Pause after a round that found nothing.
+    pub idle_poll: Duration,
+    /// How long sent rows are kept before deletion.
+    pub sent_retention: Duration,
+    /// How often the backlog gauge and the purge run.
+    pub housekeeping_every: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            lease: Duration::from_secs(30),
+            idle_poll: Duration::from_millis(50),
+            sent_retention: Duration::from_secs(24 * 3600),
+            housekeeping_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One relay instance.
+#[derive(Debug)]
+pub struct Relay {
+    id: String,
+    outbox: Arc<dyn Outbox>,
+    log: Arc<dyn EventLog>,
+    clock: SharedClock,
+    settings: RelaySettings,
+}
+
+fn to_record(event: &OutboxEvent) -> OutgoingRecord {
+    OutgoingRecord::keyed(event.aggregate_id.to_string(), event.payload.clone())
+        .with_header("pulse.event_id", event.id.to_string())
+        .with_header("pulse.aggregate_type", event.aggregate_type.clone())
+}
+
+impl Relay {
+    /// A relay named `id` (unique per process, e.g. `relay-<uuid>`).
+    pub fn new(
+        id: String,
+        outbox: Arc<dyn Outbox>,
+        log: Arc<dyn EventLog>,
+        clock: SharedClock,
+        settings: RelaySettings,
+    ) -> Self {
+        Self {
+            id,
+            outbox,
+            log,
+            clock,
+            settings,
+        }
+    }
+
+    /// Moves events until `shutdown`; a batch in flight is finished first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut delays = self.backoff();
+        let mut last_housekeeping: Option<Instant> = None;
+        while !shutdown.is_cancelled() {
+            if last_housekeeping.is_none_or(|at| at.elapsed() >= self.settings.housekeeping_every) {
+                self.housekeeping().await;
+                last_housekeeping = Some(Instant::now());
+            }
+            let pause = match self.relay_once().await {
+                Ok(0) => self.settings.idle_poll,
+                Ok(_) => {
+                    delays = self.backoff();
+                    Duration::ZERO
+                }
+                Err(stage) => {
+                    metrics::counter!(RELAY_ERRORS_TOTAL, "stage" => stage).increment(1);
+                    delays.next().unwrap_or(Duration::from_secs(5))
+                }
+            };
+            if !pause.is_zero() {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+        tracing::info!(relay = %self.id, "relay stopped");
+    }
+
+    fn backoff(&self) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    /// One round: claim, append, mark sent. Returns how many events moved, or the failing stage.
+    pub async fn relay_once(&self) -> Result<usize, &'static str> {
+        let now = self.clock.now_ms();
+        let lease_ms = self.settings.lease.as_millis() as i64;
+        let events = self
+            .outbox
+            .claim(&self.id, self.settings.batch_size, lease_ms, now)
+            .await
+            .map_err(|err| {
+                tracing::warn!(error = %err, "outbox claim failed");
+                "claim"
+            })?;
+        if events.is_empty() {
+            return Ok(0);
+        }
+        // Appended per topic in claim order; one aggregate's events share a key, hence a
+        // partition, hence their order.
+        let mut by_topic: BTreeMap<&str, Vec<&OutboxEvent>> = BTreeMap::new();
+        for event in &events {
+            by_topic
+                .entry(event.topic.as_str())
+                .or_default()
+                .push(event);
+        }
+        for (topic, batch) in by_topic {
+            let records = batch.iter().map(|event| to_record(event)).collect();
+            if let Err(err) = self.log.append(topic, records).await {
+                // The lease lapses and the rows are claimed again; nothing is lost.
+                tracing::warn!(error = %err, topic, "relay append failed; rows stay pending");
+                return Err("append");
+            }
+        }
+        let ids: Vec<_> = events.iter().map(|event| event.id).collect();
+        let acknowledged = self.clock.now_ms();
+        self.outbox
+            .mark_sent(&ids, acknowledged)
+            .await
+            .map_err(|err| {
+                // Appended but not marked: the rows are sent again after the lease (at-least-once;
+                // consumers deduplicate by order id).
+                tracing::warn!(error = %err, "marking outbox rows sent failed");
+                "mark_sent"
+            })?;
+        metrics::counter!(RELAY_PUBLISHED_TOTAL).increment(events.len() as u64);
+        for event in &events {
+            let lag_s = (acknowledged - event.created_at_ms).max(0) as f64 / 1_000.0;
+            metrics::histogram!(RELAY_LAG).record(lag_s);
+        }
+        Ok(events.len())
+    }
+
+    async fn housekeeping(&self) {
+        match self.outbox.backlog().await {
+            Ok(backlog) => metrics::gauge!(OUTBOX_BACKLOG).set(backlog as f64),
+            Err(err) => tracing::warn!(error = %err, "cannot measure the outbox backlog"),
+        }
+        let cutoff = self.clock.now_ms() - self.settings.sent_retention.as_millis() as i64;
+        if let Err(err) = self.outbox.purge_sent(cutoff).await {
+            tracing::warn!(error = %err, "purging sent outbox rows failed");
+        }
+    }
+}

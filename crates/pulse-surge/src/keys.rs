@@ -1,0 +1,33 @@
+//! Cache key formats of the surge loop, in one place.
+
+use h3o::CellIndex;
+
+/// `surge:{h3}` → [`crate::SurgeValue`] JSON (the seed's contract).
+pub fn surge(cell: CellIndex) -> String {
+    format!("surge:{cell}")
+}
+
+/// Orders in a cell during one window bucket.
+pub(crate) fn demand(cell: CellIndex, bucket: i64) -> String {
+    format!("demand:{cell}:{bucket}")
+}
+
+/// Available drivers whose latest ping fell in a cell during one window bucket.
+pub(crate) fn supply(cell: CellIndex, bucket: i64) -> String {
+    format!("supply:{cell}:{bucket}")
+}
+
+/// A driver's latest ping.
+pub(crate) fn driver(driver_id: &str) -> String {
+    format!("driver:{driver_id}")
+}
+
+/// Guard marking an order as counted.
+pub(crate) fn seen_order(order_id: &str) -> String {
+    format!("seen:order:{order_id}")
+}
+
+/// A locked quote.
+pub(crate) fn quote(quote_id: &uuid::Uuid) -> String {
+    format!("quote:{quote_id}")
+}
