@@ -69,6 +69,10 @@ pub struct EngineSettings {
     pub tick: Duration,
     /// Most records handled per batch.
     pub batch_size: usize,
+    /// Re-read the last window of both topics when starting, so an engine whose cache was empty
+    /// (the in-process one after a restart) rebuilds its windows; with a shared cache the replay
+    /// is absorbed by the idempotency guards.
+    pub replay_window_on_start: bool,
 }
 
 impl Default for EngineSettings {
@@ -80,6 +84,7 @@ impl Default for EngineSettings {
             surge_ttl: Duration::from_secs(60),
             tick: Duration::from_secs(1),
             batch_size: 1_000,
+            replay_window_on_start: true,
         }
     }
 }
@@ -171,6 +176,15 @@ impl SurgeEngine {
                 Err(err) => return Err(err),
             }
         };
+        if self.settings.replay_window_on_start {
+            let window_start = self.clock.now_ms()
+                - (self.settings.window + self.settings.bucket).as_millis() as i64;
+            for topic in [DEMAND_TOPIC, SUPPLY_TOPIC] {
+                if let Err(err) = consumer.seek_to_timestamp(topic, window_start).await {
+                    tracing::warn!(error = %err, topic, "cannot replay the window; resuming from commits");
+                }
+            }
+        }
         let mut next_tick = Instant::now() + self.settings.tick;
         while !shutdown.is_cancelled() {
             let polled = tokio::select! {

@@ -10,6 +10,16 @@ use pulse_http::OpsState;
 use pulse_runtime::{CancellationToken, Role, Supervisor};
 use tokio::net::TcpListener;
 
+use std::sync::Arc;
+
+use pulse_core::clock::{SharedClock, SystemClock};
+use pulse_http::api::ApiState;
+use pulse_orders::relay::{Relay, RelaySettings};
+use pulse_orders::OrderService;
+use pulse_surge::engine::{EngineSettings, SurgeEngine};
+use pulse_surge::pricing::Tariff;
+use pulse_surge::quotes::{QuoteService, QuoteSettings};
+
 use crate::backends::{redact, Backends};
 use crate::config::Config;
 
@@ -25,6 +35,29 @@ pub struct Application {
     roles: BTreeSet<Role>,
     shutdown: CancellationToken,
     drain_timeout: Duration,
+    clock: SharedClock,
+    engine: EngineSettings,
+    relay: RelaySettings,
+}
+
+fn engine_settings(config: &Config) -> EngineSettings {
+    EngineSettings {
+        window: Duration::from_secs(config.surge.window_secs),
+        bucket: Duration::from_secs(config.surge.bucket_secs),
+        elasticity: config.surge.elasticity,
+        surge_ttl: Duration::from_secs(config.surge.surge_ttl_secs),
+        tick: Duration::from_millis(config.surge.tick_ms),
+        ..EngineSettings::default()
+    }
+}
+
+fn relay_settings(config: &Config) -> RelaySettings {
+    RelaySettings {
+        batch_size: config.relay.batch_size,
+        idle_poll: Duration::from_millis(config.relay.idle_poll_ms),
+        lease: Duration::from_secs(config.relay.lease_secs),
+        ..RelaySettings::default()
+    }
 }
 
 impl Application {
@@ -42,9 +75,36 @@ impl Application {
             check_timeout: Duration::from_secs(config.backend_timeout_secs),
             metrics,
         };
-        // The gateway's API routes arrive with the domain crates; every role serves the
-        // operational endpoints so each process can be probed and scraped.
-        let api = Router::new();
+        let clock: SharedClock = Arc::new(SystemClock);
+        let quotes = QuoteService::new(
+            backends.cache.clone(),
+            QuoteSettings {
+                tariff: Tariff {
+                    base_minor: config.pricing.base_minor,
+                    per_km_minor: config.pricing.per_km_minor,
+                    currency: config.pricing.currency.clone(),
+                },
+                lock: Duration::from_secs(config.pricing.quote_lock_secs),
+            },
+            clock.clone(),
+        );
+        // Every role serves the operational endpoints so each process can be probed and
+        // scraped; only the gateway serves the API.
+        let api = if roles.contains(&Role::Gateway) {
+            let orders = OrderService::new(
+                Arc::new(backends.store.clone()),
+                quotes.clone(),
+                clock.clone(),
+            );
+            pulse_http::api::routes(ApiState {
+                orders,
+                quotes,
+                log: backends.log.clone(),
+                clock: clock.clone(),
+            })
+        } else {
+            Router::new()
+        };
         let router = pulse_http::router(ops, api);
         let listener = TcpListener::bind(config.listen)
             .await
@@ -64,6 +124,9 @@ impl Application {
             roles,
             shutdown,
             drain_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+            clock,
+            engine: engine_settings(config),
+            relay: relay_settings(config),
         })
     }
 
@@ -113,8 +176,40 @@ impl Application {
                 }
             });
         }
+        if self.roles.contains(&Role::Relay) {
+            let relay = Relay::new(
+                format!("relay-{}", uuid::Uuid::new_v4()),
+                Arc::new(self.backends.store.clone()),
+                self.backends.log.clone(),
+                self.clock.clone(),
+                self.relay.clone(),
+            );
+            let stop = self.shutdown.clone();
+            supervisor.spawn("relay", async move {
+                relay.run(stop).await;
+                Ok(())
+            });
+        }
+        if self.roles.contains(&Role::Engine) {
+            let engine = SurgeEngine::new(
+                self.backends.log.clone(),
+                self.backends.cache.clone(),
+                self.clock.clone(),
+                self.engine.clone(),
+            );
+            let stop = self.shutdown.clone();
+            supervisor.spawn("engine", async move {
+                engine.run(stop).await.map_err(Into::into)
+            });
+        }
         let outcome = supervisor.run_until_stopped(self.drain_timeout).await;
-        self.backends.store.close().await;
+        // Bounded: a connection stuck in a dead database must not keep the process alive.
+        if tokio::time::timeout(Duration::from_secs(5), self.backends.store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("store connections did not close within 5 s");
+        }
         tracing::info!("pulse stopped");
         outcome.map_err(Into::into)
     }

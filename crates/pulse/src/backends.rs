@@ -17,8 +17,13 @@ use pulse_store::{Database, StoreOptions};
 
 use crate::config::{CacheTarget, Config, LogTarget};
 
-/// The topics fixed by the seed contract, created at start-up when missing.
-pub const CONTRACT_TOPICS: [&str; 2] = ["demand.orders", "supply.updates"];
+/// The topics Pulse uses (the seed's two and the dead-letter topic), created at start-up when
+/// missing.
+pub const CONTRACT_TOPICS: [&str; 3] = [
+    pulse_surge::engine::DEMAND_TOPIC,
+    pulse_surge::engine::SUPPLY_TOPIC,
+    pulse_surge::engine::DEAD_LETTER_TOPIC,
+];
 
 /// The open backends of one process.
 #[derive(Debug, Clone)]

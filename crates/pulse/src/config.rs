@@ -71,6 +71,81 @@ impl Default for TopicsConfig {
     }
 }
 
+/// Surge engine settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SurgeConfig {
+    /// Length of the sliding window, seconds.
+    pub window_secs: u64,
+    /// Width of one window bucket, seconds (the window's resolution).
+    pub bucket_secs: u64,
+    /// `elasticity` in `1 + min(2.5, demand / (supply × elasticity))`.
+    pub elasticity: f64,
+    /// TTL of `surge:{h3}`, seconds.
+    pub surge_ttl_secs: u64,
+    /// How often active cells are recomputed without new events, milliseconds.
+    pub tick_ms: u64,
+}
+
+impl Default for SurgeConfig {
+    fn default() -> Self {
+        Self {
+            window_secs: 300,
+            bucket_secs: 10,
+            elasticity: 1.0,
+            surge_ttl_secs: 60,
+            tick_ms: 1_000,
+        }
+    }
+}
+
+/// Prices and quotes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PricingConfig {
+    /// Base fare, minor units.
+    pub base_minor: i64,
+    /// Price per kilometre, minor units.
+    pub per_km_minor: i64,
+    /// ISO 4217 currency code.
+    pub currency: String,
+    /// How long a quote id locks its price, seconds.
+    pub quote_lock_secs: u64,
+}
+
+impl Default for PricingConfig {
+    fn default() -> Self {
+        Self {
+            base_minor: 250,
+            per_km_minor: 120,
+            currency: "USD".to_owned(),
+            quote_lock_secs: 120,
+        }
+    }
+}
+
+/// Outbox relay settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Most events moved per round.
+    pub batch_size: usize,
+    /// Pause after a round that found nothing, milliseconds.
+    pub idle_poll_ms: u64,
+    /// How long a claimed batch is reserved for one relay, seconds.
+    pub lease_secs: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            idle_poll_ms: 50,
+            lease_secs: 30,
+        }
+    }
+}
+
 /// Everything a Pulse process can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -101,6 +176,12 @@ pub struct Config {
     pub memory_cache: MemoryCacheConfig,
     /// Topic settings.
     pub topics: TopicsConfig,
+    /// Surge engine settings.
+    pub surge: SurgeConfig,
+    /// Prices and quotes.
+    pub pricing: PricingConfig,
+    /// Outbox relay settings.
+    pub relay: RelayConfig,
 }
 
 impl Default for Config {
@@ -119,6 +200,9 @@ impl Default for Config {
             embedded_log: EmbeddedLogConfig::default(),
             memory_cache: MemoryCacheConfig::default(),
             topics: TopicsConfig::default(),
+            surge: SurgeConfig::default(),
+            pricing: PricingConfig::default(),
+            relay: RelayConfig::default(),
         }
     }
 }
@@ -235,6 +319,27 @@ impl Config {
         }
         self.log_target()?;
         self.cache_target()?;
+        let invalid = |message: &str| Err(ConfigError::Invalid(message.to_owned()));
+        let surge = &self.surge;
+        if surge.bucket_secs == 0 || surge.window_secs < surge.bucket_secs {
+            return invalid("surge.bucket_secs must be at least 1 and at most surge.window_secs");
+        }
+        if !(surge.elasticity.is_finite() && surge.elasticity > 0.0) {
+            return invalid("surge.elasticity must be a positive number");
+        }
+        if surge.surge_ttl_secs == 0 || surge.tick_ms == 0 {
+            return invalid("surge.surge_ttl_secs and surge.tick_ms must be positive");
+        }
+        let currency = &self.pricing.currency;
+        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return invalid("pricing.currency must be an ISO 4217 code such as USD");
+        }
+        if self.pricing.base_minor < 0 || self.pricing.per_km_minor < 0 {
+            return invalid("pricing.base_minor and pricing.per_km_minor must not be negative");
+        }
+        if self.relay.batch_size == 0 {
+            return invalid("relay.batch_size must be positive");
+        }
         Ok(())
     }
 

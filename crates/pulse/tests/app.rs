@@ -1,78 +1,10 @@
 //! The application end to end, in process: embedded backends and the real PostgreSQL, Kafka and
 //! Redis, through the HTTP surface every process serves.
 
-use std::time::Duration;
+mod common;
 
-use pulse::{Application, Config};
+use common::{distributed, TestApp};
 use pulse_conformance::services;
-use pulse_core::log::EventLog;
-use pulse_runtime::{CancellationToken, Role};
-use serde_json::Value;
-
-struct TestApp {
-    base: String,
-    shutdown: CancellationToken,
-    running: tokio::task::JoinHandle<anyhow::Result<()>>,
-    log: std::sync::Arc<dyn EventLog>,
-    _data_dir: tempfile::TempDir,
-}
-
-impl TestApp {
-    async fn spawn(configure: impl FnOnce(&mut Config)) -> Self {
-        let data_dir = tempfile::tempdir().expect("temp dir");
-        let mut config = Config {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            data_dir: data_dir.path().to_owned(),
-            ..Config::default()
-        };
-        configure(&mut config);
-        let shutdown = CancellationToken::new();
-        let app = Application::build(&config, Role::ALL.into_iter().collect(), shutdown.clone())
-            .await
-            .expect("application builds");
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let log = app.backends().log.clone();
-        let running = tokio::spawn(app.run_until_stopped());
-        Self {
-            base,
-            shutdown,
-            running,
-            log,
-            _data_dir: data_dir,
-        }
-    }
-
-    async fn get(&self, path: &str) -> (u16, String) {
-        let response = reqwest::get(format!("{}{path}", self.base))
-            .await
-            .expect("request");
-        let status = response.status().as_u16();
-        (status, response.text().await.expect("body"))
-    }
-
-    async fn get_json(&self, path: &str) -> (u16, Value) {
-        let (status, body) = self.get(path).await;
-        (
-            status,
-            serde_json::from_str(&body).unwrap_or_else(|_| panic!("JSON from {path}: {body}")),
-        )
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.running)
-            .await
-            .expect("drains within 10 s")
-            .expect("task joins")
-            .expect("clean stop");
-    }
-}
-
-fn distributed(config: &mut Config, store_url: String) {
-    config.store_url = Some(store_url);
-    config.log_url = services::kafka_url();
-    config.cache_url = services::redis_url();
-}
 
 async fn assert_operational_endpoints(app: &TestApp) {
     let (status, health) = app.get_json("/healthz").await;
@@ -96,7 +28,9 @@ async fn assert_operational_endpoints(app: &TestApp) {
         .unwrap_or_default()
         .contains("/nope"));
 
-    let response = reqwest::get(format!("{}/metrics", app.base))
+    let response = common::client()
+        .get(format!("{}/metrics", app.base))
+        .send()
         .await
         .expect("metrics");
     assert_eq!(response.status().as_u16(), 200);

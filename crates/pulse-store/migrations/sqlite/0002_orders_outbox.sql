@@ -21,4 +21,4 @@ ALTER TABLE outbox_events ADD COLUMN attempts         INTEGER NOT NULL DEFAULT 0
 ALTER TABLE outbox_events ADD COLUMN sent_at_ms       INTEGER;
 DROP INDEX IF EXISTS outbox_events_pending;
 CREATE INDEX IF NOT EXISTS outbox_events_pending_aggregate
-    ON outbox_events (aggregate_id, rowid) WHERE status = 'PENDING';
+    ON outbox_events (aggregate_id) WHERE status = 'PENDING';

@@ -1,0 +1,104 @@
+//! Shared helpers of the end-to-end tests: a Pulse application on port 0 with its own data
+//! directory, and HTTP shortcuts.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use pulse::{Application, Config};
+use pulse_conformance::services;
+use pulse_core::log::EventLog;
+use pulse_runtime::{CancellationToken, Role};
+use serde_json::Value;
+
+/// Every request of a test gives up after this, so a hang fails with a message.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("http client")
+}
+
+pub struct TestApp {
+    pub base: String,
+    shutdown: CancellationToken,
+    running: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub log: std::sync::Arc<dyn EventLog>,
+    _data_dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub async fn spawn(configure: impl FnOnce(&mut Config)) -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: data_dir.path().to_owned(),
+            ..Config::default()
+        };
+        configure(&mut config);
+        let shutdown = CancellationToken::new();
+        let app = Application::build(&config, Role::ALL.into_iter().collect(), shutdown.clone())
+            .await
+            .expect("application builds");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let log = app.backends().log.clone();
+        let running = tokio::spawn(app.run_until_stopped());
+        Self {
+            base,
+            shutdown,
+            running,
+            log,
+            _data_dir: data_dir,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = client()
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let (status, body) = self.get(path).await;
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("JSON from {path}: {body}")),
+        )
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = client()
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.running)
+            .await
+            .expect("drains within 10 s")
+            .expect("task joins")
+            .expect("clean stop");
+    }
+}
+
+pub fn distributed(config: &mut Config, store_url: String) {
+    config.store_url = Some(store_url);
+    config.log_url = services::kafka_url();
+    config.cache_url = services::redis_url();
+}

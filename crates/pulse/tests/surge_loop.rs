@@ -1,0 +1,230 @@
+//! The surge loop end to end, in both modes: orders and driver pings through the public API →
+//! outbox → relay → log → engine → cache → quotes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{distributed, TestApp};
+use pulse_conformance::services;
+use serde_json::{json, Value};
+
+/// A pickup point of its own for every test run, so runs sharing Redis and Kafka never count
+/// each other's orders.
+fn unique_point() -> (f64, f64) {
+    let bits = uuid::Uuid::new_v4().as_u128();
+    let lat = 20.0 + (bits % 40_000) as f64 / 1_000.0;
+    let lng = -100.0 + ((bits >> 32) % 150_000) as f64 / 1_000.0;
+    (lat, lng)
+}
+
+async fn wait_for_quote(app: &TestApp, lat: f64, lng: f64, want: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, quote) = app
+            .get_json(&format!("/api/v1/quote?lat={lat}&lng={lng}"))
+            .await;
+        assert_eq!(status, 200, "{quote}");
+        if want(&quote) {
+            return quote;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(45),
+            "the quote never reached the expected state; last: {quote}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn six_orders_and_four_drivers_surge_to_2_5(app: &TestApp) {
+    let (lat, lng) = unique_point();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    for driver in 0..4 {
+        let (status, body) = app
+            .post_json(
+                &format!("/api/v1/drivers/d-{run}-{driver}/location"),
+                &json!({ "lat": lat, "lng": lng, "available": true }),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let mut cell = None;
+    for rider in 0..6 {
+        let (status, order) = app
+            .post_json(
+                "/api/v1/orders",
+                &json!({
+                    "user_id": format!("rider-{run}-{rider}"),
+                    "pickup": { "lat": lat, "lng": lng },
+                    "dropoff": { "lat": lat + 0.02, "lng": lng + 0.02 },
+                }),
+            )
+            .await;
+        assert_eq!(status, 201, "{order}");
+        assert_eq!(order["status"], "PENDING");
+        cell = Some(order["pickup_h3"].clone());
+    }
+    let quote = wait_for_quote(app, lat, lng, |quote| {
+        quote["surge"]["source"] == "live" && quote["multiplier"] == 2.5
+    })
+    .await;
+    assert_eq!(quote["h3"], cell.expect("an order"));
+    assert_eq!(quote["price"]["total"], json!(625), "(250 + 0 km) × 2.5");
+    assert!(quote["quote_id"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_six_orders_and_four_drivers_surge_to_2_5() {
+    let app = TestApp::spawn(|_| {}).await;
+    six_orders_and_four_drivers_surge_to_2_5(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_six_orders_and_four_drivers_surge_to_2_5() {
+    let store_url = services::fresh_postgres_database().await;
+    let app = TestApp::spawn(|config| distributed(config, store_url)).await;
+    six_orders_and_four_drivers_surge_to_2_5(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_surge_expires_when_events_stop() {
+    let app = TestApp::spawn(|config| {
+        config.surge.window_secs = 3;
+        config.surge.bucket_secs = 1;
+        config.surge.surge_ttl_secs = 2;
+        config.surge.tick_ms = 200;
+    })
+    .await;
+    let (lat, lng) = unique_point();
+    let (status, body) = app
+        .post_json(
+            "/api/v1/orders",
+            &json!({ "user_id": "solo", "pickup": { "lat": lat, "lng": lng }, "dropoff": { "lat": lat, "lng": lng } }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let live = wait_for_quote(&app, lat, lng, |quote| quote["surge"]["source"] == "live").await;
+    assert_eq!(live["multiplier"], 3.5, "demand without supply is the cap");
+    let expired = wait_for_quote(&app, lat, lng, |quote| {
+        quote["surge"]["source"] == "default"
+    })
+    .await;
+    assert_eq!(expired["multiplier"], 1.0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_replay_the_original_order_and_refuse_a_different_body() {
+    let app = TestApp::spawn(|_| {}).await;
+    let client = common::client();
+    let body = json!({ "user_id": "u-idem", "pickup": { "lat": 1.0, "lng": 1.0 }, "dropoff": { "lat": 1.01, "lng": 1.0 } });
+    let place = |body: Value| {
+        client
+            .post(format!("{}/api/v1/orders", app.base))
+            .header("Idempotency-Key", "key-1")
+            .json(&body)
+            .send()
+    };
+    let first = place(body.clone()).await.expect("first");
+    assert_eq!(first.status().as_u16(), 201);
+    let first: Value = first.json().await.expect("json");
+    let again = place(body.clone()).await.expect("retry");
+    assert_eq!(again.status().as_u16(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(again["order_id"], first["order_id"]);
+    let mut different = body.clone();
+    different["pickup"]["lat"] = json!(2.0);
+    let conflict = place(different).await.expect("conflict");
+    assert_eq!(conflict.status().as_u16(), 422);
+    let conflict: Value = conflict.json().await.expect("json");
+    assert_eq!(conflict["error"]["code"], "idempotency_key_reused");
+
+    let (status, order) = app
+        .get_json(&format!(
+            "/api/v1/orders/{}",
+            first["order_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(order["order_id"], first["order_id"]);
+    let (status, missing) = app
+        .get_json(&format!("/api/v1/orders/{}", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(
+        (status, missing["error"]["code"].clone()),
+        (404, json!("not_found"))
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_json_400() {
+    let app = TestApp::spawn(|_| {}).await;
+    let cases = [
+        json!({ "user_id": "u", "pickup": { "lat": 91.0, "lng": 0.0 }, "dropoff": { "lat": 0.0, "lng": 0.0 } }),
+        json!({ "user_id": "u", "pickup": { "lat": 0.0, "lng": 180.5 }, "dropoff": { "lat": 0.0, "lng": 0.0 } }),
+        json!({ "user_id": "u", "pickup": { "lat": 0.0, "lng": 0.0 } }),
+        json!({ "user_id": 7, "pickup": { "lat": 0.0, "lng": 0.0 }, "dropoff": { "lat": 0.0, "lng": 0.0 } }),
+        json!({ "user_id": "x".repeat(51), "pickup": { "lat": 0.0, "lng": 0.0 }, "dropoff": { "lat": 0.0, "lng": 0.0 } }),
+        json!({ "user_id": "u", "pickup": { "lat": "north", "lng": 0.0 }, "dropoff": { "lat": 0.0, "lng": 0.0 } }),
+    ];
+    for body in cases {
+        let (status, answer) = app.post_json("/api/v1/orders", &body).await;
+        assert_eq!(status, 400, "{body} → {answer}");
+        assert_eq!(answer["error"]["code"], "invalid_request", "{answer}");
+        assert!(answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    let huge = json!({ "user_id": "u", "pad": "x".repeat(20_000) });
+    let (status, answer) = app.post_json("/api/v1/orders", &huge).await;
+    assert_eq!(status, 413, "{answer}");
+    let (status, answer) = app.get_json("/api/v1/quote?lat=100&lng=0").await;
+    assert_eq!(
+        (status, answer["error"]["code"].clone()),
+        (400, json!("invalid_request"))
+    );
+    let (status, _) = app.get_json("/api/v1/quote?lng=0").await;
+    assert_eq!(status, 400);
+    let (status, answer) = app
+        .post_json(
+            "/api/v1/drivers/bad%20id/location",
+            &json!({ "lat": 0.0, "lng": 0.0, "available": true }),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) = app
+        .post_json("/api/v1/orders", &json!({ "user_id": "u", "pickup": { "lat": 0.0, "lng": 0.0 }, "dropoff": { "lat": 0.0, "lng": 0.0 }, "quote_id": uuid::Uuid::new_v4() }))
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].clone()),
+        (422, json!("quote_unavailable"))
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_placed_with_a_quote_pays_the_quoted_price() {
+    let app = TestApp::spawn(|_| {}).await;
+    let (lat, lng) = unique_point();
+    let (_, quote) = app
+        .get_json(&format!(
+            "/api/v1/quote?lat={lat}&lng={lng}&dropoff_lat={}&dropoff_lng={lng}",
+            lat + 0.05
+        ))
+        .await;
+    let quote_id = quote["quote_id"].as_str().expect("a quote id").to_owned();
+    let (status, order) = app
+        .post_json(
+            "/api/v1/orders",
+            &json!({ "user_id": "quoted", "pickup": { "lat": lat, "lng": lng }, "dropoff": { "lat": lat + 0.05, "lng": lng }, "quote_id": quote_id }),
+        )
+        .await;
+    assert_eq!(status, 201, "{order}");
+    assert_eq!(order["price"]["total"], quote["price"]["total"]);
+    assert_eq!(order["quote_id"], json!(quote_id));
+    app.stop().await;
+}
