@@ -26,15 +26,22 @@ pub struct TestApp {
     shutdown: CancellationToken,
     running: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub log: std::sync::Arc<dyn EventLog>,
-    _data_dir: tempfile::TempDir,
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl TestApp {
     pub async fn spawn(configure: impl FnOnce(&mut Config)) -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut app = Self::spawn_in(data_dir.path(), configure).await;
+        app._data_dir = Some(data_dir);
+        app
+    }
+
+    /// An application on an existing data directory (to restart on the same data).
+    pub async fn spawn_in(data_dir: &std::path::Path, configure: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
-            data_dir: data_dir.path().to_owned(),
+            data_dir: data_dir.to_owned(),
             ..Config::default()
         };
         configure(&mut config);
@@ -50,7 +57,7 @@ impl TestApp {
             shutdown,
             running,
             log,
-            _data_dir: data_dir,
+            _data_dir: None,
         }
     }
 

@@ -1,0 +1,223 @@
+//! Restarts and outages: no accepted order lost or double-counted across a restart of every role,
+//! quotes that keep answering while Redis is down, and poison records dead-lettered.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{distributed, TestApp};
+use pulse_conformance::{services, unique_name};
+use pulse_core::log::OutgoingRecord;
+use serde_json::{json, Value};
+
+fn unique_point() -> (f64, f64) {
+    let bits = uuid::Uuid::new_v4().as_u128();
+    (
+        -30.0 + (bits % 40_000) as f64 / 1_000.0,
+        10.0 + ((bits >> 40) % 100_000) as f64 / 1_000.0,
+    )
+}
+
+async fn wait_for_quote(app: &TestApp, lat: f64, lng: f64, want: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, quote) = app
+            .get_json(&format!("/api/v1/quote?lat={lat}&lng={lng}"))
+            .await;
+        assert_eq!(status, 200, "quotes never fail: {quote}");
+        if want(&quote) {
+            return quote;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(45),
+            "last quote: {quote}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// 3 orders and 4 drivers: 1.75. Counting an order twice would give 2.5; losing one, 1.5.
+async fn place_three_orders_and_four_drivers(app: &TestApp, lat: f64, lng: f64) {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    for driver in 0..4 {
+        let path = format!("/api/v1/drivers/d-{run}-{driver}/location");
+        let (status, body) = app
+            .post_json(&path, &json!({ "lat": lat, "lng": lng, "available": true }))
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    for rider in 0..3 {
+        let body = json!({
+            "user_id": format!("r-{run}-{rider}"),
+            "pickup": { "lat": lat, "lng": lng },
+            "dropoff": { "lat": lat, "lng": lng },
+        });
+        let (status, answer) = app.post_json("/api/v1/orders", &body).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+}
+
+async fn restart_loses_nothing_and_counts_once(configure: impl Fn(&mut pulse::Config) + Clone) {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let (lat, lng) = unique_point();
+    let first = TestApp::spawn_in(data_dir.path(), configure.clone()).await;
+    place_three_orders_and_four_drivers(&first, lat, lng).await;
+    // Stop at once: the relay and engine may be anywhere in their work.
+    first.stop().await;
+    let second = TestApp::spawn_in(data_dir.path(), configure).await;
+    let quote = wait_for_quote(&second, lat, lng, |quote| {
+        quote["surge"]["source"] == "live"
+    })
+    .await;
+    // Let every role catch up, then check the value is exactly 1.75 and stays there.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settled = wait_for_quote(&second, lat, lng, |quote| {
+        quote["surge"]["source"] == "live"
+    })
+    .await;
+    assert_eq!(
+        settled["multiplier"], 1.75,
+        "first live value {quote}, settled {settled}"
+    );
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_restart_of_every_role_loses_no_order_and_counts_none_twice() {
+    restart_loses_nothing_and_counts_once(|_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_restart_of_every_role_loses_no_order_and_counts_none_twice() {
+    let store_url = services::fresh_postgres_database().await;
+    restart_loses_nothing_and_counts_once(move |config| distributed(config, store_url.clone()))
+        .await;
+}
+
+/// A Redis server of this test's own, so stopping it disturbs no other test.
+struct OwnRedis {
+    port: u16,
+    child: Child,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| {
+                services::missing(
+                    "redis-server (installed by scripts/services up)",
+                    "PATH",
+                    err,
+                )
+            });
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child }
+    }
+
+    fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotes_fall_back_while_redis_is_down_and_go_live_when_it_is_back() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let redis = OwnRedis::start(port);
+    let app = TestApp::spawn(|config| config.cache_url = format!("redis://127.0.0.1:{port}")).await;
+    let (lat, lng) = unique_point();
+    place_three_orders_and_four_drivers(&app, lat, lng).await;
+    wait_for_quote(&app, lat, lng, |quote| quote["surge"]["source"] == "live").await;
+
+    let port = redis.stop();
+    let down = wait_for_quote(&app, lat, lng, |quote| {
+        quote["surge"]["source"] == "fallback"
+    })
+    .await;
+    assert_eq!(down["multiplier"], 1.0);
+    assert_eq!(down["price"]["total"], 250);
+    let (status, ready) = app.get_json("/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert_ne!(ready["checks"]["cache"], "ok");
+
+    let _redis = OwnRedis::start(port);
+    place_three_orders_and_four_drivers(&app, lat, lng).await;
+    wait_for_quote(&app, lat, lng, |quote| quote["surge"]["source"] == "live").await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_is_dead_lettered_and_does_not_stall_its_partition() {
+    let app = TestApp::spawn(|_| {}).await;
+    let poison = OutgoingRecord::keyed("poison", vec![0xff, 0xff, 0xff, 0xff]).with_header(
+        "traceparent",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    );
+    app.log
+        .append(pulse_surge::engine::DEMAND_TOPIC, vec![poison])
+        .await
+        .expect("append poison");
+    let (lat, lng) = unique_point();
+    place_three_orders_and_four_drivers(&app, lat, lng).await;
+    wait_for_quote(&app, lat, lng, |quote| quote["multiplier"] == 1.75).await;
+
+    let mut letters = app
+        .log
+        .consumer(
+            &unique_name("dlq-reader"),
+            &[pulse_surge::engine::DEAD_LETTER_TOPIC],
+        )
+        .await
+        .expect("consumer");
+    let letter = pulse_conformance::event_log::poll_exactly(letters.as_mut(), 1)
+        .await
+        .remove(0);
+    assert_eq!(letter.payload.as_ref(), &[0xff, 0xff, 0xff, 0xff]);
+    let reason = letter.header("pulse.dlq.reason").expect("reason");
+    assert!(
+        String::from_utf8_lossy(reason).contains("OrderCreatedEvent"),
+        "{reason:?}"
+    );
+    assert_eq!(
+        letter.header("pulse.dlq.topic").map(|v| v.as_ref()),
+        Some(&b"demand.orders"[..])
+    );
+    assert!(
+        letter.header("traceparent").is_some(),
+        "original headers kept"
+    );
+    app.stop().await;
+}
