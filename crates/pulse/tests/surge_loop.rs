@@ -228,3 +228,36 @@ async fn an_order_placed_with_a_quote_pays_the_quoted_price() {
     assert_eq!(order["quote_id"], json!(quote_id));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_in_one_group_agree_with_the_formula() {
+    let store_url = services::fresh_postgres_database().await;
+    let first = TestApp::spawn(|config| distributed(config, store_url.clone())).await;
+    let second = TestApp::spawn(|config| distributed(config, store_url.clone())).await;
+    let (lat, lng) = unique_point();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    // Events enter through both gateways; both engines share the group's partitions.
+    for driver in 0..4 {
+        let app = if driver % 2 == 0 { &first } else { &second };
+        let path = format!("/api/v1/drivers/d-{run}-{driver}/location");
+        let (status, body) = app
+            .post_json(&path, &json!({ "lat": lat, "lng": lng, "available": true }))
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    for rider in 0..6 {
+        let app = if rider % 2 == 0 { &first } else { &second };
+        let body = json!({
+            "user_id": format!("r-{run}-{rider}"),
+            "pickup": { "lat": lat, "lng": lng },
+            "dropoff": { "lat": lat, "lng": lng },
+        });
+        let (status, answer) = app.post_json("/api/v1/orders", &body).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    for app in [&first, &second] {
+        wait_for_quote(app, lat, lng, |quote| quote["multiplier"] == 2.5).await;
+    }
+    first.stop().await;
+    second.stop().await;
+}
