@@ -29,6 +29,8 @@ pub(crate) struct KafkaConsumer {
     options: KafkaOptions,
     /// Seeks asked for partitions that may not be assigned yet; applied once they are.
     pending_seeks: HashMap<TopicPartition, i64>,
+    /// Set by `close`, which leaves the group itself; `Drop` then has nothing to do.
+    closed: bool,
 }
 
 impl std::fmt::Debug for KafkaConsumer {
@@ -64,6 +66,7 @@ impl KafkaConsumer {
             topics: topics.iter().map(|topic| (*topic).to_owned()).collect(),
             options,
             pending_seeks: HashMap::new(),
+            closed: false,
         })
     }
 
@@ -266,10 +269,12 @@ impl LogConsumer for KafkaConsumer {
         Ok(())
     }
 
-    async fn close(self: Box<Self>) -> PortResult<()> {
+    async fn close(mut self: Box<Self>) -> PortResult<()> {
+        self.closed = true;
         let consumer = self.consumer.clone();
         drop(self);
-        // Unsubscribing and dropping leaves the group (a blocking network round trip).
+        // Unsubscribing and dropping the last reference leaves the group (a blocking network
+        // round trip) before this returns, so the partitions move to other members at once.
         blocking(move || {
             consumer.unsubscribe();
             drop(consumer);
@@ -283,6 +288,9 @@ impl Drop for KafkaConsumer {
     fn drop(&mut self) {
         // The last reference closes the consumer, which leaves the group over the network: keep
         // that off the async workers when dropped inside a runtime.
+        if self.closed {
+            return;
+        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let consumer = self.consumer.clone();
             drop(runtime.spawn_blocking(move || drop(consumer)));

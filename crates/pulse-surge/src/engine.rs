@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use h3o::CellIndex;
 use pulse_core::cache::{Cache, CacheWrite};
 use pulse_core::clock::SharedClock;
@@ -53,6 +54,14 @@ pub const ENGINE_RECORDS_TOTAL: &str = "pulse_engine_records_total";
 pub const ACTIVE_CELLS: &str = "pulse_surge_active_cells";
 /// Distribution of published multipliers.
 pub const MULTIPLIER: &str = "pulse_surge_multiplier";
+
+/// A record's topic, outcome label and the cells it touched.
+type Applied = (String, &'static str, Vec<CellIndex>);
+type LaneFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = PortResult<Vec<Applied>>> + Send + 'a>>;
+
+/// Keys whose records are applied concurrently within a batch.
+const LANES_IN_FLIGHT: usize = 64;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -253,35 +262,75 @@ impl SurgeEngine {
     /// Applies a batch to the windows and publishes the cells it touched. Public for tests and
     /// benchmarks that drive the engine without a consumer.
     pub async fn handle_batch(&mut self, records: &[ConsumedRecord]) -> PortResult<()> {
-        let mut touched = BTreeSet::new();
+        // Records of one key (an order, a driver) stay in order; different keys run concurrently,
+        // because each cache round trip, not the work, is what a record costs.
+        let mut lanes: Vec<Vec<&ConsumedRecord>> = Vec::new();
+        let mut lane_of: HashMap<(&str, &[u8]), usize> = HashMap::new();
         for record in records {
-            let topic = record.position.topic.as_str();
-            let outcome = match topic {
-                DEMAND_TOPIC => self.apply_order(record).await?,
-                SUPPLY_TOPIC => self.apply_ping(record).await?,
-                other => Outcome::Poison(format!("unexpected topic {other}")),
-            };
-            let label = match outcome {
-                Outcome::Applied(cells) => {
-                    touched.extend(cells);
-                    "applied"
-                }
-                Outcome::Skipped(why, cells) => {
-                    touched.extend(cells);
-                    why
-                }
-                Outcome::Poison(reason) => {
-                    self.dead_letter(record, &reason).await?;
-                    "dead_lettered"
+            let lane = match record.key.as_deref() {
+                Some(key) => *lane_of
+                    .entry((record.position.topic.as_str(), key))
+                    .or_insert_with(|| {
+                        lanes.push(Vec::new());
+                        lanes.len() - 1
+                    }),
+                None => {
+                    lanes.push(Vec::new());
+                    lanes.len() - 1
                 }
             };
-            metrics::counter!(ENGINE_RECORDS_TOTAL, "topic" => topic.to_owned(), "outcome" => label)
+            lanes[lane].push(record);
+        }
+        let this = &*self;
+        // Boxed as `dyn Future + Send`: a closure-produced future borrowing the records is not
+        // provably `Send` for every lifetime once spawned (rust-lang/rust#102211).
+        let lane_futures: Vec<LaneFuture<'_>> = lanes
+            .into_iter()
+            .map(|lane| -> LaneFuture<'_> {
+                Box::pin(async move {
+                    let mut done = Vec::with_capacity(lane.len());
+                    for record in lane {
+                        done.push(this.apply(record).await?);
+                    }
+                    Ok(done)
+                })
+            })
+            .collect();
+        let outcomes: Vec<Vec<Applied>> = futures::stream::iter(lane_futures)
+            .buffer_unordered(LANES_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let mut touched = BTreeSet::new();
+        for (topic, label, cells) in outcomes.into_iter().flatten() {
+            touched.extend(cells);
+            metrics::counter!(ENGINE_RECORDS_TOTAL, "topic" => topic, "outcome" => label)
                 .increment(1);
         }
         for cell in &touched {
             self.active.entry(*cell).or_insert(None);
         }
         self.publish(touched.into_iter().collect()).await
+    }
+
+    /// Applies one record; returns its topic, outcome label and the cells it touched.
+    async fn apply(
+        &self,
+        record: &ConsumedRecord,
+    ) -> PortResult<(String, &'static str, Vec<CellIndex>)> {
+        let topic = record.position.topic.clone();
+        let outcome = match topic.as_str() {
+            DEMAND_TOPIC => self.apply_order(record).await?,
+            SUPPLY_TOPIC => self.apply_ping(record).await?,
+            other => Outcome::Poison(format!("unexpected topic {other}")),
+        };
+        Ok(match outcome {
+            Outcome::Applied(cells) => (topic, "applied", cells),
+            Outcome::Skipped(why, cells) => (topic, why, cells),
+            Outcome::Poison(reason) => {
+                self.dead_letter(record, &reason).await?;
+                (topic, "dead_lettered", Vec::new())
+            }
+        })
     }
 
     async fn apply_order(&self, record: &ConsumedRecord) -> PortResult<Outcome> {

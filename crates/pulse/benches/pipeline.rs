@@ -183,8 +183,10 @@ fn main() {
         let running = tokio::spawn(app.run_until_stopped());
         let client = reqwest::Client::new();
         let mut samples = Vec::with_capacity(FRESHNESS_SAMPLES);
+        // Cells of this run only: a replayed window must not pre-fill them.
+        let base_lng = -170.0 + (uuid::Uuid::new_v4().as_u128() % 300_000) as f64 / 1_000.0;
         for sample in 0..FRESHNESS_SAMPLES {
-            let pickup = Point::new(-40.0 + sample as f64 * 0.01, 150.0).expect("point");
+            let pickup = Point::new(-40.0 + sample as f64 * 0.01, base_lng).expect("point");
             let key = pulse_surge::keys::surge(pickup.cell());
             let body = serde_json::json!({
                 "user_id": format!("fresh-{sample}"),

@@ -45,6 +45,9 @@ impl TestApp {
             ..Config::default()
         };
         configure(&mut config);
+        // Logs go to the test's captured output, shown when it fails.
+        config.log_format = pulse::config::LogFormat::Pretty;
+        pulse::telemetry::init_logging(&config);
         let shutdown = CancellationToken::new();
         let app = Application::build(&config, Role::ALL.into_iter().collect(), shutdown.clone())
             .await
