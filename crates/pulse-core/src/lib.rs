@@ -17,5 +17,6 @@ pub mod clock;
 pub mod error;
 pub mod health;
 pub mod log;
+pub mod retry;
 
 pub use error::{PortError, PortResult};

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use pulse_core::clock::SharedClock;
 use pulse_core::log::{EventLog, OutgoingRecord};
+use pulse_core::retry::backoff;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::OutboxEvent;
@@ -21,6 +21,10 @@ pub const RELAY_ERRORS_TOTAL: &str = "pulse_relay_errors_total";
 pub const OUTBOX_BACKLOG: &str = "pulse_outbox_backlog";
 /// Time from an outbox row's commit to the log's acknowledgement.
 pub const RELAY_LAG: &str = "pulse_relay_lag_seconds";
+
+/// Backoff bounds while the store or the log is down.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Relay settings.
 #[derive(Debug, Clone)]
@@ -85,7 +89,7 @@ impl Relay {
 
     /// Moves events until `shutdown`; a batch in flight is finished first.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut delays = self.backoff();
+        let mut delays = backoff(RETRY_MIN, RETRY_MAX);
         let mut last_housekeeping: Option<Instant> = None;
         while !shutdown.is_cancelled() {
             if last_housekeeping.is_none_or(|at| at.elapsed() >= self.settings.housekeeping_every) {
@@ -95,7 +99,7 @@ impl Relay {
             let pause = match self.relay_once().await {
                 Ok(0) => self.settings.idle_poll,
                 Ok(_) => {
-                    delays = self.backoff();
+                    delays = backoff(RETRY_MIN, RETRY_MAX);
                     Duration::ZERO
                 }
                 Err(stage) => {
@@ -111,15 +115,6 @@ impl Relay {
             }
         }
         tracing::info!(relay = %self.id, "relay stopped");
-    }
-
-    fn backoff(&self) -> impl Iterator<Item = Duration> {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times()
-            .build()
     }
 
     /// One round: claim, append, mark sent. Returns how many events moved, or the failing stage.

@@ -18,7 +18,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use h3o::CellIndex;
@@ -27,6 +26,7 @@ use pulse_core::clock::SharedClock;
 use pulse_core::log::{
     ConsumedRecord, EventLog, LogConsumer, OutgoingRecord, DEFAULT_POLL_TIMEOUT,
 };
+use pulse_core::retry::backoff;
 use pulse_core::{PortError, PortResult};
 use pulse_proto::v1::{DriverLocationUpdated, OrderCreatedEvent};
 use pulse_proto::Message;
@@ -233,12 +233,7 @@ impl SurgeEngine {
         records: &[ConsumedRecord],
         shutdown: &CancellationToken,
     ) -> bool {
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut delays = backoff(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let attempt = async {
                 self.handle_batch(records).await?;

@@ -7,36 +7,10 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{distributed, TestApp};
+use common::{distributed, unique_point, wait_for_quote, TestApp};
 use pulse_conformance::{services, unique_name};
 use pulse_core::log::OutgoingRecord;
-use serde_json::{json, Value};
-
-fn unique_point() -> (f64, f64) {
-    let bits = uuid::Uuid::new_v4().as_u128();
-    (
-        -30.0 + (bits % 40_000) as f64 / 1_000.0,
-        10.0 + ((bits >> 40) % 100_000) as f64 / 1_000.0,
-    )
-}
-
-async fn wait_for_quote(app: &TestApp, lat: f64, lng: f64, want: impl Fn(&Value) -> bool) -> Value {
-    let started = Instant::now();
-    loop {
-        let (status, quote) = app
-            .get_json(&format!("/api/v1/quote?lat={lat}&lng={lng}"))
-            .await;
-        assert_eq!(status, 200, "quotes never fail: {quote}");
-        if want(&quote) {
-            return quote;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(45),
-            "last quote: {quote}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use serde_json::json;
 
 /// 3 orders and 4 drivers: 1.75. Counting an order twice would give 2.5; losing one, 1.5.
 async fn place_three_orders_and_four_drivers(app: &TestApp, lat: f64, lng: f64) {

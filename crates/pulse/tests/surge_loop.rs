@@ -3,38 +3,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{distributed, TestApp};
+use common::{distributed, unique_point, wait_for_quote, TestApp};
 use pulse_conformance::services;
 use serde_json::{json, Value};
-
-/// A pickup point of its own for every test run, so runs sharing Redis and Kafka never count
-/// each other's orders.
-fn unique_point() -> (f64, f64) {
-    let bits = uuid::Uuid::new_v4().as_u128();
-    let lat = 20.0 + (bits % 40_000) as f64 / 1_000.0;
-    let lng = -100.0 + ((bits >> 32) % 150_000) as f64 / 1_000.0;
-    (lat, lng)
-}
-
-async fn wait_for_quote(app: &TestApp, lat: f64, lng: f64, want: impl Fn(&Value) -> bool) -> Value {
-    let started = Instant::now();
-    loop {
-        let (status, quote) = app
-            .get_json(&format!("/api/v1/quote?lat={lat}&lng={lng}"))
-            .await;
-        assert_eq!(status, 200, "{quote}");
-        if want(&quote) {
-            return quote;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(45),
-            "the quote never reached the expected state; last: {quote}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 async fn six_orders_and_four_drivers_surge_to_2_5(app: &TestApp) {
     let (lat, lng) = unique_point();

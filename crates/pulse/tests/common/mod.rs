@@ -112,3 +112,36 @@ pub fn distributed(config: &mut Config, store_url: String) {
     config.log_url = services::kafka_url();
     config.cache_url = services::redis_url();
 }
+
+/// A pickup point of its own for every test run, so runs sharing Redis and Kafka never count
+/// each other's orders.
+pub fn unique_point() -> (f64, f64) {
+    let bits = uuid::Uuid::new_v4().as_u128();
+    let lat = -40.0 + (bits % 80_000) as f64 / 1_000.0;
+    let lng = -170.0 + ((bits >> 32) % 340_000) as f64 / 1_000.0;
+    (lat, lng)
+}
+
+/// Polls the quote at a point until `want` holds (45 s at most); quotes must always answer 200.
+pub async fn wait_for_quote(
+    app: &TestApp,
+    lat: f64,
+    lng: f64,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, quote) = app
+            .get_json(&format!("/api/v1/quote?lat={lat}&lng={lng}"))
+            .await;
+        assert_eq!(status, 200, "quotes never fail: {quote}");
+        if want(&quote) {
+            return quote;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(45),
+            "the quote never reached the expected state; last: {quote}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
