@@ -250,3 +250,42 @@ pub async fn apply_if_absent_applies_once_per_guard<C: Cache + ?Sized>(cache: &C
         Some(&b"2"[..])
     );
 }
+
+/// Many guarded items in one call: each applies once, in order, duplicates within the call too.
+pub async fn apply_if_absent_many_applies_each_item_once<C: Cache + ?Sized>(cache: &C) {
+    use pulse_core::cache::Guarded;
+    let counter = key("many-counter");
+    let guards: Vec<String> = (0..3).map(|i| key(&format!("many-guard-{i}"))).collect();
+    let item = |guard: &String| Guarded {
+        guard: guard.clone(),
+        guard_ttl: Duration::from_secs(60),
+        writes: vec![CacheWrite::IncrBy {
+            key: counter.clone(),
+            delta: 1,
+            ttl: Some(Duration::from_secs(60)),
+        }],
+    };
+    // The second item repeats the first guard: only its first occurrence applies.
+    let items = vec![
+        item(&guards[0]),
+        item(&guards[0]),
+        item(&guards[1]),
+        item(&guards[2]),
+    ];
+    let applied = cache.apply_if_absent_many(items).await.expect("many");
+    assert_eq!(applied, vec![true, false, true, true]);
+    let again = cache
+        .apply_if_absent_many(vec![item(&guards[1])])
+        .await
+        .expect("again");
+    assert_eq!(again, vec![false]);
+    assert_eq!(
+        cache.get(&counter).await.expect("get").as_deref(),
+        Some(&b"3"[..])
+    );
+    assert!(cache
+        .apply_if_absent_many(Vec::new())
+        .await
+        .expect("empty")
+        .is_empty());
+}

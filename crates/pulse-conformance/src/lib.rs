@@ -99,6 +99,7 @@ macro_rules! cache_suite {
                 get_many_keeps_order_and_reports_missing,
                 apply_writes_a_batch,
                 apply_if_absent_applies_once_per_guard,
+                apply_if_absent_many_applies_each_item_once,
             );
         }
     };

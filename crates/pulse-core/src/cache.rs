@@ -38,6 +38,17 @@ pub enum CacheWrite {
     },
 }
 
+/// Writes applied only if their guard key is absent (see [`Cache::apply_if_absent`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guarded {
+    /// Key whose absence allows the writes; set by them.
+    pub guard: String,
+    /// How long the guard lives.
+    pub guard_ttl: Duration,
+    /// What to apply when the guard was absent.
+    pub writes: Vec<CacheWrite>,
+}
+
 /// A key/value store with expiry.
 #[async_trait]
 pub trait Cache: Send + Sync + std::fmt::Debug {
@@ -73,7 +84,20 @@ pub trait Cache: Send + Sync + std::fmt::Debug {
         guard: &str,
         guard_ttl: Duration,
         writes: Vec<CacheWrite>,
-    ) -> PortResult<bool>;
+    ) -> PortResult<bool> {
+        let item = Guarded {
+            guard: guard.to_owned(),
+            guard_ttl,
+            writes,
+        };
+        let applied = self.apply_if_absent_many(vec![item]).await?;
+        Ok(applied.first().copied().unwrap_or(false))
+    }
+
+    /// [`Cache::apply_if_absent`] for many items in one round trip: each item is atomic on its
+    /// own, items are applied in order (a later item with the same guard sees the earlier one),
+    /// and the answer says, per item, whether it was applied.
+    async fn apply_if_absent_many(&self, items: Vec<Guarded>) -> PortResult<Vec<bool>>;
 
     /// Succeeds when the store answers a trivial request.
     async fn ping(&self) -> PortResult<()>;

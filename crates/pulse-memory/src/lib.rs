@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pulse_core::cache::{Cache, CacheWrite};
+use pulse_core::cache::{Cache, CacheWrite, Guarded};
 use pulse_core::clock::{SharedClock, SystemClock};
 use pulse_core::{PortError, PortResult};
 
@@ -279,26 +279,26 @@ impl Cache for MemoryCache {
         self.apply_locked(&mut entries, writes, now)
     }
 
-    async fn apply_if_absent(
-        &self,
-        guard: &str,
-        guard_ttl: Duration,
-        writes: Vec<CacheWrite>,
-    ) -> PortResult<bool> {
+    async fn apply_if_absent_many(&self, items: Vec<Guarded>) -> PortResult<Vec<bool>> {
         let now = self.clock.now_ms();
         let mut entries = self.lock();
-        if Self::live(&entries, guard, now).is_some() {
-            return Ok(false);
+        let mut applied = Vec::with_capacity(items.len());
+        for item in items {
+            if Self::live(&entries, &item.guard, now).is_some() {
+                applied.push(false);
+                continue;
+            }
+            let mut all = Vec::with_capacity(item.writes.len() + 1);
+            all.push(CacheWrite::Set {
+                key: item.guard,
+                value: Bytes::from_static(b"1"),
+                ttl: Some(item.guard_ttl),
+            });
+            all.extend(item.writes);
+            self.apply_locked(&mut entries, all, now)?;
+            applied.push(true);
         }
-        let mut all = Vec::with_capacity(writes.len() + 1);
-        all.push(CacheWrite::Set {
-            key: guard.to_owned(),
-            value: Bytes::from_static(b"1"),
-            ttl: Some(guard_ttl),
-        });
-        all.extend(writes);
-        self.apply_locked(&mut entries, all, now)?;
-        Ok(true)
+        Ok(applied)
     }
 
     async fn ping(&self) -> PortResult<()> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pulse_core::cache::{Cache, CacheWrite};
+use pulse_core::cache::{Cache, CacheWrite, Guarded};
 use pulse_core::{PortError, PortResult};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Pipeline, RedisError};
@@ -88,25 +88,40 @@ fn add_write(pipe: &mut Pipeline, write: &CacheWrite) {
     }
 }
 
-/// `apply_if_absent` as one server-side step. Keys beyond the guard are passed as arguments, so
-/// this suits a single Redis (or one shard), not Redis Cluster.
-const APPLY_IF_ABSENT: &str = r#"
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
-local i = 2
-while i <= #ARGV do
-  local op, key, value, ttl = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  if op == 'S' then
-    if ttl > 0 then redis.call('SET', key, value, 'PX', ttl) else redis.call('SET', key, value) end
-  elseif op == 'I' then
-    redis.call('INCRBY', key, value)
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+/// `apply_if_absent_many` as one server-side step. ARGV: the item count, then per item the guard,
+/// its TTL (ms) and the number of writes, then each write as op (`S`, `I`, `D`), key, value and
+/// TTL (ms, 0 = none). Keys travel as arguments, so this suits a single Redis (or one shard), not
+/// Redis Cluster.
+const APPLY_IF_ABSENT_MANY: &str = r#"
+local results = {}
+local pos = 2
+for item = 1, tonumber(ARGV[1]) do
+  local guard, guard_ttl, count = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2])
+  pos = pos + 3
+  if redis.call('SET', guard, '1', 'NX', 'PX', guard_ttl) then
+    for _ = 1, count do
+      local op, key, value, ttl = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], tonumber(ARGV[pos + 3])
+      if op == 'S' then
+        if ttl > 0 then redis.call('SET', key, value, 'PX', ttl) else redis.call('SET', key, value) end
+      elseif op == 'I' then
+        redis.call('INCRBY', key, value)
+        if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+      else
+        redis.call('DEL', key)
+      end
+      pos = pos + 4
+    end
+    results[item] = 1
   else
-    redis.call('DEL', key)
+    pos = pos + 4 * count
+    results[item] = 0
   end
-  i = i + 4
 end
-return 1
+return results
 "#;
+
+/// Items per script call, so one call never holds Redis for long.
+const GUARDED_ITEMS_PER_CALL: usize = 500;
 
 impl RedisCache {
     /// Connects to `url` and checks that Redis answers.
@@ -212,35 +227,40 @@ impl Cache for RedisCache {
         pipe.query_async::<()>(&mut conn).await.map_err(redis_error)
     }
 
-    async fn apply_if_absent(
-        &self,
-        guard: &str,
-        guard_ttl: Duration,
-        writes: Vec<CacheWrite>,
-    ) -> PortResult<bool> {
-        let script = redis::Script::new(APPLY_IF_ABSENT);
-        let mut invocation = script.prepare_invoke();
-        invocation.key(guard).arg(millis(guard_ttl));
-        for write in &writes {
-            let ttl_ms = |ttl: &Option<Duration>| ttl.map_or(0, millis);
-            match write {
-                CacheWrite::Set { key, value, ttl } => invocation
-                    .arg("S")
-                    .arg(key)
-                    .arg(value.as_ref())
-                    .arg(ttl_ms(ttl)),
-                CacheWrite::IncrBy { key, delta, ttl } => {
-                    invocation.arg("I").arg(key).arg(*delta).arg(ttl_ms(ttl))
+    async fn apply_if_absent_many(&self, items: Vec<Guarded>) -> PortResult<Vec<bool>> {
+        let script = redis::Script::new(APPLY_IF_ABSENT_MANY);
+        let mut applied = Vec::with_capacity(items.len());
+        for chunk in items.chunks(GUARDED_ITEMS_PER_CALL) {
+            let mut invocation = script.prepare_invoke();
+            invocation.arg(chunk.len());
+            for item in chunk {
+                invocation
+                    .arg(&item.guard)
+                    .arg(millis(item.guard_ttl))
+                    .arg(item.writes.len());
+                for write in &item.writes {
+                    let ttl_ms = |ttl: &Option<Duration>| ttl.map_or(0, millis);
+                    match write {
+                        CacheWrite::Set { key, value, ttl } => invocation
+                            .arg("S")
+                            .arg(key)
+                            .arg(value.as_ref())
+                            .arg(ttl_ms(ttl)),
+                        CacheWrite::IncrBy { key, delta, ttl } => {
+                            invocation.arg("I").arg(key).arg(*delta).arg(ttl_ms(ttl))
+                        }
+                        CacheWrite::Delete { key } => invocation.arg("D").arg(key).arg("").arg(0),
+                    };
                 }
-                CacheWrite::Delete { key } => invocation.arg("D").arg(key).arg("").arg(0),
-            };
+            }
+            let mut conn = self.conn.clone();
+            let flags: Vec<i64> = invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            applied.extend(flags.into_iter().map(|flag| flag == 1));
         }
-        let mut conn = self.conn.clone();
-        let applied: i64 = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_error)?;
-        Ok(applied == 1)
+        Ok(applied)
     }
 
     async fn ping(&self) -> PortResult<()> {
