@@ -19,9 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
 use h3o::CellIndex;
-use pulse_core::cache::{Cache, CacheWrite};
+use pulse_core::cache::{Cache, CacheWrite, Guarded};
 use pulse_core::clock::SharedClock;
 use pulse_core::log::{
     ConsumedRecord, EventLog, LogConsumer, OutgoingRecord, DEFAULT_POLL_TIMEOUT,
@@ -46,6 +45,17 @@ pub const SUPPLY_TOPIC: &str = "supply.updates";
 /// Where undecodable records go, with the reason in headers.
 pub const DEAD_LETTER_TOPIC: &str = "pulse.dead-letter";
 
+/// A driver ping with its cell, or why it is poison.
+fn decode_ping(record: &ConsumedRecord) -> Result<(CellIndex, DriverLocationUpdated), String> {
+    let ping = DriverLocationUpdated::decode(record.payload.as_ref())
+        .map_err(|err| format!("undecodable DriverLocationUpdated: {err}"))?;
+    let cell = parse_cell(&ping.h3).map_err(|err| err.to_string())?;
+    if ping.driver_id.is_empty() {
+        return Err("ping without a driver id".into());
+    }
+    Ok((cell, ping))
+}
+
 /// Time to compute and publish the multipliers of one batch of cells (seed metric name).
 pub const SURGE_CALCULATION_DURATION: &str = "surge_calculation_duration";
 /// Records consumed, by topic and outcome (`applied`, `duplicate`, `stale`, `dead_lettered`).
@@ -54,14 +64,6 @@ pub const ENGINE_RECORDS_TOTAL: &str = "pulse_engine_records_total";
 pub const ACTIVE_CELLS: &str = "pulse_surge_active_cells";
 /// Distribution of published multipliers.
 pub const MULTIPLIER: &str = "pulse_surge_multiplier";
-
-/// A record's topic, outcome label and the cells it touched.
-type Applied = (String, &'static str, Vec<CellIndex>);
-type LaneFuture<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = PortResult<Vec<Applied>>> + Send + 'a>>;
-
-/// Keys whose records are applied concurrently within a batch.
-const LANES_IN_FLIGHT: usize = 64;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -78,6 +80,9 @@ pub struct EngineSettings {
     pub tick: Duration,
     /// Most records handled per batch.
     pub batch_size: usize,
+    /// Under load, the longest delay between applying a record and publishing its cell's
+    /// multiplier (a caught-up engine publishes after every batch).
+    pub publish_interval: Duration,
     /// Re-read the last window of both topics when starting, so an engine whose cache was empty
     /// (the in-process one after a restart) rebuilds its windows; with a shared cache the replay
     /// is absorbed by the idempotency guards.
@@ -93,6 +98,7 @@ impl Default for EngineSettings {
             surge_ttl: Duration::from_secs(60),
             tick: Duration::from_secs(1),
             batch_size: 1_000,
+            publish_interval: Duration::from_millis(100),
             replay_window_on_start: true,
         }
     }
@@ -121,12 +127,8 @@ pub struct SurgeEngine {
     clock: SharedClock,
     settings: EngineSettings,
     active: HashMap<CellIndex, Option<Published>>,
-}
-
-enum Outcome {
-    Applied(Vec<CellIndex>),
-    Skipped(&'static str, Vec<CellIndex>),
-    Poison(String),
+    /// Cells touched since the last flush.
+    dirty: BTreeSet<CellIndex>,
 }
 
 impl SurgeEngine {
@@ -143,6 +145,7 @@ impl SurgeEngine {
             clock,
             settings,
             active: HashMap::new(),
+            dirty: BTreeSet::new(),
         }
     }
 
@@ -195,13 +198,17 @@ impl SurgeEngine {
             }
         }
         let mut next_tick = Instant::now() + self.settings.tick;
+        let mut last_flush = Instant::now();
         while !shutdown.is_cancelled() {
             let polled = tokio::select! {
                 () = shutdown.cancelled() => break,
-                polled = consumer.poll(self.settings.batch_size, DEFAULT_POLL_TIMEOUT.min(self.settings.tick)) => polled,
+                polled = consumer.poll(self.settings.batch_size, DEFAULT_POLL_TIMEOUT.min(self.settings.publish_interval)) => polled,
             };
+            // Caught up (a short batch): publish now. Under load: at most every interval.
+            let mut caught_up = false;
             match polled {
                 Ok(records) if !records.is_empty() => {
+                    caught_up = records.len() < self.settings.batch_size;
                     if !self
                         .handle_with_retry(consumer.as_mut(), &records, &shutdown)
                         .await
@@ -215,12 +222,21 @@ impl SurgeEngine {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
+            if caught_up || last_flush.elapsed() >= self.settings.publish_interval {
+                last_flush = Instant::now();
+                if let Err(err) = self.flush().await {
+                    tracing::warn!(error = %err, "publishing surge cells failed; will retry");
+                }
+            }
             if Instant::now() >= next_tick {
                 next_tick = Instant::now() + self.settings.tick;
                 if let Err(err) = self.publish(self.active.keys().copied().collect()).await {
                     tracing::warn!(error = %err, "refreshing surge cells failed; will retry");
                 }
             }
+        }
+        if let Err(err) = self.flush().await {
+            tracing::warn!(error = %err, "final surge publish failed; the next engine redoes it");
         }
         consumer.close().await
     }
@@ -254,204 +270,200 @@ impl SurgeEngine {
         }
     }
 
-    /// Applies a batch to the windows and publishes the cells it touched. Public for tests and
-    /// benchmarks that drive the engine without a consumer.
+    /// Applies a batch to the windows and marks the cells it touched for the next
+    /// [`SurgeEngine::flush`]. Public for benchmarks that drive the engine without a consumer.
     pub async fn handle_batch(&mut self, records: &[ConsumedRecord]) -> PortResult<()> {
-        // Records of one key (an order, a driver) stay in order; different keys run concurrently,
-        // because each cache round trip, not the work, is what a record costs.
-        let mut lanes: Vec<Vec<&ConsumedRecord>> = Vec::new();
-        let mut lane_of: HashMap<(&str, &[u8]), usize> = HashMap::new();
+        let mut outcomes: HashMap<(&str, &'static str), u64> = HashMap::new();
+        let mut orders: Vec<(CellIndex, Guarded)> = Vec::new();
+        let mut pings: Vec<(CellIndex, DriverLocationUpdated)> = Vec::new();
+        let mut poison: Vec<(&ConsumedRecord, String)> = Vec::new();
         for record in records {
-            let lane = match record.key.as_deref() {
-                Some(key) => *lane_of
-                    .entry((record.position.topic.as_str(), key))
-                    .or_insert_with(|| {
-                        lanes.push(Vec::new());
-                        lanes.len() - 1
-                    }),
-                None => {
-                    lanes.push(Vec::new());
-                    lanes.len() - 1
-                }
+            let decoded = match record.position.topic.as_str() {
+                DEMAND_TOPIC => self.decode_order(record).map(|order| orders.push(order)),
+                SUPPLY_TOPIC => decode_ping(record).map(|ping| pings.push(ping)),
+                other => Err(format!("unexpected topic {other}")),
             };
-            lanes[lane].push(record);
+            if let Err(reason) = decoded {
+                poison.push((record, reason));
+            }
         }
-        let this = &*self;
-        // Boxed as `dyn Future + Send`: a closure-produced future borrowing the records is not
-        // provably `Send` for every lifetime once spawned (rust-lang/rust#102211).
-        let lane_futures: Vec<LaneFuture<'_>> = lanes
-            .into_iter()
-            .map(|lane| -> LaneFuture<'_> {
-                Box::pin(async move {
-                    let mut done = Vec::with_capacity(lane.len());
-                    for record in lane {
-                        done.push(this.apply(record).await?);
-                    }
-                    Ok(done)
-                })
-            })
-            .collect();
-        let outcomes: Vec<Vec<Applied>> = futures::stream::iter(lane_futures)
-            .buffer_unordered(LANES_IN_FLIGHT)
-            .try_collect()
-            .await?;
         let mut touched = BTreeSet::new();
-        for (topic, label, cells) in outcomes.into_iter().flatten() {
-            touched.extend(cells);
-            metrics::counter!(ENGINE_RECORDS_TOTAL, "topic" => topic, "outcome" => label)
-                .increment(1);
+        // A constant number of cache round trips per batch, whatever its size: the cost of a
+        // record is the round trip, not the work.
+        if !orders.is_empty() {
+            let guarded = orders.iter().map(|(_, guarded)| guarded.clone()).collect();
+            let applied = self.cache.apply_if_absent_many(guarded).await?;
+            for ((cell, _), applied) in orders.iter().zip(applied) {
+                touched.insert(*cell);
+                let label = if applied { "applied" } else { "duplicate" };
+                *outcomes.entry((DEMAND_TOPIC, label)).or_default() += 1;
+            }
+        }
+        if !pings.is_empty() {
+            for (label, count) in self.apply_pings(&pings, &mut touched).await? {
+                *outcomes.entry((SUPPLY_TOPIC, label)).or_default() += count;
+            }
+        }
+        if !poison.is_empty() {
+            self.dead_letter(&poison).await?;
+            for (record, _) in &poison {
+                *outcomes
+                    .entry((record.position.topic.as_str(), "dead_lettered"))
+                    .or_default() += 1;
+            }
+        }
+        for ((topic, label), count) in outcomes {
+            metrics::counter!(ENGINE_RECORDS_TOTAL, "topic" => topic.to_owned(), "outcome" => label)
+                .increment(count);
         }
         for cell in &touched {
             self.active.entry(*cell).or_insert(None);
         }
-        self.publish(touched.into_iter().collect()).await
+        self.dirty.extend(touched);
+        Ok(())
     }
 
-    /// Applies one record; returns its topic, outcome label and the cells it touched.
-    async fn apply(
-        &self,
-        record: &ConsumedRecord,
-    ) -> PortResult<(String, &'static str, Vec<CellIndex>)> {
-        let topic = record.position.topic.clone();
-        let outcome = match topic.as_str() {
-            DEMAND_TOPIC => self.apply_order(record).await?,
-            SUPPLY_TOPIC => self.apply_ping(record).await?,
-            other => Outcome::Poison(format!("unexpected topic {other}")),
-        };
-        Ok(match outcome {
-            Outcome::Applied(cells) => (topic, "applied", cells),
-            Outcome::Skipped(why, cells) => (topic, why, cells),
-            Outcome::Poison(reason) => {
-                self.dead_letter(record, &reason).await?;
-                (topic, "dead_lettered", Vec::new())
-            }
-        })
+    /// Publishes the cells touched since the last flush. The counters (the effect of the
+    /// records) are already in the cache; the published multiplier is derived from them, so a
+    /// flush may lag the commit by up to `publish_interval`.
+    pub async fn flush(&mut self) -> PortResult<()> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let cells: Vec<CellIndex> = self.dirty.iter().copied().collect();
+        self.publish(cells).await?;
+        self.dirty.clear();
+        Ok(())
     }
 
-    async fn apply_order(&self, record: &ConsumedRecord) -> PortResult<Outcome> {
-        let event = match OrderCreatedEvent::decode(record.payload.as_ref()) {
-            Ok(event) => event,
-            Err(err) => {
-                return Ok(Outcome::Poison(format!(
-                    "undecodable OrderCreatedEvent: {err}"
-                )))
-            }
-        };
-        let cell = match parse_cell(&event.pickup_h3) {
-            Ok(cell) => cell,
-            Err(err) => return Ok(Outcome::Poison(err.to_string())),
-        };
+    /// The guarded demand increment of an order record, or why it is poison.
+    fn decode_order(&self, record: &ConsumedRecord) -> Result<(CellIndex, Guarded), String> {
+        let event = OrderCreatedEvent::decode(record.payload.as_ref())
+            .map_err(|err| format!("undecodable OrderCreatedEvent: {err}"))?;
+        let cell = parse_cell(&event.pickup_h3).map_err(|err| err.to_string())?;
         if event.order_id.is_empty() {
-            return Ok(Outcome::Poison("order without an id".into()));
+            return Err("order without an id".into());
         }
-        let bucket = self.bucket_of(event.timestamp);
-        let count = CacheWrite::IncrBy {
-            key: keys::demand(cell, bucket),
-            delta: 1,
-            ttl: Some(self.counter_ttl()),
+        let guarded = Guarded {
+            guard: keys::seen_order(&event.order_id),
+            guard_ttl: self.counter_ttl(),
+            writes: vec![CacheWrite::IncrBy {
+                key: keys::demand(cell, self.bucket_of(event.timestamp)),
+                delta: 1,
+                ttl: Some(self.counter_ttl()),
+            }],
         };
-        let first_time = self
-            .cache
-            .apply_if_absent(
-                &keys::seen_order(&event.order_id),
-                self.counter_ttl(),
-                vec![count],
-            )
-            .await?;
-        Ok(if first_time {
-            Outcome::Applied(vec![cell])
-        } else {
-            Outcome::Skipped("duplicate", vec![cell])
-        })
+        Ok((cell, guarded))
     }
 
-    async fn apply_ping(&self, record: &ConsumedRecord) -> PortResult<Outcome> {
-        let event = match DriverLocationUpdated::decode(record.payload.as_ref()) {
-            Ok(event) => event,
-            Err(err) => {
-                return Ok(Outcome::Poison(format!(
-                    "undecodable DriverLocationUpdated: {err}"
-                )))
-            }
-        };
-        let cell = match parse_cell(&event.h3) {
-            Ok(cell) => cell,
-            Err(err) => return Ok(Outcome::Poison(err.to_string())),
-        };
-        if event.driver_id.is_empty() {
-            return Ok(Outcome::Poison("ping without a driver id".into()));
-        }
-        let driver_key = keys::driver(&event.driver_id);
-        let previous: Option<DriverState> = match self.cache.get(&driver_key).await? {
-            Some(raw) => serde_json::from_slice(&raw).ok(),
-            None => None,
-        };
-        let mut touched = vec![cell];
-        if let Some(previous) = &previous {
-            if previous.timestamp_ms >= event.timestamp {
-                return Ok(Outcome::Skipped("stale", touched));
-            }
-        }
+    /// Applies driver pings in order: each newer ping moves its driver's count from the previous
+    /// (cell, bucket) to its own; older or repeated pings are ignored. One read of the drivers'
+    /// latest pings and one atomic batch of writes for the whole slice.
+    async fn apply_pings(
+        &self,
+        pings: &[(CellIndex, DriverLocationUpdated)],
+        touched: &mut BTreeSet<CellIndex>,
+    ) -> PortResult<Vec<(&'static str, u64)>> {
+        let mut drivers: Vec<&str> = pings
+            .iter()
+            .map(|(_, ping)| ping.driver_id.as_str())
+            .collect();
+        drivers.sort_unstable();
+        drivers.dedup();
+        let driver_keys: Vec<String> = drivers.iter().map(|id| keys::driver(id)).collect();
+        let stored = self.cache.get_many(&driver_keys).await?;
+        let mut latest: HashMap<&str, Option<DriverState>> = drivers
+            .iter()
+            .zip(stored)
+            .map(|(id, raw)| (*id, raw.and_then(|raw| serde_json::from_slice(&raw).ok())))
+            .collect();
         let ttl = Some(self.counter_ttl());
-        let state = DriverState {
-            h3: event.h3.clone(),
-            available: event.available,
-            timestamp_ms: event.timestamp,
-        };
-        let state_bytes = serde_json::to_vec(&state)
-            .map_err(|err| PortError::Invalid(format!("driver state: {err}")))?;
-        let mut writes = vec![CacheWrite::Set {
-            key: driver_key,
-            value: Bytes::from(state_bytes),
-            ttl,
-        }];
         let oldest_counted = *self.window_buckets(self.clock.now_ms()).start();
-        if let Some(previous) = previous.filter(|previous| previous.available) {
-            let previous_bucket = self.bucket_of(previous.timestamp_ms);
-            if let (Ok(previous_cell), true) = (
-                parse_cell(&previous.h3),
-                previous_bucket >= oldest_counted - 1,
-            ) {
+        let (mut applied, mut stale) = (0, 0);
+        let mut writes = Vec::new();
+        let mut changed = BTreeSet::new();
+        for (cell, ping) in pings {
+            touched.insert(*cell);
+            let previous = latest.get(ping.driver_id.as_str()).cloned().flatten();
+            if previous
+                .as_ref()
+                .is_some_and(|previous| previous.timestamp_ms >= ping.timestamp)
+            {
+                stale += 1;
+                continue;
+            }
+            if let Some(previous) = previous.filter(|previous| previous.available) {
+                let previous_bucket = self.bucket_of(previous.timestamp_ms);
+                if let (Ok(previous_cell), true) = (
+                    parse_cell(&previous.h3),
+                    previous_bucket >= oldest_counted - 1,
+                ) {
+                    writes.push(CacheWrite::IncrBy {
+                        key: keys::supply(previous_cell, previous_bucket),
+                        delta: -1,
+                        ttl,
+                    });
+                    touched.insert(previous_cell);
+                }
+            }
+            if ping.available {
                 writes.push(CacheWrite::IncrBy {
-                    key: keys::supply(previous_cell, previous_bucket),
-                    delta: -1,
+                    key: keys::supply(*cell, self.bucket_of(ping.timestamp)),
+                    delta: 1,
                     ttl,
                 });
-                touched.push(previous_cell);
+            }
+            let state = DriverState {
+                h3: ping.h3.clone(),
+                available: ping.available,
+                timestamp_ms: ping.timestamp,
+            };
+            latest.insert(ping.driver_id.as_str(), Some(state));
+            changed.insert(ping.driver_id.as_str());
+            applied += 1;
+        }
+        for driver in changed {
+            if let Some(Some(state)) = latest.get(driver) {
+                let json = serde_json::to_vec(state)
+                    .map_err(|err| PortError::Invalid(format!("driver state: {err}")))?;
+                writes.push(CacheWrite::Set {
+                    key: keys::driver(driver),
+                    value: Bytes::from(json),
+                    ttl,
+                });
             }
         }
-        if event.available {
-            writes.push(CacheWrite::IncrBy {
-                key: keys::supply(cell, self.bucket_of(event.timestamp)),
-                delta: 1,
-                ttl,
-            });
-        }
+        // Counts and latest pings in one atomic batch: a crash leaves all or nothing, and a
+        // redelivered ping is then recognised as stale.
         self.cache.apply(writes).await?;
-        Ok(Outcome::Applied(touched))
+        Ok(vec![("applied", applied), ("stale", stale)])
     }
 
-    async fn dead_letter(&self, record: &ConsumedRecord, reason: &str) -> PortResult<()> {
-        tracing::warn!(
-            topic = %record.position.topic,
-            partition = record.position.partition,
-            offset = record.position.offset,
-            reason,
-            "dead-lettering a record"
-        );
-        let mut letter = OutgoingRecord {
-            key: record.key.clone(),
-            payload: record.payload.clone(),
-            headers: record.headers.clone(),
-        };
-        letter = letter
-            .with_header("pulse.dlq.reason", reason.to_owned())
-            .with_header("pulse.dlq.topic", record.position.topic.clone())
-            .with_header("pulse.dlq.partition", record.position.partition.to_string())
-            .with_header("pulse.dlq.offset", record.position.offset.to_string())
-            .with_header("pulse.dlq.group", GROUP);
+    async fn dead_letter(&self, poison: &[(&ConsumedRecord, String)]) -> PortResult<()> {
+        let letters = poison
+            .iter()
+            .map(|(record, reason)| {
+                tracing::warn!(
+                    topic = %record.position.topic,
+                    partition = record.position.partition,
+                    offset = record.position.offset,
+                    reason,
+                    "dead-lettering a record"
+                );
+                OutgoingRecord {
+                    key: record.key.clone(),
+                    payload: record.payload.clone(),
+                    headers: record.headers.clone(),
+                }
+                .with_header("pulse.dlq.reason", reason.clone())
+                .with_header("pulse.dlq.topic", record.position.topic.clone())
+                .with_header("pulse.dlq.partition", record.position.partition.to_string())
+                .with_header("pulse.dlq.offset", record.position.offset.to_string())
+                .with_header("pulse.dlq.group", GROUP)
+            })
+            .collect();
         self.log
-            .append(DEAD_LETTER_TOPIC, vec![letter])
+            .append(DEAD_LETTER_TOPIC, letters)
             .await
             .map(|_| ())
     }

@@ -150,6 +150,7 @@ fn main() {
             .await
             .expect("consumer");
         let started = Instant::now();
+        let mut last_flush = Instant::now();
         let mut consumed = 0;
         let total = ORDERS + PINGS;
         while consumed < total {
@@ -159,10 +160,15 @@ fn main() {
                 continue;
             }
             engine.handle_batch(&batch).await.expect("batch");
+            if last_flush.elapsed() >= Duration::from_millis(100) {
+                engine.flush().await.expect("flush");
+                last_flush = Instant::now();
+            }
             let positions: Vec<_> = batch.iter().map(|r| r.position.clone()).collect();
             consumer.commit(&positions).await.expect("commit");
             consumed += batch.len();
         }
+        engine.flush().await.expect("flush");
         let processing = started.elapsed();
         println!(
             "[{mode}] engine consumed and applied {consumed} records in {processing:?}: {:.0} events/s",
