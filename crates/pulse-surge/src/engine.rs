@@ -12,7 +12,9 @@
 //!   one is ignored, which also makes redelivery harmless.
 //!
 //! Because all state is in the cache, engines sharing a consumer group (or a restarted engine)
-//! compute the same multipliers. Offsets are committed only after the cache writes.
+//! compute the same multipliers. Offsets are committed only after the counters are written; the
+//! published `surge:{h3}` is derived from them (after every batch when caught up, at most every
+//! `publish_interval` under load).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
