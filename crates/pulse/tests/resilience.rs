@@ -7,30 +7,13 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{distributed, unique_point, wait_for_quote, TestApp};
+use common::{distributed, seed_cell, unique_point, wait_for_quote, TestApp};
 use pulse_conformance::{services, unique_name};
 use pulse_core::log::OutgoingRecord;
-use serde_json::json;
 
 /// 3 orders and 4 drivers: 1.75. Counting an order twice would give 2.5; losing one, 1.5.
 async fn place_three_orders_and_four_drivers(app: &TestApp, lat: f64, lng: f64) {
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    for driver in 0..4 {
-        let path = format!("/api/v1/drivers/d-{run}-{driver}/location");
-        let (status, body) = app
-            .post_json(&path, &json!({ "lat": lat, "lng": lng, "available": true }))
-            .await;
-        assert_eq!(status, 202, "{body}");
-    }
-    for rider in 0..3 {
-        let body = json!({
-            "user_id": format!("r-{run}-{rider}"),
-            "pickup": { "lat": lat, "lng": lng },
-            "dropoff": { "lat": lat, "lng": lng },
-        });
-        let (status, answer) = app.post_json("/api/v1/orders", &body).await;
-        assert_eq!(status, 201, "{answer}");
-    }
+    seed_cell(&[app], lat, lng, 4, 3).await;
 }
 
 async fn restart_loses_nothing_and_counts_once(configure: impl Fn(&mut pulse::Config) + Clone) {

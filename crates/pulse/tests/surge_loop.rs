@@ -3,43 +3,19 @@
 
 mod common;
 
-use common::{distributed, unique_point, wait_for_quote, TestApp};
+use common::{distributed, seed_cell, unique_point, wait_for_quote, TestApp};
 use pulse_conformance::services;
 use serde_json::{json, Value};
 
 async fn six_orders_and_four_drivers_surge_to_2_5(app: &TestApp) {
     let (lat, lng) = unique_point();
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    for driver in 0..4 {
-        let (status, body) = app
-            .post_json(
-                &format!("/api/v1/drivers/d-{run}-{driver}/location"),
-                &json!({ "lat": lat, "lng": lng, "available": true }),
-            )
-            .await;
-        assert_eq!(status, 202, "{body}");
-    }
-    let mut cell = None;
-    for rider in 0..6 {
-        let (status, order) = app
-            .post_json(
-                "/api/v1/orders",
-                &json!({
-                    "user_id": format!("rider-{run}-{rider}"),
-                    "pickup": { "lat": lat, "lng": lng },
-                    "dropoff": { "lat": lat + 0.02, "lng": lng + 0.02 },
-                }),
-            )
-            .await;
-        assert_eq!(status, 201, "{order}");
-        assert_eq!(order["status"], "PENDING");
-        cell = Some(order["pickup_h3"].clone());
-    }
+    let orders = seed_cell(&[app], lat, lng, 4, 6).await;
+    let cell = orders[0]["pickup_h3"].clone();
     let quote = wait_for_quote(app, lat, lng, |quote| {
         quote["surge"]["source"] == "live" && quote["multiplier"] == 2.5
     })
     .await;
-    assert_eq!(quote["h3"], cell.expect("an order"));
+    assert_eq!(quote["h3"], cell);
     assert_eq!(quote["price"]["total"], json!(625), "(250 + 0 km) × 2.5");
     assert!(quote["quote_id"].is_string());
 }
@@ -206,26 +182,8 @@ async fn two_engines_in_one_group_agree_with_the_formula() {
     let first = TestApp::spawn(|config| distributed(config, store_url.clone())).await;
     let second = TestApp::spawn(|config| distributed(config, store_url.clone())).await;
     let (lat, lng) = unique_point();
-    let run = uuid::Uuid::new_v4().simple().to_string();
     // Events enter through both gateways; both engines share the group's partitions.
-    for driver in 0..4 {
-        let app = if driver % 2 == 0 { &first } else { &second };
-        let path = format!("/api/v1/drivers/d-{run}-{driver}/location");
-        let (status, body) = app
-            .post_json(&path, &json!({ "lat": lat, "lng": lng, "available": true }))
-            .await;
-        assert_eq!(status, 202, "{body}");
-    }
-    for rider in 0..6 {
-        let app = if rider % 2 == 0 { &first } else { &second };
-        let body = json!({
-            "user_id": format!("r-{run}-{rider}"),
-            "pickup": { "lat": lat, "lng": lng },
-            "dropoff": { "lat": lat, "lng": lng },
-        });
-        let (status, answer) = app.post_json("/api/v1/orders", &body).await;
-        assert_eq!(status, 201, "{answer}");
-    }
+    seed_cell(&[&first, &second], lat, lng, 4, 6).await;
     for app in [&first, &second] {
         wait_for_quote(app, lat, lng, |quote| quote["multiplier"] == 2.5).await;
     }

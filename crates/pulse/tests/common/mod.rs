@@ -145,3 +145,36 @@ pub async fn wait_for_quote(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Reports `drivers` available drivers at a point, then places `orders` orders picked up there
+/// (alternating between `apps`, so several gateways can share the work); returns the orders.
+pub async fn seed_cell(
+    apps: &[&TestApp],
+    lat: f64,
+    lng: f64,
+    drivers: usize,
+    orders: usize,
+) -> Vec<Value> {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    for driver in 0..drivers {
+        let app = apps[driver % apps.len()];
+        let path = format!("/api/v1/drivers/d-{run}-{driver}/location");
+        let body = serde_json::json!({ "lat": lat, "lng": lng, "available": true });
+        let (status, answer) = app.post_json(&path, &body).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    let mut placed = Vec::with_capacity(orders);
+    for rider in 0..orders {
+        let app = apps[rider % apps.len()];
+        let body = serde_json::json!({
+            "user_id": format!("rider-{run}-{rider}"),
+            "pickup": { "lat": lat, "lng": lng },
+            "dropoff": { "lat": lat, "lng": lng },
+        });
+        let (status, order) = app.post_json("/api/v1/orders", &body).await;
+        assert_eq!(status, 201, "{order}");
+        assert_eq!(order["status"], "PENDING");
+        placed.push(order);
+    }
+    placed
+}
