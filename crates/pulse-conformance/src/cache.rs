@@ -289,3 +289,132 @@ pub async fn apply_if_absent_many_applies_each_item_once<C: Cache + ?Sized>(cach
         .expect("empty")
         .is_empty());
 }
+
+fn index_add(key: &str, member: &str, score: i64) -> CacheWrite {
+    CacheWrite::IndexAdd {
+        key: key.to_owned(),
+        member: member.to_owned(),
+        score,
+        ttl: Some(Duration::from_secs(60)),
+    }
+}
+
+/// A scored index lists members by score, highest first, and forgets removed, trimmed and
+/// emptied members.
+pub async fn index_ranges_by_score<C: Cache + ?Sized>(cache: &C) {
+    let index = key("index");
+    assert!(cache
+        .index_range(&index, i64::MIN, 10)
+        .await
+        .expect("missing index")
+        .is_empty());
+    cache
+        .apply(vec![
+            index_add(&index, "a", 1_764_000_000_010),
+            index_add(&index, "b", 1_764_000_000_020),
+            index_add(&index, "c", 1_764_000_000_030),
+        ])
+        .await
+        .expect("add");
+    let index_ref = index.as_str();
+    let ranged = |min, limit| cache.index_range(index_ref, min, limit);
+    assert_eq!(
+        ranged(1_764_000_000_015, 10).await.expect("range"),
+        vec![
+            ("c".to_owned(), 1_764_000_000_030),
+            ("b".to_owned(), 1_764_000_000_020)
+        ]
+    );
+    assert_eq!(ranged(i64::MIN, 1).await.expect("limit").len(), 1);
+    assert!(ranged(i64::MIN, 0).await.expect("limit 0").is_empty());
+    assert!(cache.ttl(&index).await.expect("ttl").flatten().is_some());
+
+    // Re-adding replaces the score; removing and trimming drop members.
+    cache
+        .apply(vec![
+            index_add(&index, "a", 1_764_000_000_040),
+            CacheWrite::IndexRemove {
+                key: index.clone(),
+                member: "b".into(),
+            },
+            CacheWrite::IndexTrim {
+                key: index.clone(),
+                below: 1_764_000_000_035,
+            },
+        ])
+        .await
+        .expect("edit");
+    assert_eq!(
+        ranged(i64::MIN, 10).await.expect("range"),
+        vec![("a".to_owned(), 1_764_000_000_040)]
+    );
+    cache
+        .apply(vec![CacheWrite::IndexRemove {
+            key: index.clone(),
+            member: "a".into(),
+        }])
+        .await
+        .expect("remove last");
+    assert_eq!(
+        cache.ttl(&index).await.expect("ttl"),
+        None,
+        "empty index is gone"
+    );
+}
+
+/// Index writes take part in guarded batches like any other write.
+pub async fn index_writes_apply_under_a_guard<C: Cache + ?Sized>(cache: &C) {
+    let (index, guard) = (key("guarded-index"), key("guarded-index-guard"));
+    for _ in 0..2 {
+        cache
+            .apply_if_absent(
+                &guard,
+                Duration::from_secs(60),
+                vec![
+                    index_add(&index, "kept", 7),
+                    index_add(&index, "trimmed", 1),
+                    CacheWrite::IndexTrim {
+                        key: index.clone(),
+                        below: 5,
+                    },
+                    index_add(&index, "removed", 9),
+                    CacheWrite::IndexRemove {
+                        key: index.clone(),
+                        member: "removed".into(),
+                    },
+                ],
+            )
+            .await
+            .expect("guarded");
+    }
+    assert_eq!(
+        cache.index_range(&index, 0, 10).await.expect("range"),
+        vec![("kept".to_owned(), 7)]
+    );
+}
+
+/// Plain reads and index reads refuse each other's keys rather than misreading them.
+pub async fn indexes_and_values_do_not_mix<C: Cache + ?Sized>(cache: &C) {
+    let (index, value) = (key("typed-index"), key("typed-value"));
+    cache
+        .apply(vec![index_add(&index, "m", 1)])
+        .await
+        .expect("add");
+    cache
+        .set(&value, Bytes::from_static(b"v"), None)
+        .await
+        .expect("set");
+    assert!(cache.get(&index).await.is_err(), "get on an index");
+    assert_eq!(
+        cache.get_many(std::slice::from_ref(&index)).await.expect("get_many"),
+        vec![None],
+        "get_many reads an index as missing, like MGET"
+    );
+    assert!(cache.index_range(&value, 0, 10).await.is_err());
+    let err = cache
+        .apply(vec![index_add(&value, "m", 1)])
+        .await
+        .expect_err("index write on a value");
+    assert!(!err.is_retryable(), "{err}");
+    cache.delete(&value).await.expect("delete");
+}

@@ -100,6 +100,9 @@ macro_rules! cache_suite {
                 apply_writes_a_batch,
                 apply_if_absent_applies_once_per_guard,
                 apply_if_absent_many_applies_each_item_once,
+                index_ranges_by_score,
+                index_writes_apply_under_a_guard,
+                indexes_and_values_do_not_mix,
             );
         }
     };

@@ -1,7 +1,9 @@
 //! The cache/state store port: small values with TTLs, counters and batched writes.
 //!
 //! Redis in distributed mode, an in-process map in embedded mode. Values are bytes; callers pick
-//! the encoding (the surge engine writes JSON so operators can read it with `redis-cli`).
+//! the encoding (the surge engine writes JSON so operators can read it with `redis-cli`). Scored
+//! indexes (Redis sorted sets) list what is live, e.g. the cells with a published surge, so a
+//! reader can find keys without scanning the keyspace.
 
 use std::time::Duration;
 
@@ -36,6 +38,46 @@ pub enum CacheWrite {
         /// Key.
         key: String,
     },
+    /// Adds `member` to the scored index at `key` (a Redis sorted set), replacing its score when
+    /// it is already there; when `ttl` is given the whole index's expiry is (re)set to it.
+    IndexAdd {
+        /// Key of the index.
+        key: String,
+        /// Member to add.
+        member: String,
+        /// Its score (callers use times, so readers can skip stale members).
+        score: i64,
+        /// Time to live of the index.
+        ttl: Option<Duration>,
+    },
+    /// Removes `member` from the index at `key`.
+    IndexRemove {
+        /// Key of the index.
+        key: String,
+        /// Member to remove.
+        member: String,
+    },
+    /// Removes every member of the index at `key` scored below `below`.
+    IndexTrim {
+        /// Key of the index.
+        key: String,
+        /// Lowest score kept.
+        below: i64,
+    },
+}
+
+impl CacheWrite {
+    /// The key this write changes.
+    pub fn key(&self) -> &str {
+        match self {
+            CacheWrite::Set { key, .. }
+            | CacheWrite::IncrBy { key, .. }
+            | CacheWrite::Delete { key }
+            | CacheWrite::IndexAdd { key, .. }
+            | CacheWrite::IndexRemove { key, .. }
+            | CacheWrite::IndexTrim { key, .. } => key,
+        }
+    }
 }
 
 /// Writes applied only if their guard key is absent (see [`Cache::apply_if_absent`]).
@@ -98,6 +140,15 @@ pub trait Cache: Send + Sync + std::fmt::Debug {
     /// own, items are applied in order (a later item with the same guard sees the earlier one),
     /// and the answer says, per item, whether it was applied.
     async fn apply_if_absent_many(&self, items: Vec<Guarded>) -> PortResult<Vec<bool>>;
+
+    /// Members of the index at `key` scored at least `min_score`, highest score first, at most
+    /// `limit` of them; empty when the index is missing.
+    async fn index_range(
+        &self,
+        key: &str,
+        min_score: i64,
+        limit: usize,
+    ) -> PortResult<Vec<(String, i64)>>;
 
     /// Succeeds when the store answers a trivial request.
     async fn ping(&self) -> PortResult<()>;

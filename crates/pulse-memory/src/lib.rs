@@ -24,9 +24,16 @@ const BACKEND: &str = "memory-cache";
 /// Default bound on live entries.
 pub const DEFAULT_MAX_ENTRIES: usize = 1_000_000;
 
+/// What a key holds: a plain value (a counter is a decimal value) or a scored index.
+#[derive(Debug, Clone)]
+enum Value {
+    Bytes(Bytes),
+    Index(HashMap<String, i64>),
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
-    value: Bytes,
+    value: Value,
     expires_at_ms: Option<i64>,
 }
 
@@ -34,6 +41,18 @@ impl Entry {
     fn is_live(&self, now_ms: i64) -> bool {
         self.expires_at_ms.is_none_or(|at| at > now_ms)
     }
+
+    fn bytes(&self, key: &str) -> PortResult<&Bytes> {
+        match &self.value {
+            Value::Bytes(bytes) => Ok(bytes),
+            Value::Index(_) => Err(wrong_type(key, "an index")),
+        }
+    }
+}
+
+/// The error of an operation on a key holding the other kind of value (Redis `WRONGTYPE`).
+fn wrong_type(key: &str, holds: &str) -> PortError {
+    PortError::Invalid(format!("{key} holds {holds}"))
 }
 
 /// The in-process cache. Cheap to clone; clones share the same entries.
@@ -144,7 +163,7 @@ impl MemoryCache {
                 entries.insert(
                     key,
                     Entry {
-                        value,
+                        value: Value::Bytes(value),
                         expires_at_ms,
                     },
                 );
@@ -152,7 +171,10 @@ impl MemoryCache {
             }
             CacheWrite::IncrBy { key, delta, ttl } => {
                 let (current, expires_at_ms) = match Self::live(entries, &key, now) {
-                    Some(entry) => (parse_integer(&key, &entry.value)?, entry.expires_at_ms),
+                    Some(entry) => (
+                        parse_integer(&key, entry.bytes(&key)?)?,
+                        entry.expires_at_ms,
+                    ),
                     None => (0, None),
                 };
                 let next = current.checked_add(delta).ok_or_else(|| {
@@ -166,7 +188,7 @@ impl MemoryCache {
                 entries.insert(
                     key,
                     Entry {
-                        value: Bytes::from(next.to_string()),
+                        value: Value::Bytes(Bytes::from(next.to_string())),
                         expires_at_ms,
                     },
                 );
@@ -176,7 +198,61 @@ impl MemoryCache {
                 entries.remove(&key);
                 Ok(None)
             }
+            CacheWrite::IndexAdd {
+                key,
+                member,
+                score,
+                ttl,
+            } => {
+                if Self::live(entries, &key, now).is_none() {
+                    self.make_room(entries, &key, now)?;
+                    let empty = Entry {
+                        value: Value::Index(HashMap::new()),
+                        expires_at_ms: None,
+                    };
+                    entries.insert(key.clone(), empty);
+                }
+                let entry = entries.get_mut(&key).expect("inserted above");
+                let Value::Index(members) = &mut entry.value else {
+                    return Err(wrong_type(&key, "a value"));
+                };
+                members.insert(member, score);
+                if ttl.is_some() {
+                    entry.expires_at_ms = Self::expiry(now, ttl);
+                }
+                Ok(None)
+            }
+            CacheWrite::IndexRemove { key, member } => {
+                Self::edit_index(entries, &key, now, |members| {
+                    members.remove(&member);
+                })
+            }
+            CacheWrite::IndexTrim { key, below } => {
+                Self::edit_index(entries, &key, now, |members| {
+                    members.retain(|_, score| *score >= below)
+                })
+            }
         }
+    }
+
+    /// Changes the live index at `key`, if any; an index left empty is removed, as in Redis.
+    fn edit_index(
+        entries: &mut HashMap<String, Entry>,
+        key: &str,
+        now: i64,
+        edit: impl FnOnce(&mut HashMap<String, i64>),
+    ) -> PortResult<Option<i64>> {
+        let Some(entry) = entries.get_mut(key).filter(|entry| entry.is_live(now)) else {
+            return Ok(None);
+        };
+        let Value::Index(members) = &mut entry.value else {
+            return Err(wrong_type(key, "a value"));
+        };
+        edit(members);
+        if members.is_empty() {
+            entries.remove(key);
+        }
+        Ok(None)
     }
     /// Applies `writes` in order under the caller's lock, rolling back on failure.
     fn apply_locked(
@@ -189,11 +265,8 @@ impl MemoryCache {
         // observe the batch half-applied because the lock is held throughout.
         let mut before: Vec<(String, Option<Entry>)> = Vec::with_capacity(writes.len());
         for write in &writes {
-            let key = match write {
-                CacheWrite::Set { key, .. } | CacheWrite::IncrBy { key, .. } => key,
-                CacheWrite::Delete { key } => key,
-            };
-            before.push((key.clone(), entries.get(key).cloned()));
+            let key = write.key();
+            before.push((key.to_owned(), entries.get(key).cloned()));
         }
         for write in writes {
             if let Err(err) = self.apply_one(entries, write, now) {
@@ -222,15 +295,23 @@ impl Cache for MemoryCache {
     async fn get(&self, key: &str) -> PortResult<Option<Bytes>> {
         let now = self.clock.now_ms();
         let entries = self.lock();
-        Ok(Self::live(&entries, key, now).map(|entry| entry.value.clone()))
+        Self::live(&entries, key, now)
+            .map(|entry| entry.bytes(key).cloned())
+            .transpose()
     }
 
     async fn get_many(&self, keys: &[String]) -> PortResult<Vec<Option<Bytes>>> {
         let now = self.clock.now_ms();
         let entries = self.lock();
+        // As Redis `MGET`: a key holding an index reads as missing.
         Ok(keys
             .iter()
-            .map(|key| Self::live(&entries, key, now).map(|entry| entry.value.clone()))
+            .map(|key| {
+                Self::live(&entries, key, now).and_then(|entry| match &entry.value {
+                    Value::Bytes(bytes) => Some(bytes.clone()),
+                    Value::Index(_) => None,
+                })
+            })
             .collect())
     }
 
@@ -299,6 +380,31 @@ impl Cache for MemoryCache {
             applied.push(true);
         }
         Ok(applied)
+    }
+
+    async fn index_range(
+        &self,
+        key: &str,
+        min_score: i64,
+        limit: usize,
+    ) -> PortResult<Vec<(String, i64)>> {
+        let now = self.clock.now_ms();
+        let entries = self.lock();
+        let Some(entry) = Self::live(&entries, key, now) else {
+            return Ok(Vec::new());
+        };
+        let Value::Index(members) = &entry.value else {
+            return Err(wrong_type(key, "a value"));
+        };
+        let mut found: Vec<(String, i64)> = members
+            .iter()
+            .filter(|(_, score)| **score >= min_score)
+            .map(|(member, score)| (member.clone(), *score))
+            .collect();
+        // Redis `ZREVRANGEBYSCORE` order: score, then member, both descending.
+        found.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+        found.truncate(limit);
+        Ok(found)
     }
 
     async fn ping(&self) -> PortResult<()> {

@@ -85,12 +85,34 @@ fn add_write(pipe: &mut Pipeline, write: &CacheWrite) {
         CacheWrite::Delete { key } => {
             pipe.cmd("DEL").arg(key).ignore();
         }
+        CacheWrite::IndexAdd {
+            key,
+            member,
+            score,
+            ttl,
+        } => {
+            pipe.cmd("ZADD").arg(key).arg(*score).arg(member).ignore();
+            if let Some(ttl) = ttl {
+                pipe.cmd("PEXPIRE").arg(key).arg(millis(*ttl)).ignore();
+            }
+        }
+        CacheWrite::IndexRemove { key, member } => {
+            pipe.cmd("ZREM").arg(key).arg(member).ignore();
+        }
+        CacheWrite::IndexTrim { key, below } => {
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(key)
+                .arg("-inf")
+                .arg(format!("({below}"))
+                .ignore();
+        }
     }
 }
 
 /// `apply_if_absent_many` as one server-side step. ARGV: the item count, then per item the guard,
-/// its TTL (ms) and the number of writes, then each write as op (`S`, `I`, `D`), key, value and
-/// TTL (ms, 0 = none). Keys travel as arguments, so this suits a single Redis (or one shard), not
+/// its TTL (ms) and the number of writes, then each write as five fields: op, key, two operands
+/// and a TTL (ms, 0 = none) — `S` key value, `I` key delta, `D` key, `Z` key member score
+/// (`ZADD`), `R` key member (`ZREM`), `T` key below (trim). Keys travel as arguments, so this suits a single Redis (or one shard), not
 /// Redis Cluster.
 const APPLY_IF_ABSENT_MANY: &str = r#"
 local results = {}
@@ -100,20 +122,28 @@ for item = 1, tonumber(ARGV[1]) do
   pos = pos + 3
   if redis.call('SET', guard, '1', 'NX', 'PX', guard_ttl) then
     for _ = 1, count do
-      local op, key, value, ttl = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], tonumber(ARGV[pos + 3])
+      local op, key, a, b = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
+      local ttl = tonumber(ARGV[pos + 4])
       if op == 'S' then
-        if ttl > 0 then redis.call('SET', key, value, 'PX', ttl) else redis.call('SET', key, value) end
+        if ttl > 0 then redis.call('SET', key, a, 'PX', ttl) else redis.call('SET', key, a) end
       elseif op == 'I' then
-        redis.call('INCRBY', key, value)
+        redis.call('INCRBY', key, a)
         if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+      elseif op == 'Z' then
+        redis.call('ZADD', key, b, a)
+        if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+      elseif op == 'R' then
+        redis.call('ZREM', key, a)
+      elseif op == 'T' then
+        redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. a)
       else
         redis.call('DEL', key)
       end
-      pos = pos + 4
+      pos = pos + 5
     end
     results[item] = 1
   else
-    pos = pos + 4 * count
+    pos = pos + 5 * count
     results[item] = 0
   end
 end
@@ -245,11 +275,34 @@ impl Cache for RedisCache {
                             .arg("S")
                             .arg(key)
                             .arg(value.as_ref())
+                            .arg("")
                             .arg(ttl_ms(ttl)),
-                        CacheWrite::IncrBy { key, delta, ttl } => {
-                            invocation.arg("I").arg(key).arg(*delta).arg(ttl_ms(ttl))
+                        CacheWrite::IncrBy { key, delta, ttl } => invocation
+                            .arg("I")
+                            .arg(key)
+                            .arg(*delta)
+                            .arg("")
+                            .arg(ttl_ms(ttl)),
+                        CacheWrite::Delete { key } => {
+                            invocation.arg("D").arg(key).arg("").arg("").arg(0)
                         }
-                        CacheWrite::Delete { key } => invocation.arg("D").arg(key).arg("").arg(0),
+                        CacheWrite::IndexAdd {
+                            key,
+                            member,
+                            score,
+                            ttl,
+                        } => invocation
+                            .arg("Z")
+                            .arg(key)
+                            .arg(member)
+                            .arg(*score)
+                            .arg(ttl_ms(ttl)),
+                        CacheWrite::IndexRemove { key, member } => {
+                            invocation.arg("R").arg(key).arg(member).arg("").arg(0)
+                        }
+                        CacheWrite::IndexTrim { key, below } => {
+                            invocation.arg("T").arg(key).arg(*below).arg("").arg(0)
+                        }
                     };
                 }
             }
@@ -261,6 +314,31 @@ impl Cache for RedisCache {
             applied.extend(flags.into_iter().map(|flag| flag == 1));
         }
         Ok(applied)
+    }
+
+    async fn index_range(
+        &self,
+        key: &str,
+        min_score: i64,
+        limit: usize,
+    ) -> PortResult<Vec<(String, i64)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("ZREVRANGEBYSCORE");
+        cmd.arg(key)
+            .arg("+inf")
+            .arg(min_score)
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit);
+        let found: Vec<(String, f64)> = self.run(&cmd).await?;
+        // Scores are whole numbers written by `IndexAdd`; Redis stores them as doubles.
+        Ok(found
+            .into_iter()
+            .map(|(member, score)| (member, score as i64))
+            .collect())
     }
 
     async fn ping(&self) -> PortResult<()> {

@@ -108,16 +108,27 @@ impl Default for EngineSettings {
 
 /// A driver's latest ping, as stored at `driver:{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct DriverState {
-    h3: String,
-    available: bool,
-    timestamp_ms: i64,
+pub struct DriverState {
+    /// Cell of the ping.
+    pub h3: String,
+    /// Whether the driver takes rides.
+    pub available: bool,
+    /// Report time, Unix milliseconds.
+    pub timestamp_ms: i64,
+    /// Position of the ping (absent in state written before positions were kept).
+    #[serde(default)]
+    pub lat: f64,
+    /// Position of the ping.
+    #[serde(default)]
+    pub lng: f64,
 }
 
 /// What the engine last published for a cell.
 #[derive(Debug, Clone, Copy)]
 struct Published {
     multiplier: f64,
+    demand: u64,
+    supply: u64,
     written_at_ms: i64,
 }
 
@@ -234,6 +245,9 @@ impl SurgeEngine {
                 next_tick = Instant::now() + self.settings.tick;
                 if let Err(err) = self.publish(self.active.keys().copied().collect()).await {
                     tracing::warn!(error = %err, "refreshing surge cells failed; will retry");
+                }
+                if let Err(err) = self.trim_indexes().await {
+                    tracing::warn!(error = %err, "trimming the surge indexes failed; will retry");
                 }
             }
         }
@@ -419,6 +433,8 @@ impl SurgeEngine {
                 h3: ping.h3.clone(),
                 available: ping.available,
                 timestamp_ms: ping.timestamp,
+                lat: ping.lat,
+                lng: ping.lng,
             };
             latest.insert(ping.driver_id.as_str(), Some(state));
             changed.insert(ping.driver_id.as_str());
@@ -432,6 +448,19 @@ impl SurgeEngine {
                     key: keys::driver(driver),
                     value: Bytes::from(json),
                     ttl,
+                });
+                writes.push(if state.available {
+                    CacheWrite::IndexAdd {
+                        key: keys::AVAILABLE_DRIVERS.to_owned(),
+                        member: driver.to_owned(),
+                        score: state.timestamp_ms,
+                        ttl,
+                    }
+                } else {
+                    CacheWrite::IndexRemove {
+                        key: keys::AVAILABLE_DRIVERS.to_owned(),
+                        member: driver.to_owned(),
+                    }
                 });
             }
         }
@@ -468,6 +497,30 @@ impl SurgeEngine {
             .append(DEAD_LETTER_TOPIC, letters)
             .await
             .map(|_| ())
+    }
+
+    /// Drops index members that outlived what they point at: cells whose value expired (their
+    /// engine stopped before forgetting them) and drivers whose latest ping left the window.
+    async fn trim_indexes(&self) -> PortResult<()> {
+        let now_ms = self.clock.now_ms();
+        let window_start = self.window_start_ms();
+        self.cache
+            .apply(vec![
+                CacheWrite::IndexTrim {
+                    key: keys::SURGE_CELLS.to_owned(),
+                    below: now_ms,
+                },
+                CacheWrite::IndexTrim {
+                    key: keys::AVAILABLE_DRIVERS.to_owned(),
+                    below: window_start,
+                },
+            ])
+            .await
+    }
+
+    /// Start of the oldest bucket of the window ending now, Unix milliseconds.
+    fn window_start_ms(&self) -> i64 {
+        *self.window_buckets(self.clock.now_ms()).start() * self.bucket_ms()
     }
 
     /// Window totals `(demand, supply)` of `cells` now.
@@ -518,6 +571,10 @@ impl SurgeEngine {
                 writes.push(CacheWrite::Delete {
                     key: keys::surge(*cell),
                 });
+                writes.push(CacheWrite::IndexRemove {
+                    key: keys::SURGE_CELLS.to_owned(),
+                    member: cell.to_string(),
+                });
                 forgotten.push(*cell);
                 continue;
             }
@@ -527,9 +584,12 @@ impl SurgeEngine {
                 demand,
                 supply,
             };
+            // The counts are part of the published value (the map shows them), so a change of
+            // either is published too, not only a change of the multiplier.
             let due = match self.active.get(cell).copied().flatten() {
                 Some(last) => {
                     last.multiplier != value.multiplier
+                        || (last.demand, last.supply) != (demand, supply)
                         || now_ms - last.written_at_ms >= refresh_after_ms
                 }
                 None => true,
@@ -542,7 +602,13 @@ impl SurgeEngine {
                     value: Bytes::from(json),
                     ttl: Some(self.settings.surge_ttl),
                 });
-                published.push((*cell, value.multiplier));
+                writes.push(CacheWrite::IndexAdd {
+                    key: keys::SURGE_CELLS.to_owned(),
+                    member: cell.to_string(),
+                    score: now_ms + self.settings.surge_ttl.as_millis() as i64,
+                    ttl: Some(self.settings.surge_ttl),
+                });
+                published.push((*cell, value));
             }
         }
         if !writes.is_empty() {
@@ -552,11 +618,13 @@ impl SurgeEngine {
             self.active.remove(&cell);
         }
         for (cell, value) in published {
-            metrics::histogram!(MULTIPLIER).record(value);
+            metrics::histogram!(MULTIPLIER).record(value.multiplier);
             self.active.insert(
                 cell,
                 Some(Published {
-                    multiplier: value,
+                    multiplier: value.multiplier,
+                    demand: value.demand,
+                    supply: value.supply,
                     written_at_ms: now_ms,
                 }),
             );

@@ -3,9 +3,17 @@
 use h3o::CellIndex;
 
 /// `surge:{h3}` → [`crate::SurgeValue`] JSON (the seed's contract).
-pub fn surge(cell: CellIndex) -> String {
+pub fn surge(cell: impl std::fmt::Display) -> String {
     format!("surge:{cell}")
 }
+
+/// Index of cells with a published `surge:{h3}`, scored by when that value expires (Unix ms), so
+/// readers list live cells without scanning keys.
+pub const SURGE_CELLS: &str = "surge:cells";
+
+/// Index of available drivers, scored by their latest ping (Unix ms); their positions are at
+/// [`driver`].
+pub const AVAILABLE_DRIVERS: &str = "drivers:available";
 
 /// Orders in a cell during one window bucket.
 pub(crate) fn demand(cell: CellIndex, bucket: i64) -> String {
@@ -18,7 +26,7 @@ pub(crate) fn supply(cell: CellIndex, bucket: i64) -> String {
 }
 
 /// A driver's latest ping.
-pub(crate) fn driver(driver_id: &str) -> String {
+pub fn driver(driver_id: &str) -> String {
     format!("driver:{driver_id}")
 }
 

@@ -14,6 +14,7 @@
 pub mod engine;
 pub mod geo;
 pub mod keys;
+pub mod map;
 pub mod pricing;
 pub mod quotes;
 mod value;
