@@ -406,7 +406,10 @@ pub async fn indexes_and_values_do_not_mix<C: Cache + ?Sized>(cache: &C) {
         .expect("set");
     assert!(cache.get(&index).await.is_err(), "get on an index");
     assert_eq!(
-        cache.get_many(std::slice::from_ref(&index)).await.expect("get_many"),
+        cache
+            .get_many(std::slice::from_ref(&index))
+            .await
+            .expect("get_many"),
         vec![None],
         "get_many reads an index as missing, like MGET"
     );

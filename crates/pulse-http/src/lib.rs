@@ -6,12 +6,14 @@
 //!   do not;
 //! * `GET /metrics` — Prometheus text format.
 //!
-//! Domain crates contribute routes under `/api/v1`; this crate wraps them with request metrics,
+//! The gateway adds the live surge map page ([`map_page`]). Domain crates contribute routes under
+//! `/api/v1`; this crate wraps them with request metrics,
 //! tracing, a body size limit and a JSON 404, so every error a client sees has the shape
 //! `{"error":{"code":"...","message":"..."}}`.
 
 pub mod api;
 mod error;
+pub mod map_page;
 mod metrics_layer;
 mod ops;
 
@@ -46,10 +48,12 @@ impl std::fmt::Debug for OpsState {
     }
 }
 
-/// The full router: operational endpoints, `api` under `/api/v1`, and the shared layers.
-pub fn router(ops: OpsState, api: Router) -> Router {
+/// The full router: operational endpoints, `api` under `/api/v1`, `pages` at the root (the map,
+/// on a gateway), and the shared layers.
+pub fn router(ops: OpsState, api: Router, pages: Router) -> Router {
     Router::new()
         .merge(ops::routes(ops))
+        .merge(pages)
         .nest("/api/v1", api)
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn(metrics_layer::record_request))

@@ -17,6 +17,7 @@ use pulse_http::api::ApiState;
 use pulse_orders::relay::{Relay, RelaySettings};
 use pulse_orders::OrderService;
 use pulse_surge::engine::{EngineSettings, SurgeEngine};
+use pulse_surge::map::{MapSettings, SurgeFeed, SurgeMap};
 use pulse_surge::pricing::Tariff;
 use pulse_surge::quotes::{QuoteService, QuoteSettings};
 
@@ -38,6 +39,7 @@ pub struct Application {
     clock: SharedClock,
     engine: EngineSettings,
     relay: RelaySettings,
+    surge_feed: Option<SurgeFeed>,
 }
 
 fn engine_settings(config: &Config) -> EngineSettings {
@@ -90,22 +92,40 @@ impl Application {
         );
         // Every role serves the operational endpoints so each process can be probed and
         // scraped; only the gateway serves the API.
-        let api = if roles.contains(&Role::Gateway) {
+        let mut surge_feed = None;
+        let (api, pages) = if roles.contains(&Role::Gateway) {
             let orders = OrderService::new(
                 Arc::new(backends.store.clone()),
                 quotes.clone(),
                 clock.clone(),
             );
-            pulse_http::api::routes(ApiState {
+            let map = SurgeMap::new(
+                backends.cache.clone(),
+                clock.clone(),
+                MapSettings {
+                    max_cells: config.map.max_cells,
+                    max_drivers: config.map.max_drivers,
+                    window: Duration::from_secs(config.surge.window_secs),
+                },
+            );
+            let feed = SurgeFeed::new(
+                map,
+                Duration::from_millis(config.map.refresh_ms),
+                shutdown.clone(),
+            );
+            surge_feed = Some(feed.clone());
+            let api = pulse_http::api::routes(ApiState {
                 orders,
                 quotes,
                 log: backends.log.clone(),
                 clock: clock.clone(),
-            })
+                surge: feed,
+            });
+            (api, pulse_http::map_page::routes())
         } else {
-            Router::new()
+            (Router::new(), Router::new())
         };
-        let router = pulse_http::router(ops, api);
+        let router = pulse_http::router(ops, api, pages);
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -127,6 +147,7 @@ impl Application {
             clock,
             engine: engine_settings(config),
             relay: relay_settings(config),
+            surge_feed,
         })
     }
 
@@ -174,6 +195,12 @@ impl Application {
                         }
                     }
                 }
+            });
+        }
+        if let Some(feed) = self.surge_feed {
+            supervisor.spawn("surge-feed", async move {
+                feed.run().await;
+                Ok(())
             });
         }
         if self.roles.contains(&Role::Relay) {

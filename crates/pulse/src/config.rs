@@ -146,6 +146,28 @@ impl Default for RelayConfig {
     }
 }
 
+/// The live surge map (`/` and `/api/v1/surge/*`, served by the gateway).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MapConfig {
+    /// How often the map's stream reads the cache while a browser watches, milliseconds.
+    pub refresh_ms: u64,
+    /// Most cells one snapshot carries.
+    pub max_cells: usize,
+    /// Most driver dots one snapshot carries.
+    pub max_drivers: usize,
+}
+
+impl Default for MapConfig {
+    fn default() -> Self {
+        Self {
+            refresh_ms: 1_000,
+            max_cells: 20_000,
+            max_drivers: 5_000,
+        }
+    }
+}
+
 /// Everything a Pulse process can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -182,6 +204,8 @@ pub struct Config {
     pub pricing: PricingConfig,
     /// Outbox relay settings.
     pub relay: RelayConfig,
+    /// Live surge map settings.
+    pub map: MapConfig,
 }
 
 impl Default for Config {
@@ -203,6 +227,7 @@ impl Default for Config {
             surge: SurgeConfig::default(),
             pricing: PricingConfig::default(),
             relay: RelayConfig::default(),
+            map: MapConfig::default(),
         }
     }
 }
@@ -339,6 +364,9 @@ impl Config {
         }
         if self.relay.batch_size == 0 {
             return invalid("relay.batch_size must be positive");
+        }
+        if self.map.refresh_ms == 0 || self.map.max_cells == 0 {
+            return invalid("map.refresh_ms and map.max_cells must be positive");
         }
         Ok(())
     }

@@ -7,8 +7,11 @@
   const STREAM_URL = '/api/v1/surge/stream';
   const MIN_MULT = 1.0;
   const MAX_MULT = 3.5; // the engine's cap
-  const DRIVER_DOT_PX = 3; // on-screen radius of a driver dot at any zoom
+  // On-screen radius of a driver dot: constant when zoomed in, shrinking when zoomed far out so
+  // thousands of drivers do not bury the cells (30 m of ground per px of radius).
+  const dotRadiusPx = (k) => clamp(30 * k, 1.4, 3.2);
   const GLIDE_LIMIT = 1500; // above this many drivers, skip the position transition (too costly)
+  const FADE_LIMIT = 800; // above this many cells, skip the colour transition (repaints every frame)
   const FIT_PADDING = { top: 96, right: 48, bottom: 150, left: 48 }; // keeps data clear of the cards
   const MIN_FIT_SPAN_M = 600; // a single cell should not fill the whole screen
   const $ = (id) => document.getElementById(id);
@@ -30,7 +33,7 @@
     return '#' + c0.map((c, j) => Math.round(c + (c1[j] - c) * t).toString(16).padStart(2, '0')).join('');
   }
   // Calm cells recede a little so surging ones stand out.
-  const opacityFor = (mult) => (0.5 + 0.4 * (toMult(mult) - MIN_MULT) / (MAX_MULT - MIN_MULT)).toFixed(2);
+  const opacityFor = (mult) => (toMult(mult) <= MIN_MULT ? 0.5 : 0.8 + 0.15 * (toMult(mult) - MIN_MULT) / (MAX_MULT - MIN_MULT)).toFixed(2);
 
   // ---------- projection (Web Mercator, metres) ----------
   // Coordinates are stored relative to the first projected point: renderers use 32-bit floats,
@@ -80,9 +83,10 @@
       cells.set(c.h3, rec);
       cellsG.appendChild(el);
     }
+    const mult = String(toMult(c.multiplier));
+    if (!rec.data || String(toMult(rec.data.multiplier)) !== mult) rec.el.setAttribute('data-multiplier', mult);
     rec.data = c;
     const fill = colourFor(c.multiplier);
-    rec.el.setAttribute('data-multiplier', String(toMult(c.multiplier)));
     if (fill !== rec.fill) {
       countColour(rec.fill, -1);
       countColour(fill, +1);
@@ -141,8 +145,10 @@
     if (!full && Array.isArray(msg.removed)) msg.removed.forEach(removeCell);
     if (full || Array.isArray(msg.drivers)) setDrivers(msg.drivers);
     if (msg.totals && typeof msg.totals === 'object') totals = msg.totals;
+    else if (full) totals = null; // fall back to totals computed from what is drawn
     truncated = !!msg.drivers_truncated;
     gotData = true;
+    cellsG.classList.toggle('no-fade', cells.size > FADE_LIMIT);
     if (!fitted && (cells.size || drivers.size)) { fit(false); fitted = true; }
     render();
   }
@@ -175,11 +181,13 @@
     }
     const t = totals || {};
     $('t-cells').textContent = fmt(t.cells ?? cells.size);
-    $('t-surging').textContent = fmt(t.surging_cells ?? surging);
+    const surgingCells = t.surging_cells ?? surging;
+    $('t-surging').textContent = fmt(surgingCells);
+    $('t-surging').classList.toggle('hot', surgingCells > 0);
     $('t-demand').textContent = fmt(t.demand ?? demand);
     $('t-supply').textContent = fmt(t.supply ?? supply);
     $('t-drivers').textContent = fmt(t.drivers ?? drivers.size);
-    const maxMult = t.max_multiplier ?? (cells.size ? max : null);
+    const maxMult = cells.size ? t.max_multiplier ?? max : null;
     $('t-max').textContent = maxMult == null ? '–' : fmtMult(maxMult);
     $('t-max').style.color = maxMult == null ? '' : colourFor(maxMult);
     $('truncated').hidden = !truncated;
@@ -217,7 +225,7 @@
     if (full) {
       const sum = demand + supply || 1;
       html += `<div class="ratio"><span class="dem" style="width:${(100 * demand) / sum}%"></span><span class="sup" style="width:${(100 * supply) / sum}%"></span></div>
-        <div class="ratio-legend"><span>demand</span><span>${supply ? (demand / supply).toFixed(2) + ' requests / driver' : demand ? 'no supply' : 'idle'}</span><span>supply</span></div>`;
+        <div class="ratio-legend"><span>demand</span><span>${supply ? (demand / supply).toFixed(1) + ' requests per driver' : demand ? 'no supply' : 'idle'}</span><span>supply</span></div>`;
     } else {
       html += '<div class="hint">Click to pin</div>';
     }
@@ -274,7 +282,7 @@
     viewFrame = requestAnimationFrame(() => {
       viewFrame = 0;
       world.setAttribute('transform', `translate(${view.tx} ${view.ty}) scale(${view.k})`);
-      driversG.style.setProperty('--r', DRIVER_DOT_PX / view.k + 'px');
+      driversG.style.setProperty('--r', dotRadiusPx(view.k) / view.k + 'px');
       // Dot grid spacing stays constant in metres within a zoom octave, so it moves with the ground.
       const g = 48 * Math.pow(2, ((Math.log2(view.k) % 1) + 1) % 1);
       const stage = $('stage').style;
@@ -285,7 +293,8 @@
   }
 
   function updateScaleBar() {
-    if (!origin) { $('scale-label').textContent = ''; $('scale-bar').style.width = '0'; return; }
+    $('scalebar').hidden = !origin;
+    if (!origin) return;
     const { height } = svg.getBoundingClientRect();
     const lat = latAt((height / 2 - view.ty) / view.k);
     const metresPerPx = Math.cos(lat * RAD) / view.k; // Mercator metres are stretched by 1/cos(lat)

@@ -1,9 +1,10 @@
-//! The public API under `/api/v1`: orders, driver locations and quotes.
+//! The public API under `/api/v1`: orders, driver locations, quotes and the live surge map.
 
 mod drivers;
 mod json;
 mod orders;
 mod quotes;
+mod surge;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -14,6 +15,7 @@ use pulse_core::clock::SharedClock;
 use pulse_core::log::EventLog;
 use pulse_orders::OrderService;
 use pulse_surge::geo::{GeoError, Point};
+use pulse_surge::map::SurgeFeed;
 use pulse_surge::quotes::QuoteService;
 use serde::Deserialize;
 
@@ -35,6 +37,8 @@ pub struct ApiState {
     pub log: Arc<dyn EventLog>,
     /// Time.
     pub clock: SharedClock,
+    /// Live surge cells and drivers for the map.
+    pub surge: SurgeFeed,
 }
 
 /// The `/api/v1` routes.
@@ -47,6 +51,8 @@ pub fn routes(state: ApiState) -> Router {
             post(drivers::report_location),
         )
         .route("/quote", get(quotes::quote))
+        .route("/surge/cells", get(surge::cells))
+        .route("/surge/stream", get(surge::stream))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_API_BODY_BYTES))
         .with_state(state)
 }

@@ -1,0 +1,79 @@
+//! `GET /api/v1/surge/cells` (the live cells and drivers now) and `GET /api/v1/surge/stream`
+//! (Server-Sent Events: a `snapshot`, then an `update` whenever something changed).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::Json;
+use futures::stream::{self, Stream, StreamExt};
+use pulse_surge::map::SurgeSnapshot;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::ApiState;
+use crate::ApiError;
+
+/// Comment lines sent on a quiet stream, so proxies keep it open and clients notice a dead one.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+pub(crate) async fn cells(State(state): State<ApiState>) -> Result<Json<SurgeSnapshot>, ApiError> {
+    let snapshot = state.surge.map().snapshot().await.map_err(|err| {
+        ApiError::unavailable(format!("cannot read the surge map from the cache: {err}"))
+    })?;
+    Ok(Json(snapshot))
+}
+
+fn event(name: &str, data: &impl Serialize) -> Event {
+    // Serialising these plain structs cannot fail; an empty event would be harmless anyway.
+    Event::default()
+        .event(name)
+        .data(serde_json::to_string(data).unwrap_or_default())
+}
+
+/// Where one stream is: what its client has, and the feed it follows.
+struct Follower {
+    sent: Arc<SurgeSnapshot>,
+    feed: watch::Receiver<Option<Arc<SurgeSnapshot>>>,
+    shutdown: CancellationToken,
+}
+
+impl Follower {
+    /// The next update for this client, or `None` when the process stops.
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                changed = self.feed.changed() => changed.ok()?,
+            }
+            let latest = self.feed.borrow_and_update().clone();
+            let Some(latest) = latest else { continue };
+            if let Some(update) = latest.changes_since(&self.sent) {
+                self.sent = latest;
+                return Some((Ok(event("update", &update)), self));
+            }
+        }
+    }
+}
+
+pub(crate) async fn stream(
+    State(state): State<ApiState>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // Subscribe before reading the first snapshot, so no change falls between the two.
+    let mut feed = state.surge.subscribe();
+    feed.mark_unchanged();
+    let first = Arc::new(state.surge.map().snapshot().await.map_err(|err| {
+        ApiError::unavailable(format!("cannot read the surge map from the cache: {err}"))
+    })?);
+    let follower = Follower {
+        sent: first.clone(),
+        feed,
+        shutdown: state.surge.shutdown().clone(),
+    };
+    let opening = stream::once(async move { Ok(event("snapshot", &*first)) });
+    let updates = stream::unfold(follower, Follower::next);
+    Ok(Sse::new(opening.chain(updates)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
