@@ -1,8 +1,11 @@
 //! The command line.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use pulse_sim::city::CityBox;
+use pulse_sim::SimSettings;
 
 use crate::config::FlagOverrides;
 
@@ -50,15 +53,98 @@ pub enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Drive a running Pulse with a simulated city of drivers and riders, over its HTTP API
+    Simulate {
+        /// Base URL of the Pulse to drive
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+        target: String,
+        /// How long to run, e.g. 90s or 10m (0 = until Ctrl-C)
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Print the closing summary as JSON on stdout (progress stays on stderr)
+        #[arg(long)]
+        json: bool,
+        /// The city.
+        #[command(flatten)]
+        city: CityArgs,
+    },
+    /// Run Pulse (embedded, every role) with the simulator driving it, and print the map's URL
+    Demo {
+        /// How long to run, e.g. 10m (0 = until Ctrl-C)
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// The city.
+        #[command(flatten)]
+        city: CityArgs,
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+/// The simulated city (`simulate` and `demo`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CityArgs {
+    /// Drivers moving around and reporting their location
+    #[arg(long, default_value_t = 500)]
+    pub drivers: usize,
+    /// Riders placing orders
+    #[arg(long, default_value_t = 1000)]
+    pub riders: usize,
+    /// Orders per second over the whole city
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 20.0)]
+    pub rate: f64,
+    /// Demand hotspots (they drift over time)
+    #[arg(long, default_value_t = 3)]
+    pub hotspots: usize,
+    /// Time between two location reports of one driver
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+    /// `berlin`, or a box SOUTH,WEST,NORTH,EAST in degrees
+    #[arg(long, default_value = "berlin", allow_hyphen_values = true)]
+    pub city: CityBox,
+    /// Seed of every random choice: the same seed sends the same requests (default: random)
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Most requests in flight at once
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+}
+
+impl CityArgs {
+    /// Simulator settings against `target` for `duration` (zero = until stopped).
+    pub fn settings(&self, target: String, duration: Duration) -> SimSettings {
+        let seed = self.seed.unwrap_or_else(|| {
+            // Any varying number will do; it is printed so the run can be repeated.
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|since| since.as_nanos() as u64 % 1_000_000)
+                .unwrap_or(1)
+        });
+        SimSettings {
+            target,
+            drivers: self.drivers,
+            riders: self.riders,
+            order_rate: self.rate,
+            hotspots: self.hotspots,
+            ping_interval: self.ping_interval,
+            city: self.city,
+            seed,
+            duration: (!duration.is_zero()).then_some(duration),
+            concurrency: self.concurrency,
+        }
+    }
 }
 
 impl Command {
-    /// The settings flags of whichever command was given.
-    pub fn common(&self) -> &CommonArgs {
+    /// The settings flags of the command, if it runs Pulse.
+    pub fn common(&self) -> Option<&CommonArgs> {
         match self {
             Command::Up { common }
             | Command::Serve { common, .. }
-            | Command::Migrate { common } => common,
+            | Command::Migrate { common }
+            | Command::Demo { common, .. } => Some(common),
+            Command::Simulate { .. } => None,
         }
     }
 }

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use pulse::backends::{redact, Backends};
-use pulse::cli::{Cli, Command};
+use pulse::cli::{CityArgs, Cli, Command};
 use pulse::{telemetry, Application, Config};
 use pulse_runtime::{parse_roles, CancellationToken, Role};
+use pulse_sim::report::{Progress, Summary};
+use pulse_sim::SimSettings;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -29,12 +31,31 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let common = cli.command.common();
-    let config = Config::load(common.config.as_deref(), &common.flags)?;
+    if let Command::Simulate {
+        target,
+        duration,
+        json,
+        city,
+    } = &cli.command
+    {
+        return simulate(city.settings(target.clone(), *duration), *json).await;
+    }
+    let common = cli.command.common().context("command without settings")?;
+    let mut config = Config::load(common.config.as_deref(), &common.flags)?;
+    if let Command::Demo { .. } = &cli.command {
+        // The demo's terminal belongs to the simulator's progress; only problems are logged.
+        if config.log_level == Config::default().log_level && std::env::var_os("RUST_LOG").is_none()
+        {
+            config.log_level = "warn".to_owned();
+            config.log_format = pulse::config::LogFormat::Pretty;
+        }
+    }
     telemetry::init_logging(&config);
     match &cli.command {
         Command::Up { .. } => serve(&config, Role::ALL.into_iter().collect()).await,
         Command::Serve { role, .. } => serve(&config, parse_roles(role)?).await,
+        Command::Demo { duration, city, .. } => demo(&config, city, *duration).await,
+        Command::Simulate { .. } => unreachable!("handled above"),
         Command::Migrate { .. } => {
             let store = Backends::open_store(&config).await?;
             store.migrate().await?;
@@ -52,6 +73,65 @@ async fn serve(config: &Config, roles: std::collections::BTreeSet<Role>) -> anyh
         .await
         .context("pulse could not start")?;
     app.run_until_stopped().await
+}
+
+/// Runs the simulator against a running Pulse and prints its summary.
+async fn simulate(settings: SimSettings, json: bool) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    pulse_runtime::cancel_on_signals(stop.clone());
+    eprintln!(
+        "simulating {} drivers and {} riders against {} (seed {}; Ctrl-C stops)",
+        settings.drivers, settings.riders, settings.target, settings.seed
+    );
+    let summary = pulse_sim::run(settings, stop, Progress::stderr()).await?;
+    print_summary(&summary, json)
+}
+
+fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(summary)?);
+    } else {
+        print!("{summary}");
+    }
+    let sent = summary.orders.sent + summary.pings.sent;
+    let succeeded = summary.orders.succeeded + summary.pings.succeeded;
+    anyhow::ensure!(
+        sent == 0 || succeeded > 0,
+        "every one of the {sent} requests failed (see the errors above)"
+    );
+    Ok(())
+}
+
+/// `pulse up` with the simulator driving it: the first thing to try.
+async fn demo(
+    config: &Config,
+    city: &CityArgs,
+    duration: std::time::Duration,
+) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    pulse_runtime::cancel_on_signals(shutdown.clone());
+    let app = Application::build(config, Role::ALL.into_iter().collect(), shutdown.clone())
+        .await
+        .context("pulse could not start")?;
+    let host = match config.listen.ip() {
+        ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let url = format!("http://{}", std::net::SocketAddr::new(host, app.port()));
+    let running = tokio::spawn(app.run_until_stopped());
+    let settings = city.settings(url.clone(), duration);
+    eprintln!(
+        "\n  Pulse is running (embedded data in {}).\n  Watch the live surge map: {url}/\n  \
+         Simulating {} drivers and {} riders (seed {}). Ctrl-C stops.\n",
+        config.data_dir.display(),
+        settings.drivers,
+        settings.riders,
+        settings.seed
+    );
+    let outcome = pulse_sim::run(settings, shutdown.clone(), Progress::stderr()).await;
+    shutdown.cancel();
+    running.await.context("pulse task")??;
+    print_summary(&outcome?, false)
 }
 
 /// Prints help and version as clap does; any other parse error as one line.

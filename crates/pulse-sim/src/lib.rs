@@ -1,0 +1,230 @@
+//! The city simulator behind `pulse simulate` and `pulse demo`: drivers and riders of a
+//! simulated city ([`city`]) driving a running Pulse through its public HTTP API only, with live
+//! progress and a summary ([`report`]).
+//!
+//! Requests are sent concurrently up to a limit; when Pulse is slower than the city, the city
+//! waits (the achieved rates in the summary say so) rather than queueing without bound. Every
+//! failed request is counted by cause and reported, never dropped.
+
+pub mod city;
+pub mod report;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::city::{City, CityBox, CitySettings, Request};
+use crate::report::{Kind, Progress, Stats, Summary};
+
+/// Seconds one simulation tick stands for.
+const TICK: Duration = Duration::from_millis(100);
+/// Each request gives up after this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to run a simulation.
+#[derive(Debug, Clone)]
+pub struct SimSettings {
+    /// Base URL of the Pulse to drive, e.g. `http://127.0.0.1:8080`.
+    pub target: String,
+    /// Drivers.
+    pub drivers: usize,
+    /// Riders.
+    pub riders: usize,
+    /// Orders per second.
+    pub order_rate: f64,
+    /// Demand hotspots.
+    pub hotspots: usize,
+    /// Seconds between two pings of a driver.
+    pub ping_interval: Duration,
+    /// The area.
+    pub city: CityBox,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// How long to run; `None` = until stopped.
+    pub duration: Option<Duration>,
+    /// Most requests in flight.
+    pub concurrency: usize,
+}
+
+impl SimSettings {
+    /// Checks the settings, with a message naming the flag at fault.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.target.starts_with("http://") || self.target.starts_with("https://"),
+            "--target must be an http:// URL, got {:?}",
+            self.target
+        );
+        anyhow::ensure!(
+            self.order_rate.is_finite() && self.order_rate >= 0.0,
+            "--rate must be a number of orders per second, at least 0"
+        );
+        anyhow::ensure!(
+            self.riders > 0 || self.order_rate == 0.0,
+            "--riders must be at least 1 when --rate is above 0"
+        );
+        anyhow::ensure!(self.concurrency > 0, "--concurrency must be at least 1");
+        anyhow::ensure!(
+            self.ping_interval >= TICK,
+            "--ping-interval must be at least {} ms",
+            TICK.as_millis()
+        );
+        Ok(())
+    }
+}
+
+/// Runs the simulation until its duration is over or `stop` is cancelled, reporting progress
+/// through `progress`, and returns the summary.
+pub async fn run(
+    settings: SimSettings,
+    stop: CancellationToken,
+    mut progress: Progress,
+) -> anyhow::Result<Summary> {
+    settings.validate()?;
+    let target = settings.target.trim_end_matches('/').to_owned();
+    let client = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .pool_max_idle_per_host(settings.concurrency)
+        .build()
+        .context("cannot build the HTTP client")?;
+    client
+        .get(format!("{target}/healthz"))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| {
+            format!(
+                "cannot reach Pulse at {target} (start it with `pulse up`, or run `pulse demo`)"
+            )
+        })?;
+
+    let mut city = City::new(
+        CitySettings {
+            bounds: settings.city,
+            drivers: settings.drivers,
+            riders: settings.riders,
+            order_rate: settings.order_rate,
+            hotspots: settings.hotspots,
+            ping_interval_secs: settings.ping_interval.as_secs_f64(),
+            tick_secs: TICK.as_secs_f64(),
+        },
+        settings.seed,
+    );
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let in_flight = Arc::new(Semaphore::new(settings.concurrency));
+    let started = Instant::now();
+    let deadline = settings.duration.map(|duration| started + duration);
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_report = Instant::now();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            break;
+        }
+        for request in city.step() {
+            // Waiting here is the backpressure: the city slows down with the server.
+            let permit = tokio::select! {
+                () = stop.cancelled() => break,
+                permit = in_flight.clone().acquire_owned() => permit.context("request limiter closed")?,
+            };
+            let (client, target, stats) = (client.clone(), target.clone(), stats.clone());
+            tokio::spawn(async move {
+                send(&client, &target, request, &stats).await;
+                drop(permit);
+            });
+        }
+        if Instant::now() >= next_report {
+            next_report = Instant::now() + progress.every();
+            let cells = fetch_cells(&client, &target).await;
+            let snapshot = stats.lock().expect("stats lock").take_window();
+            progress.report(started.elapsed(), &snapshot, cells.as_ref());
+        }
+    }
+    // Let what is in flight finish, so the summary counts every request sent.
+    let _all = in_flight
+        .acquire_many(settings.concurrency as u32)
+        .await
+        .context("request limiter closed")?;
+    let elapsed = started.elapsed();
+    let cells = fetch_cells(&client, &target).await;
+    let stats = stats.lock().expect("stats lock").clone();
+    progress.finish();
+    Ok(Summary::new(
+        &settings,
+        elapsed,
+        &stats,
+        city.hotspots(),
+        cells.as_ref(),
+    ))
+}
+
+/// Sends one request and records its outcome.
+async fn send(client: &reqwest::Client, target: &str, request: Request, stats: &Mutex<Stats>) {
+    let (kind, builder) = match &request {
+        Request::Ping {
+            driver_id,
+            at,
+            available,
+        } => (
+            Kind::Ping,
+            client
+                .post(format!("{target}/api/v1/drivers/{driver_id}/location"))
+                .json(&json!({ "lat": at.lat, "lng": at.lng, "available": available })),
+        ),
+        Request::Order {
+            user_id,
+            pickup,
+            dropoff,
+        } => (
+            Kind::Order,
+            client.post(format!("{target}/api/v1/orders")).json(&json!({
+                "user_id": user_id,
+                "pickup": { "lat": pickup.lat, "lng": pickup.lng },
+                "dropoff": { "lat": dropoff.lat, "lng": dropoff.lng },
+            })),
+        ),
+    };
+    let sent = Instant::now();
+    let outcome = match builder.send().await {
+        Ok(response) if response.status().is_success() => Ok(()),
+        Ok(response) => {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            Err((format!("HTTP {}", status.as_u16()), body))
+        }
+        Err(err) => {
+            let cause = if err.is_timeout() {
+                "timeout"
+            } else if err.is_connect() {
+                "connection refused"
+            } else {
+                "transport error"
+            };
+            Err((cause.to_owned(), err.to_string()))
+        }
+    };
+    let latency = sent.elapsed();
+    let mut stats = stats.lock().expect("stats lock");
+    match outcome {
+        Ok(()) => stats.record_success(kind, latency),
+        Err((cause, detail)) => stats.record_failure(kind, latency, cause, detail),
+    }
+}
+
+/// The server's current surge cells, for the hottest-cells view; `None` when it does not answer
+/// (the map is a nicety here, not part of the load).
+async fn fetch_cells(client: &reqwest::Client, target: &str) -> Option<Value> {
+    let response = client
+        .get(format!("{target}/api/v1/surge/cells"))
+        .send()
+        .await
+        .ok()?;
+    response.error_for_status().ok()?.json().await.ok()
+}

@@ -1,0 +1,140 @@
+//! `pulse simulate` against an embedded Pulse: the city's orders are all recorded, surge appears
+//! where the hotspots are, and the summary's counts match what the server stored.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestApp;
+use serde_json::Value;
+
+/// Metres between two points (equirectangular; fine within a city).
+fn distance_m(a: [f64; 2], b: [f64; 2]) -> f64 {
+    let dy = (a[0] - b[0]) * 111_320.0;
+    let dx = (a[1] - b[1]) * 111_320.0 * a[0].to_radians().cos();
+    dx.hypot(dy)
+}
+
+fn pair(value: &Value) -> [f64; 2] {
+    [
+        value[0].as_f64().expect("lat"),
+        value[1].as_f64().expect("lng"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_fills_the_city_and_its_summary_matches_the_server() {
+    let data = tempfile::tempdir().expect("data dir");
+    let app = TestApp::spawn_in(data.path(), |_| {}).await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .args([
+            "simulate",
+            "--target",
+            &app.base,
+            "--duration",
+            "8s",
+            "--seed",
+            "5",
+        ])
+        .args([
+            "--drivers",
+            "120",
+            "--riders",
+            "200",
+            "--rate",
+            "25",
+            "--hotspots",
+            "2",
+        ])
+        .arg("--json")
+        .output()
+        .await
+        .expect("pulse simulate runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "simulate failed: {stderr}");
+    let summary: Value = serde_json::from_slice(&output.stdout).expect("JSON summary on stdout");
+    assert!(stderr.contains("orders"), "progress on stderr: {stderr}");
+
+    // Every request answered; about 25 orders/s and 120 drivers every 3 s for 8 s.
+    let orders = &summary["orders"];
+    let placed = orders["succeeded"].as_u64().expect("orders");
+    assert!((150..=225).contains(&placed), "{summary}");
+    assert_eq!(orders["failed"], 0, "{summary}");
+    assert_eq!(summary["pings"]["failed"], 0, "{summary}");
+    assert!(
+        summary["pings"]["succeeded"].as_u64() > Some(200),
+        "{summary}"
+    );
+    assert_eq!(summary["errors"], serde_json::json!({}));
+    assert_eq!(summary["seed"], 5);
+
+    // The server recorded exactly the orders the summary counts.
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        data.path().join("pulse.db").display()
+    ))
+    .await
+    .expect("open the store");
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+        .fetch_one(&pool)
+        .await
+        .expect("count orders");
+    assert_eq!(stored as u64, placed);
+    pool.close().await;
+
+    // Surge shows up near every hotspot (demand outruns the few drivers there).
+    let hotspots: Vec<[f64; 2]> = summary["hotspots"]
+        .as_array()
+        .expect("hotspots")
+        .iter()
+        .map(pair)
+        .collect();
+    assert_eq!(hotspots.len(), 2);
+    let started = Instant::now();
+    loop {
+        let (status, snapshot) = app.get_json("/api/v1/surge/cells").await;
+        assert_eq!(status, 200);
+        let surging: Vec<[f64; 2]> = snapshot["cells"]
+            .as_array()
+            .expect("cells")
+            .iter()
+            .filter(|cell| cell["multiplier"].as_f64() > Some(1.0))
+            .map(|cell| pair(&cell["center"]))
+            .collect();
+        let covered = hotspots.iter().all(|hotspot| {
+            surging
+                .iter()
+                .any(|cell| distance_m(*hotspot, *cell) < 1_000.0)
+        });
+        if covered {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no surge near the hotspots {hotspots:?}; surging cells at {surging:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_simulator_says_when_pulse_is_not_there() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .args([
+            "simulate",
+            "--target",
+            "http://127.0.0.1:9",
+            "--duration",
+            "1s",
+        ])
+        .output()
+        .await
+        .expect("pulse simulate runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot reach Pulse at http://127.0.0.1:9"),
+        "{stderr}"
+    );
+}
