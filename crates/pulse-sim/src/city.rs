@@ -186,7 +186,11 @@ struct Driver {
 /// Share of orders picked up near a hotspot (the rest anywhere in the city).
 const HOTSPOT_SHARE: f64 = 0.7;
 /// Spread of pickups around a hotspot, metres (one standard deviation).
-const HOTSPOT_SPREAD_M: f64 = 250.0;
+const PICKUP_SPREAD_M: f64 = 250.0;
+/// Spread of drivers heading for a hotspot: they cruise the wider area around it.
+const CRUISE_SPREAD_M: f64 = 700.0;
+/// Share of drivers that start the run near a hotspot (the rest anywhere).
+const STARTING_NEAR_HOTSPOT: f64 = 0.4;
 /// How fast hotspots drift, metres per second (demand moves across town over tens of minutes).
 const HOTSPOT_DRIFT_MPS: f64 = 4.0;
 /// Chance, per ping of an available driver, of starting a trip.
@@ -217,26 +221,34 @@ impl City {
             .collect();
         let ping_every_ticks =
             ((settings.ping_interval_secs / settings.tick_secs).round() as u64).max(1);
-        let drivers = (0..settings.drivers)
-            .map(|index| Driver {
-                id: format!("driver-{index}"),
-                at: bounds.random_point(&mut rng),
-                destination: bounds.random_point(&mut rng),
-                speed_mps: 6.0 + rng.f64() * 8.0,
-                available: true,
-                trip_ticks: 0,
-                phase: rng.u64(0..ping_every_ticks),
-            })
-            .collect();
-        Self {
+        let mut city = Self {
             settings,
             rng,
             hotspots,
-            drivers,
+            drivers: Vec::new(),
             ping_every_ticks,
             orders_owed: 0.0,
             tick: 0,
-        }
+        };
+        city.drivers = (0..city.settings.drivers)
+            .map(|index| {
+                let at = if city.rng.f64() < STARTING_NEAR_HOTSPOT {
+                    city.near_hotspot(CRUISE_SPREAD_M)
+                } else {
+                    bounds.random_point(&mut city.rng)
+                };
+                Driver {
+                    id: format!("driver-{index}"),
+                    at,
+                    destination: bounds.random_point(&mut city.rng),
+                    speed_mps: 6.0 + city.rng.f64() * 8.0,
+                    available: true,
+                    trip_ticks: 0,
+                    phase: city.rng.u64(0..ping_every_ticks),
+                }
+            })
+            .collect();
+        city
     }
 
     /// Where the hotspots are now.
@@ -296,7 +308,7 @@ impl City {
         let tick_secs = self.settings.tick_secs;
         let bounds = self.settings.bounds;
         let near_hotspot = self.rng.bool() && !self.hotspots.is_empty();
-        let hotspot = self.hotspot_nearby();
+        let hotspot = self.near_hotspot(CRUISE_SPREAD_M);
         let fallback = bounds.random_point(&mut self.rng);
         let driver = &mut self.drivers[index];
         if driver.trip_ticks > 0 {
@@ -316,23 +328,23 @@ impl City {
         }
     }
 
-    /// A point scattered around a random hotspot.
-    fn hotspot_nearby(&mut self) -> Position {
+    /// A point scattered `spread_m` (one standard deviation) around a random hotspot.
+    fn near_hotspot(&mut self, spread_m: f64) -> Position {
         if self.hotspots.is_empty() {
             return self.settings.bounds.center();
         }
         let centre = self.hotspots[self.rng.usize(0..self.hotspots.len())].at;
         let (dx, dy) = self.gaussian_pair();
         let scattered = Position {
-            lat: centre.lat + dy * HOTSPOT_SPREAD_M / METRES_PER_DEGREE,
-            lng: centre.lng + dx * HOTSPOT_SPREAD_M / metres_per_degree_lng(centre.lat),
+            lat: centre.lat + dy * spread_m / METRES_PER_DEGREE,
+            lng: centre.lng + dx * spread_m / metres_per_degree_lng(centre.lat),
         };
         self.settings.bounds.clamp(scattered)
     }
 
     fn pickup(&mut self) -> Position {
         if self.rng.f64() < HOTSPOT_SHARE {
-            self.hotspot_nearby()
+            self.near_hotspot(PICKUP_SPREAD_M)
         } else {
             self.settings.bounds.random_point(&mut self.rng)
         }

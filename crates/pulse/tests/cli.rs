@@ -215,3 +215,50 @@ fn migrate_applies_the_schema_and_exits() {
     );
     assert!(data_dir.path().join("pulse.db").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_pulse_with_the_simulator_and_stops_with_a_summary_on_ctrl_c() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut child = pulse()
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--drivers", "40", "--riders", "50", "--rate", "10", "--seed", "3"])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pulse demo");
+    wait_healthy(port, &mut child).await;
+    // The map is up while the city runs.
+    let page = reqwest::get(format!("http://127.0.0.1:{port}/"))
+        .await
+        .expect("map page");
+    assert_eq!(page.status(), 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    signal(&child, "INT");
+    let output = wait_with_deadline(child, Duration::from_secs(30));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!("Watch the live surge map: http://127.0.0.1:{port}/")),
+        "{stderr}"
+    );
+    assert!(stdout.contains("seed 3") && stdout.contains("errors   none"), "{stdout}");
+    let orders_line = stdout
+        .lines()
+        .find(|line| line.trim_start().starts_with("orders"))
+        .expect("orders line");
+    assert!(!orders_line.contains(" 0 sent"), "{orders_line}");
+}
+
+#[test]
+fn a_bad_simulator_flag_is_one_line_and_exit_code_2() {
+    let line = expect_failure(pulse().args(["simulate", "--city", "1,2,3"]), 2);
+    assert!(line.contains("four numbers"), "{line}");
+    let line = expect_failure(pulse().args(["simulate", "--duration", "soon"]), 2);
+    assert!(line.contains("--duration"), "{line}");
+}
