@@ -16,6 +16,7 @@ use pulse_core::clock::{SharedClock, SystemClock};
 use pulse_http::api::ApiState;
 use pulse_orders::relay::{Relay, RelaySettings};
 use pulse_orders::OrderService;
+use pulse_resilience::{Breaker, BreakerSettings, GuardedCache};
 use pulse_surge::engine::{EngineSettings, SurgeEngine};
 use pulse_surge::map::{MapSettings, SurgeFeed, SurgeMap};
 use pulse_surge::pricing::Tariff;
@@ -40,7 +41,11 @@ pub struct Application {
     engine: EngineSettings,
     relay: RelaySettings,
     surge_feed: Option<SurgeFeed>,
+    backend_timeout: Duration,
 }
+
+/// Name of the breaker on the quote path (the `breaker` label of its metrics).
+pub const QUOTE_BREAKER: &str = "quote_cache";
 
 fn engine_settings(config: &Config) -> EngineSettings {
     EngineSettings {
@@ -78,8 +83,22 @@ impl Application {
             metrics,
         };
         let clock: SharedClock = Arc::new(SystemClock);
-        let quotes = QuoteService::new(
+        let backend_timeout = Duration::from_secs(config.backend_timeout_secs);
+        let quote_cache = GuardedCache::new(
             backends.cache.clone(),
+            "quotes",
+            Duration::from_millis(config.quote_breaker.call_timeout_ms),
+        )
+        .with_breaker(Breaker::new(
+            QUOTE_BREAKER,
+            &BreakerSettings {
+                failure_threshold: config.quote_breaker.failure_threshold,
+                open_min: Duration::from_millis(config.quote_breaker.open_min_ms),
+                open_max: Duration::from_millis(config.quote_breaker.open_max_ms),
+            },
+        ));
+        let quotes = QuoteService::new(
+            Arc::new(quote_cache),
             QuoteSettings {
                 tariff: Tariff {
                     base_minor: config.pricing.base_minor,
@@ -100,7 +119,11 @@ impl Application {
                 clock.clone(),
             );
             let map = SurgeMap::new(
-                backends.cache.clone(),
+                Arc::new(GuardedCache::new(
+                    backends.cache.clone(),
+                    "map",
+                    backend_timeout,
+                )),
                 clock.clone(),
                 MapSettings {
                     max_cells: config.map.max_cells,
@@ -148,6 +171,7 @@ impl Application {
             engine: engine_settings(config),
             relay: relay_settings(config),
             surge_feed,
+            backend_timeout,
         })
     }
 
@@ -218,9 +242,11 @@ impl Application {
             });
         }
         if self.roles.contains(&Role::Engine) {
+            let cache =
+                GuardedCache::new(self.backends.cache.clone(), "engine", self.backend_timeout);
             let engine = SurgeEngine::new(
                 self.backends.log.clone(),
-                self.backends.cache.clone(),
+                Arc::new(cache),
                 self.clock.clone(),
                 self.engine.clone(),
             );

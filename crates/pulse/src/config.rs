@@ -168,6 +168,31 @@ impl Default for MapConfig {
     }
 }
 
+/// The circuit breaker around the cache on the quote path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuoteBreakerConfig {
+    /// Longest a quote waits for the cache before quoting the fallback, milliseconds.
+    pub call_timeout_ms: u64,
+    /// Consecutive failed cache calls that open the breaker.
+    pub failure_threshold: u32,
+    /// First pause before probing the cache again, milliseconds (doubles while it stays down).
+    pub open_min_ms: u64,
+    /// Longest pause before probing, milliseconds.
+    pub open_max_ms: u64,
+}
+
+impl Default for QuoteBreakerConfig {
+    fn default() -> Self {
+        Self {
+            call_timeout_ms: 100,
+            failure_threshold: 5,
+            open_min_ms: 500,
+            open_max_ms: 10_000,
+        }
+    }
+}
+
 /// Everything a Pulse process can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -206,6 +231,8 @@ pub struct Config {
     pub relay: RelayConfig,
     /// Live surge map settings.
     pub map: MapConfig,
+    /// Circuit breaker on the quote path.
+    pub quote_breaker: QuoteBreakerConfig,
 }
 
 impl Default for Config {
@@ -228,6 +255,7 @@ impl Default for Config {
             pricing: PricingConfig::default(),
             relay: RelayConfig::default(),
             map: MapConfig::default(),
+            quote_breaker: QuoteBreakerConfig::default(),
         }
     }
 }
@@ -364,6 +392,18 @@ impl Config {
         }
         if self.relay.batch_size == 0 {
             return invalid("relay.batch_size must be positive");
+        }
+        let breaker = &self.quote_breaker;
+        if breaker.call_timeout_ms == 0
+            || breaker.failure_threshold == 0
+            || breaker.open_min_ms == 0
+        {
+            return invalid(
+                "quote_breaker.call_timeout_ms, failure_threshold and open_min_ms must be positive",
+            );
+        }
+        if breaker.open_max_ms < breaker.open_min_ms {
+            return invalid("quote_breaker.open_max_ms must be at least open_min_ms");
         }
         if self.map.refresh_ms == 0 || self.map.max_cells == 0 {
             return invalid("map.refresh_ms and map.max_cells must be positive");

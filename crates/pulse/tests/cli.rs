@@ -222,7 +222,16 @@ async fn demo_runs_pulse_with_the_simulator_and_stops_with_a_summary_on_ctrl_c()
     let port = free_port();
     let mut child = pulse()
         .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--drivers", "40", "--riders", "50", "--rate", "10", "--seed", "3"])
+        .args([
+            "--drivers",
+            "40",
+            "--riders",
+            "50",
+            "--rate",
+            "10",
+            "--seed",
+            "3",
+        ])
         .arg("--data-dir")
         .arg(data_dir.path())
         .stdout(Stdio::piped())
@@ -244,10 +253,15 @@ async fn demo_runs_pulse_with_the_simulator_and_stops_with_a_summary_on_ctrl_c()
     );
     assert!(output.status.success(), "stderr: {stderr}");
     assert!(
-        stderr.contains(&format!("Watch the live surge map: http://127.0.0.1:{port}/")),
+        stderr.contains(&format!(
+            "Watch the live surge map: http://127.0.0.1:{port}/"
+        )),
         "{stderr}"
     );
-    assert!(stdout.contains("seed 3") && stdout.contains("errors   none"), "{stdout}");
+    assert!(
+        stdout.contains("seed 3") && stdout.contains("errors   none"),
+        "{stdout}"
+    );
     let orders_line = stdout
         .lines()
         .find(|line| line.trim_start().starts_with("orders"))

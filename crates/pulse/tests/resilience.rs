@@ -3,11 +3,9 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{distributed, seed_cell, unique_point, wait_for_quote, TestApp};
+use common::{distributed, free_port, seed_cell, unique_point, wait_for_quote, OwnRedis, TestApp};
 use pulse_conformance::{services, unique_name};
 use pulse_core::log::OutgoingRecord;
 
@@ -47,66 +45,9 @@ async fn distributed_restart_of_every_role_loses_no_order_and_counts_none_twice(
         .await;
 }
 
-/// A Redis server of this test's own, so stopping it disturbs no other test.
-struct OwnRedis {
-    port: u16,
-    child: Child,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|err| {
-                services::missing(
-                    "redis-server (installed by scripts/services up)",
-                    "PATH",
-                    err,
-                )
-            });
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { port, child }
-    }
-
-    fn stop(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotes_fall_back_while_redis_is_down_and_go_live_when_it_is_back() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     let redis = OwnRedis::start(port);
     let app = TestApp::spawn(|config| config.cache_url = format!("redis://127.0.0.1:{port}")).await;
     let (lat, lng) = unique_point();
