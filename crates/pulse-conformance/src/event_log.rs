@@ -312,3 +312,25 @@ pub async fn seek_to_timestamp_replays_from_that_time<L: EventLog + ?Sized>(log:
     replayed.sort();
     assert_eq!(replayed, ["late0", "late1", "late2", "late3"]);
 }
+
+/// Lag counts the records between a member's position and the end of its partitions.
+pub async fn lag_counts_the_records_behind_the_position<L: EventLog + ?Sized>(log: &L) {
+    let topic = new_topic(log, 2).await;
+    let group = unique_name("g");
+    let batch = (0..10)
+        .map(|i| record(&format!("k{i}"), &i.to_string()))
+        .collect();
+    log.append(&topic, batch).await.expect("append");
+    let mut consumer = log.consumer(&group, &[&topic]).await.expect("consumer");
+    let total_lag = |lag: Vec<(TopicPartition, u64)>| -> u64 {
+        assert!(lag.iter().all(|(tp, _)| tp.topic == topic), "{lag:?}");
+        lag.into_iter().map(|(_, behind)| behind).sum()
+    };
+    poll_exactly(consumer.as_mut(), 10).await;
+    assert_eq!(total_lag(consumer.lag().await.expect("lag")), 0);
+    let more = (0..4).map(|i| record(&format!("k{i}"), "late")).collect();
+    log.append(&topic, more).await.expect("append more");
+    assert_eq!(total_lag(consumer.lag().await.expect("lag")), 4);
+    poll_exactly(consumer.as_mut(), 4).await;
+    assert_eq!(total_lag(consumer.lag().await.expect("lag")), 0);
+}

@@ -77,6 +77,7 @@ macro_rules! event_log_suite {
                 members_of_one_group_share_partitions,
                 seek_to_offset_replays,
                 seek_to_timestamp_replays_from_that_time,
+                lag_counts_the_records_behind_the_position,
             );
         }
     };

@@ -153,6 +153,10 @@ pub trait LogConsumer: Send + std::fmt::Debug {
     /// `timestamp_ms` (or the end, when there is none).
     async fn seek_to_timestamp(&mut self, topic: &str, timestamp_ms: i64) -> PortResult<()>;
 
+    /// For every partition assigned to this member, how many records lie between its position
+    /// (the next record it would read) and the end of the partition: its consumer lag.
+    async fn lag(&mut self) -> PortResult<Vec<(TopicPartition, u64)>>;
+
     /// Leaves the group cleanly so its partitions move to the remaining members at once.
     async fn close(self: Box<Self>) -> PortResult<()>;
 }

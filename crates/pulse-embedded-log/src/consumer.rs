@@ -206,6 +206,24 @@ impl LogConsumer for EmbeddedConsumer {
         Ok(self.positions.keys().cloned().collect())
     }
 
+    async fn lag(&mut self) -> PortResult<Vec<(TopicPartition, u64)>> {
+        self.refresh_assignment().await?;
+        let mut lag = Vec::with_capacity(self.positions.len());
+        for (tp, position) in &self.positions {
+            let end: i64 = sqlx::query_scalar(
+                "SELECT next_offset FROM partitions WHERE topic = ?1 AND partition = ?2",
+            )
+            .bind(&tp.topic)
+            .bind(tp.partition)
+            .fetch_optional(&self.shared.pool)
+            .await
+            .map_err(storage_error)?
+            .unwrap_or(0);
+            lag.push((tp.clone(), u64::try_from(end - position).unwrap_or(0)));
+        }
+        Ok(lag)
+    }
+
     async fn seek(&mut self, topic: &str, partition: u32, offset: i64) -> PortResult<()> {
         ensure_subscribed(&self.topics, topic)?;
         let count = self.shared.partition_count(topic).await?;

@@ -10,6 +10,13 @@
 //! groups that resume from committed offsets, seeks by offset and by timestamp, and retention by
 //! age. The data directory is locked so that two processes can never write one log.
 
+/// Records appended (committed) to the log.
+pub const APPENDED_RECORDS_TOTAL: &str = "pulse_embedded_log_appended_records_total";
+/// Time of one group commit (one fsync for many appends), seconds.
+pub const COMMIT_SECONDS: &str = "pulse_embedded_log_commit_seconds";
+/// Records removed by retention.
+pub const EXPIRED_RECORDS_TOTAL: &str = "pulse_embedded_log_expired_records_total";
+
 mod consumer;
 mod group;
 mod schema;
@@ -198,7 +205,7 @@ async fn enforce_retention(shared: &Shared, retention: Duration) -> PortResult<u
         .map_err(storage_error)?
         .rows_affected();
     if deleted > 0 {
-        metrics::counter!("pulse_embedded_log_expired_records_total").increment(deleted);
+        metrics::counter!(EXPIRED_RECORDS_TOTAL).increment(deleted);
         tracing::debug!(deleted, "embedded log retention");
     }
     Ok(deleted)

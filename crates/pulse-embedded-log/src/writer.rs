@@ -75,10 +75,8 @@ impl Writer {
             Ok(()) => {
                 let records: usize = batch.iter().map(|request| request.records.len()).sum();
                 self.next_offsets.extend(staged_offsets);
-                metrics::counter!("pulse_embedded_log_appended_records_total")
-                    .increment(records as u64);
-                metrics::histogram!("pulse_embedded_log_commit_seconds")
-                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!(crate::APPENDED_RECORDS_TOTAL).increment(records as u64);
+                metrics::histogram!(crate::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
                 self.appended.send_modify(|seq| *seq = seq.wrapping_add(1));
                 for (request, result) in batch.into_iter().zip(results) {
                     let _ = request.reply.send(result);

@@ -19,6 +19,9 @@ use tokio::time::Instant;
 
 use crate::{base_config, blocking, kafka_error, KafkaOptions};
 
+/// Longest wait for the broker when measuring lag.
+const LAG_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// After the first record of a batch, how long to wait for the next one before returning.
 const BATCH_LINGER: Duration = Duration::from_millis(2);
 
@@ -207,6 +210,37 @@ impl LogConsumer for KafkaConsumer {
 
     async fn assignment(&mut self) -> PortResult<Vec<TopicPartition>> {
         self.assigned()
+    }
+
+    async fn lag(&mut self) -> PortResult<Vec<(TopicPartition, u64)>> {
+        let consumer = self.consumer.clone();
+        blocking(move || {
+            let positions = consumer.position().map_err(kafka_error)?;
+            // Before the first fetch a partition has no position yet: it will start from the
+            // committed offset, or from the beginning when the group has none.
+            let committed = consumer.committed(LAG_TIMEOUT).map_err(kafka_error)?;
+            let mut lag = Vec::with_capacity(positions.count());
+            for element in positions.elements() {
+                let (topic, partition) = (element.topic(), element.partition());
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, partition, LAG_TIMEOUT)
+                    .map_err(kafka_error)?;
+                let committed_offset = committed
+                    .find_partition(topic, partition)
+                    .map(|found| found.offset());
+                let from = match (element.offset(), committed_offset) {
+                    (Offset::Offset(offset), _) | (_, Some(Offset::Offset(offset))) => offset,
+                    _ => low,
+                };
+                let tp = TopicPartition {
+                    topic: topic.to_owned(),
+                    partition: partition as u32,
+                };
+                lag.push((tp, u64::try_from(high - from).unwrap_or(0)));
+            }
+            Ok(lag)
+        })
+        .await
     }
 
     async fn seek(&mut self, topic: &str, partition: u32, offset: i64) -> PortResult<()> {

@@ -21,6 +21,11 @@ use pulse_core::{PortError, PortResult};
 
 const BACKEND: &str = "memory-cache";
 
+/// Entries evicted to make room (the cache was full of live entries).
+pub const EVICTIONS_TOTAL: &str = "pulse_memory_cache_evictions_total";
+/// Entries held, including expired ones not yet swept.
+pub const ENTRIES: &str = "pulse_memory_cache_entries";
+
 /// Default bound on live entries.
 pub const DEFAULT_MAX_ENTRIES: usize = 1_000_000;
 
@@ -128,7 +133,7 @@ impl MemoryCache {
         if entries.len() < self.max_entries {
             return Ok(());
         }
-        metrics::counter!("pulse_memory_cache_evictions_total").increment(1);
+        metrics::counter!(EVICTIONS_TOTAL).increment(1);
         // A linear scan is fine here: it only runs when the cache is full of live entries, which
         // is an operator sizing problem, not the steady state.
         let victim = entries

@@ -62,6 +62,12 @@ fn decode_ping(record: &ConsumedRecord) -> Result<(CellIndex, DriverLocationUpda
 pub const SURGE_CALCULATION_DURATION: &str = "surge_calculation_duration";
 /// Records consumed, by topic and outcome (`applied`, `duplicate`, `stale`, `dead_lettered`).
 pub const ENGINE_RECORDS_TOTAL: &str = "pulse_engine_records_total";
+/// Batches that failed and were retried (a backend was down).
+pub const ENGINE_BATCH_FAILURES_TOTAL: &str = "pulse_engine_batch_failures_total";
+/// Records between the engine's position and the end of each partition it owns.
+pub const CONSUMER_LAG: &str = "pulse_consumer_lag";
+/// How often the consumer lag is measured.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
 /// Cells the engine currently keeps fresh.
 pub const ACTIVE_CELLS: &str = "pulse_surge_active_cells";
 /// Distribution of published multipliers.
@@ -104,6 +110,29 @@ impl Default for EngineSettings {
             replay_window_on_start: true,
         }
     }
+}
+
+/// Publishes the consumer's lag per partition; partitions it no longer owns drop to 0 (their new
+/// owner reports them).
+async fn report_lag(consumer: &mut dyn LogConsumer, reported: &mut BTreeSet<(String, u32)>) {
+    let lag = match consumer.lag().await {
+        Ok(lag) => lag,
+        Err(err) => {
+            tracing::debug!(error = %err, "cannot measure the consumer lag");
+            return;
+        }
+    };
+    let mut now = BTreeSet::new();
+    for (tp, behind) in lag {
+        metrics::gauge!(CONSUMER_LAG, "group" => GROUP, "topic" => tp.topic.clone(), "partition" => tp.partition.to_string())
+            .set(behind as f64);
+        now.insert((tp.topic, tp.partition));
+    }
+    for (topic, partition) in reported.difference(&now) {
+        metrics::gauge!(CONSUMER_LAG, "group" => GROUP, "topic" => topic.clone(), "partition" => partition.to_string())
+            .set(0.0);
+    }
+    *reported = now;
 }
 
 /// A driver's latest ping, as stored at `driver:{id}`.
@@ -211,6 +240,8 @@ impl SurgeEngine {
             }
         }
         let mut next_tick = Instant::now() + self.settings.tick;
+        let mut next_lag = Instant::now();
+        let mut lag_reported = BTreeSet::new();
         let mut last_flush = Instant::now();
         while !shutdown.is_cancelled() {
             let polled = tokio::select! {
@@ -250,6 +281,10 @@ impl SurgeEngine {
                     tracing::warn!(error = %err, "trimming the surge indexes failed; will retry");
                 }
             }
+            if Instant::now() >= next_lag {
+                next_lag = Instant::now() + LAG_INTERVAL;
+                report_lag(consumer.as_mut(), &mut lag_reported).await;
+            }
         }
         if let Err(err) = self.flush().await {
             tracing::warn!(error = %err, "final surge publish failed; the next engine redoes it");
@@ -275,6 +310,7 @@ impl SurgeEngine {
             match attempt.await {
                 Ok(()) => return true,
                 Err(err) => {
+                    metrics::counter!(ENGINE_BATCH_FAILURES_TOTAL).increment(1);
                     let delay = delays.next().unwrap_or(Duration::from_secs(5));
                     tracing::warn!(error = %err, ?delay, "engine batch failed; retrying");
                     tokio::select! {

@@ -214,7 +214,7 @@ impl Application {
                         () = stop.cancelled() => return Ok(()),
                         _ = ticker.tick() => {
                             let purged = cache.purge_expired();
-                            metrics::gauge!("pulse_memory_cache_entries").set(cache.len() as f64);
+                            metrics::gauge!(pulse_memory::ENTRIES).set(cache.len() as f64);
                             tracing::debug!(purged, "swept expired cache entries");
                         }
                     }

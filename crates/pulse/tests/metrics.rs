@@ -1,0 +1,128 @@
+//! After a scripted run (the simulator against an embedded Pulse), every metric an operator's
+//! dashboard reads is on `/metrics` and has moved. Its own test binary: metrics are process-wide.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestApp;
+use pulse_runtime::CancellationToken;
+use pulse_sim::city::CityBox;
+use pulse_sim::report::Progress;
+use pulse_sim::SimSettings;
+
+/// The sum of every sample of `name` whose labels contain all of `labels`.
+fn sum(page: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let mut found = None;
+    for line in page.lines().filter(|line| !line.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let metric = series.split('{').next().unwrap_or(series);
+        if metric == name && labels.iter().all(|label| series.contains(label)) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_metrics_are_present_and_moving_after_a_scripted_run() {
+    let app = TestApp::spawn(|_| {}).await;
+    let summary = pulse_sim::run(
+        SimSettings {
+            target: app.base.clone(),
+            drivers: 60,
+            riders: 100,
+            order_rate: 30.0,
+            hotspots: 2,
+            ping_interval: Duration::from_secs(1),
+            city: CityBox::BERLIN,
+            seed: 21,
+            duration: Some(Duration::from_secs(4)),
+            concurrency: 8,
+        },
+        CancellationToken::new(),
+        Progress::quiet(),
+    )
+    .await
+    .expect("simulation");
+    assert!(summary.orders.succeeded > 50, "{summary}");
+    for _ in 0..20 {
+        app.get_json("/api/v1/quote?lat=52.52&lng=13.405").await;
+    }
+
+    // Moving: counters and histogram counts above zero. The lag is measured every 5 s.
+    let moving: &[(&str, &[&str])] = &[
+        ("orders_placed_total", &[]),
+        ("surge_calculation_duration_count", &[]),
+        (
+            "pulse_http_requests_total",
+            &["route=\"/api/v1/orders\"", "status=\"201\""],
+        ),
+        (
+            "pulse_http_requests_total",
+            &["route=\"/api/v1/drivers/{driver_id}/location\""],
+        ),
+        (
+            "pulse_http_request_duration_seconds_count",
+            &["route=\"/api/v1/quote\""],
+        ),
+        ("pulse_quotes_total", &[]),
+        ("pulse_relay_published_total", &[]),
+        ("pulse_relay_lag_seconds_count", &[]),
+        (
+            "pulse_engine_records_total",
+            &["topic=\"demand.orders\"", "outcome=\"applied\""],
+        ),
+        (
+            "pulse_engine_records_total",
+            &["topic=\"supply.updates\"", "outcome=\"applied\""],
+        ),
+        (
+            "pulse_cache_operation_duration_seconds_count",
+            &["caller=\"engine\""],
+        ),
+        (
+            "pulse_cache_operation_duration_seconds_count",
+            &["caller=\"quotes\"", "op=\"get\""],
+        ),
+        ("pulse_surge_active_cells", &[]),
+        ("pulse_surge_multiplier_count", &[]),
+        ("pulse_embedded_log_appended_records_total", &[]),
+    ];
+    // Present: gauges whose healthy value is zero.
+    let present: &[(&str, &[&str])] = &[
+        ("pulse_outbox_backlog", &[]),
+        ("pulse_circuit_breaker_state", &["breaker=\"quote_cache\""]),
+        (
+            "pulse_consumer_lag",
+            &["group=\"pulse-engine-group\"", "topic=\"demand.orders\""],
+        ),
+        ("pulse_consumer_lag", &["topic=\"supply.updates\""]),
+    ];
+    let started = Instant::now();
+    loop {
+        let (status, page) = app.get("/metrics").await;
+        assert_eq!(status, 200);
+        let missing: Vec<String> = moving
+            .iter()
+            .filter(|(name, labels)| !sum(&page, name, labels).is_some_and(|total| total > 0.0))
+            .chain(
+                present
+                    .iter()
+                    .filter(|(name, labels)| sum(&page, name, labels).is_none()),
+            )
+            .map(|(name, labels)| format!("{name}{labels:?}"))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not on /metrics or not moving: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    app.stop().await;
+}
