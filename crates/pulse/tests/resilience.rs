@@ -113,3 +113,97 @@ async fn a_poison_record_is_dead_lettered_and_does_not_stall_its_partition() {
     );
     app.stop().await;
 }
+
+/// A Kafka broker of this test's own (through `scripts/services`, in its own state directory),
+/// so stopping it disturbs no other test.
+struct OwnKafka {
+    state: tempfile::TempDir,
+    port: u16,
+}
+
+impl OwnKafka {
+    fn start() -> Self {
+        // The broker needs its port and the next one (the KRaft controller).
+        let port = loop {
+            let port = free_port();
+            if std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+                break port;
+            }
+        };
+        let kafka = Self {
+            state: tempfile::tempdir().expect("state dir"),
+            port,
+        };
+        kafka.services("up");
+        kafka
+    }
+
+    fn services(&self, action: &str) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/services");
+        let output = std::process::Command::new(script)
+            .args([action, "kafka"])
+            .env("PULSE_SERVICES_DIR", self.state.path())
+            .env("PULSE_KAFKA_PORT", self.port.to_string())
+            .output()
+            .expect("run scripts/services");
+        assert!(
+            output.status.success(),
+            "scripts/services {action} kafka: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("kafka://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnKafka {
+    fn drop(&mut self) {
+        self.services("down");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_accepted_while_kafka_is_down_all_arrive_once_it_is_back() {
+    let kafka = OwnKafka::start();
+    let store_url = services::fresh_postgres_database().await;
+    let log_url = kafka.url();
+    let app = TestApp::spawn(|config| {
+        distributed(config, store_url);
+        config.log_url = log_url;
+    })
+    .await;
+    let (lat, lng) = unique_point();
+    place_three_orders_and_four_drivers(&app, lat, lng).await;
+    wait_for_quote(&app, lat, lng, |quote| quote["multiplier"] == 1.75).await;
+
+    kafka.services("down");
+    // Orders are still accepted: they wait in the outbox.
+    seed_cell(&[&app], lat, lng, 0, 3).await;
+    let started = std::time::Instant::now();
+    loop {
+        let (status, ready) = app.get_json("/readyz").await;
+        if status == 503 {
+            assert_ne!(ready["checks"]["log"], "ok", "{ready}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "/readyz never saw Kafka down"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    kafka.services("up");
+    // 6 orders and 4 drivers: 2.5. A lost order would leave 2.25; one counted twice, 2.75.
+    wait_for_quote(&app, lat, lng, |quote| quote["multiplier"] == 2.5).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, settled) = app
+        .get_json(&format!("/api/v1/quote?lat={lat}&lng={lng}"))
+        .await;
+    assert_eq!(settled["multiplier"], 2.5, "{settled}");
+    let (status, _) = app.get_json("/readyz").await;
+    assert_eq!(status, 200, "ready again");
+    app.stop().await;
+}

@@ -124,7 +124,8 @@ pub fn unique_point() -> (f64, f64) {
     (lat, lng)
 }
 
-/// Polls the quote at a point until `want` holds (45 s at most); quotes must always answer 200.
+/// Polls the quote at a point until `want` holds (90 s at most: a Kafka broker coming back, a
+/// group rebalancing); quotes must always answer 200.
 pub async fn wait_for_quote(
     app: &TestApp,
     lat: f64,
@@ -141,7 +142,7 @@ pub async fn wait_for_quote(
             return quote;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(45),
+            started.elapsed() < Duration::from_secs(90),
             "the quote never reached the expected state; last: {quote}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
