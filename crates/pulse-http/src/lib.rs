@@ -16,6 +16,7 @@ mod error;
 pub mod map_page;
 mod metrics_layer;
 mod ops;
+mod trace_layer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,8 +58,8 @@ pub fn router(ops: OpsState, api: Router, pages: Router) -> Router {
         .nest("/api/v1", api)
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn(metrics_layer::record_request))
+        .layer(axum::middleware::from_fn(trace_layer::trace_request))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             MAX_BODY_BYTES,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
 }

@@ -177,6 +177,22 @@ impl Order {
     }
 }
 
+impl OutboxEvent {
+    /// The trace context the row was written in, if any.
+    pub fn trace(&self) -> Option<pulse_trace::TraceContext> {
+        let headers = [
+            (pulse_trace::TRACEPARENT, self.traceparent.as_deref()),
+            (pulse_trace::TRACESTATE, self.tracestate.as_deref()),
+        ];
+        pulse_trace::TraceContext::from_headers(|name| {
+            headers
+                .iter()
+                .find(|(key, _)| *key == name)
+                .and_then(|(_, value)| *value)
+        })
+    }
+}
+
 /// A row of the outbox: an event waiting to be appended to the log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxEvent {
@@ -192,4 +208,8 @@ pub struct OutboxEvent {
     pub payload: Bytes,
     /// When it was written, Unix milliseconds.
     pub created_at_ms: i64,
+    /// W3C `traceparent` of the request that wrote it (the trace its relay and consumers join).
+    pub traceparent: Option<String>,
+    /// W3C `tracestate` that came with it.
+    pub tracestate: Option<String>,
 }

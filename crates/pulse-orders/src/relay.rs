@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use pulse_core::clock::SharedClock;
 use pulse_core::log::{EventLog, OutgoingRecord};
 use pulse_core::retry::backoff;
+use pulse_trace::TraceContext;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::OutboxEvent;
@@ -63,10 +64,33 @@ pub struct Relay {
     settings: RelaySettings,
 }
 
-fn to_record(event: &OutboxEvent) -> OutgoingRecord {
-    OutgoingRecord::keyed(event.aggregate_id.to_string(), event.payload.clone())
+/// The record of `event`, carrying its trace context: the relay span's when the trace is
+/// recorded (so consumers become its children), else the one stored with the row.
+fn to_record(event: &OutboxEvent, span: Option<&tracing::Span>) -> OutgoingRecord {
+    let mut record = OutgoingRecord::keyed(event.aggregate_id.to_string(), event.payload.clone())
         .with_header("pulse.event_id", event.id.to_string())
-        .with_header("pulse.aggregate_type", event.aggregate_type.clone())
+        .with_header("pulse.aggregate_type", event.aggregate_type.clone());
+    if let Some(trace) = span.and_then(TraceContext::of).or_else(|| event.trace()) {
+        for (name, value) in trace.headers() {
+            record = record.with_header(name, value.to_owned());
+        }
+    }
+    record
+}
+
+/// A producer span in the event's trace, for recorded traces only: an unrecorded trace costs
+/// nothing per event.
+fn relay_span(event: &OutboxEvent) -> Option<tracing::Span> {
+    let parent = event.trace().filter(TraceContext::is_sampled)?;
+    let span = tracing::info_span!(
+        parent: None,
+        "outbox.relay",
+        otel.name = %format!("{} publish", event.topic),
+        otel.kind = "producer",
+        messaging.destination.name = %event.topic,
+        pulse.event_id = %event.id,
+    );
+    Some(parent.adopt(span))
 }
 
 impl Relay {
@@ -134,15 +158,21 @@ impl Relay {
         }
         // Appended per topic in claim order; one aggregate's events share a key, hence a
         // partition, hence their order.
-        let mut by_topic: BTreeMap<&str, Vec<&OutboxEvent>> = BTreeMap::new();
-        for event in &events {
+        // Spans live until the log acknowledged their events.
+        let spans: Vec<Option<tracing::Span>> = events.iter().map(relay_span).collect();
+        let mut by_topic: BTreeMap<&str, Vec<(&OutboxEvent, Option<&tracing::Span>)>> =
+            BTreeMap::new();
+        for (event, span) in events.iter().zip(&spans) {
             by_topic
                 .entry(event.topic.as_str())
                 .or_default()
-                .push(event);
+                .push((event, span.as_ref()));
         }
         for (topic, batch) in by_topic {
-            let records = batch.iter().map(|event| to_record(event)).collect();
+            let records = batch
+                .iter()
+                .map(|(event, span)| to_record(event, *span))
+                .collect();
             if let Err(err) = self.log.append(topic, records).await {
                 // The lease lapses and the rows are claimed again; nothing is lost.
                 tracing::warn!(error = %err, topic, "relay append failed; rows stay pending");

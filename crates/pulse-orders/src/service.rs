@@ -8,6 +8,7 @@ use pulse_proto::v1::OrderCreatedEvent;
 use pulse_proto::Message;
 use pulse_surge::engine::DEMAND_TOPIC;
 use pulse_surge::quotes::QuoteService;
+use pulse_trace::TraceContext;
 use uuid::Uuid;
 
 use crate::model::{IdempotencyKey, NewOrder, Order, OrderPrice, OrderStatus, OutboxEvent};
@@ -74,7 +75,9 @@ impl OrderService {
     }
 
     /// Places `request`: the order and its `OrderCreatedEvent` are committed together before
-    /// this returns.
+    /// this returns. The event carries the current trace context, so the relay and the engine
+    /// continue the caller's trace.
+    #[tracing::instrument(name = "orders.place", skip_all)]
     pub async fn place(
         &self,
         request: NewOrder,
@@ -132,6 +135,7 @@ impl OrderService {
             user_id: order.user_id.clone(),
             timestamp: order.created_at_ms,
         };
+        let trace = TraceContext::current();
         let outbox = OutboxEvent {
             id: Uuid::now_v7(),
             aggregate_id: order.id,
@@ -139,6 +143,8 @@ impl OrderService {
             topic: DEMAND_TOPIC.to_owned(),
             payload: Bytes::from(event.encode_to_vec()),
             created_at_ms: order.created_at_ms,
+            traceparent: trace.as_ref().map(|trace| trace.traceparent.clone()),
+            tracestate: trace.and_then(|trace| trace.tracestate),
         };
         match self.store.create(&order, key.as_ref(), &outbox).await? {
             CreateOutcome::Created => {

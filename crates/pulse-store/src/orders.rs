@@ -130,9 +130,9 @@ impl OrderStore for Database {
                 if inserted {
                     sqlx::query(
                         "INSERT INTO outbox_events (id, aggregate_id, aggregate_type, payload, topic,
-                             created_at, status, created_at_ms)
+                             created_at, status, created_at_ms, traceparent, tracestate)
                          VALUES ($1, $2, $3, $4, $5, to_timestamp($6 / 1000.0) AT TIME ZONE 'UTC',
-                             'PENDING', $6)",
+                             'PENDING', $6, $7, $8)",
                     )
                     .bind(event.id)
                     .bind(event.aggregate_id)
@@ -140,6 +140,8 @@ impl OrderStore for Database {
                     .bind(event.payload.as_ref())
                     .bind(&event.topic)
                     .bind(event.created_at_ms)
+                    .bind(&event.traceparent)
+                    .bind(&event.tracestate)
                     .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
@@ -181,9 +183,9 @@ impl OrderStore for Database {
                 if inserted {
                     sqlx::query(
                         "INSERT INTO outbox_events (id, aggregate_id, aggregate_type, payload, topic,
-                             created_at, status, created_at_ms)
+                             created_at, status, created_at_ms, traceparent, tracestate)
                          VALUES (?1, ?2, ?3, ?4, ?5, strftime('%Y-%m-%d %H:%M:%f', ?6 / 1000.0, 'unixepoch'),
-                             'PENDING', ?6)",
+                             'PENDING', ?6, ?7, ?8)",
                     )
                     .bind(event.id.to_string())
                     .bind(event.aggregate_id.to_string())
@@ -191,6 +193,8 @@ impl OrderStore for Database {
                     .bind(event.payload.as_ref())
                     .bind(&event.topic)
                     .bind(event.created_at_ms)
+                    .bind(&event.traceparent)
+                    .bind(&event.tracestate)
                     .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
@@ -295,7 +299,7 @@ impl Outbox for Database {
                          LIMIT $4
                          FOR UPDATE SKIP LOCKED)
                      RETURNING o.seq, o.id, o.aggregate_id, o.aggregate_type, o.topic, o.payload,
-                               COALESCE(o.created_at_ms, 0)",
+                               COALESCE(o.created_at_ms, 0), o.traceparent, o.tracestate",
                 )
                 .bind(relay)
                 .bind(now_ms)
@@ -316,6 +320,8 @@ impl Outbox for Database {
                                 topic: row.try_get(4)?,
                                 payload: Bytes::from(payload),
                                 created_at_ms: row.try_get(6)?,
+                                traceparent: row.try_get(7)?,
+                                tracestate: row.try_get(8)?,
                             },
                         ))
                     })
@@ -337,7 +343,7 @@ impl Outbox for Database {
                          ORDER BY e.rowid
                          LIMIT ?4)
                      RETURNING rowid, id, aggregate_id, aggregate_type, topic, payload,
-                               COALESCE(created_at_ms, 0)",
+                               COALESCE(created_at_ms, 0), traceparent, tracestate",
                 )
                 .bind(relay)
                 .bind(now_ms)
@@ -361,6 +367,8 @@ impl Outbox for Database {
                             topic: row.try_get(4).map_err(read)?,
                             payload: Bytes::from(payload),
                             created_at_ms: row.try_get(6).map_err(read)?,
+                            traceparent: row.try_get(7).map_err(read)?,
+                            tracestate: row.try_get(8).map_err(read)?,
                         },
                     ));
                 }

@@ -31,6 +31,7 @@ use pulse_core::retry::backoff;
 use pulse_core::{PortError, PortResult};
 use pulse_proto::v1::{DriverLocationUpdated, OrderCreatedEvent};
 use pulse_proto::Message;
+use pulse_trace::TraceContext;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +57,26 @@ fn decode_ping(record: &ConsumedRecord) -> Result<(CellIndex, DriverLocationUpda
         return Err("ping without a driver id".into());
     }
     Ok((cell, ping))
+}
+
+/// A consumer span in a record's trace, for recorded traces only (see `pulse_trace`).
+fn consume_span(record: &ConsumedRecord) -> Option<tracing::Span> {
+    let header = |name: &str| {
+        record
+            .header(name)
+            .and_then(|value| std::str::from_utf8(value).ok())
+    };
+    let parent = TraceContext::from_headers(header).filter(TraceContext::is_sampled)?;
+    let span = tracing::info_span!(
+        parent: None,
+        "engine.consume",
+        otel.name = %format!("{} process", record.position.topic),
+        otel.kind = "consumer",
+        messaging.destination.name = %record.position.topic,
+        messaging.destination.partition.id = record.position.partition,
+        messaging.kafka.offset = record.position.offset,
+    );
+    Some(parent.adopt(span))
 }
 
 /// Time to compute and publish the multipliers of one batch of cells (seed metric name).
@@ -325,6 +346,13 @@ impl SurgeEngine {
     /// Applies a batch to the windows and marks the cells it touched for the next
     /// [`SurgeEngine::flush`]. Public for benchmarks that drive the engine without a consumer.
     pub async fn handle_batch(&mut self, records: &[ConsumedRecord]) -> PortResult<()> {
+        // Traced records get a consume span and, under it, one for the cache write their batch
+        // makes; both end when the batch's writes are done.
+        let consume_spans: Vec<tracing::Span> = records.iter().filter_map(consume_span).collect();
+        let _write_spans: Vec<tracing::Span> = consume_spans
+            .iter()
+            .map(|parent| tracing::info_span!(parent: parent, "cache.write", otel.name = "surge window update"))
+            .collect();
         let mut outcomes: HashMap<(&str, &'static str), u64> = HashMap::new();
         let mut orders: Vec<(CellIndex, Guarded)> = Vec::new();
         let mut pings: Vec<(CellIndex, DriverLocationUpdated)> = Vec::new();

@@ -217,6 +217,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter, e.g. `info` or `pulse=debug,info` (`RUST_LOG` wins when set).
     pub log_level: String,
+    /// OTLP/HTTP collector traces are exported to (`None`: nothing is exported).
+    pub otlp_endpoint: Option<String>,
     /// Embedded log settings.
     pub embedded_log: EmbeddedLogConfig,
     /// In-process cache settings.
@@ -248,6 +250,7 @@ impl Default for Config {
             backend_timeout_secs: 5,
             log_format: LogFormat::Json,
             log_level: "info".to_owned(),
+            otlp_endpoint: None,
             embedded_log: EmbeddedLogConfig::default(),
             memory_cache: MemoryCacheConfig::default(),
             topics: TopicsConfig::default(),
@@ -291,6 +294,11 @@ pub struct FlagOverrides {
     #[arg(long, value_name = "FILTER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+    /// Export traces over OTLP/HTTP to this collector, e.g. http://127.0.0.1:4318
+    /// [env: PULSE_OTLP_ENDPOINT] [default: none, nothing is exported]
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The event log a process uses.
@@ -404,6 +412,13 @@ impl Config {
         }
         if breaker.open_max_ms < breaker.open_min_ms {
             return invalid("quote_breaker.open_max_ms must be at least open_min_ms");
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            if !endpoint.starts_with("http://") {
+                return invalid(
+                    "otlp_endpoint must be an http:// URL of an OTLP/HTTP collector (e.g. http://127.0.0.1:4318)",
+                );
+            }
         }
         if self.map.refresh_ms == 0 || self.map.max_cells == 0 {
             return invalid("map.refresh_ms and map.max_cells must be positive");

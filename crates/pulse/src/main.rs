@@ -50,14 +50,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.log_format = pulse::config::LogFormat::Pretty;
         }
     }
-    telemetry::init_logging(&config);
+    let telemetry = telemetry::init(&config)?;
+    let outcome = run_command(&cli, &config).await;
+    telemetry.shutdown();
+    outcome
+}
+
+async fn run_command(cli: &Cli, config: &Config) -> anyhow::Result<()> {
     match &cli.command {
-        Command::Up { .. } => serve(&config, Role::ALL.into_iter().collect()).await,
-        Command::Serve { role, .. } => serve(&config, parse_roles(role)?).await,
-        Command::Demo { duration, city, .. } => demo(&config, city, *duration).await,
+        Command::Up { .. } => serve(config, Role::ALL.into_iter().collect()).await,
+        Command::Serve { role, .. } => serve(config, parse_roles(role)?).await,
+        Command::Demo { duration, city, .. } => demo(config, city, *duration).await,
         Command::Simulate { .. } => unreachable!("handled above"),
         Command::Migrate { .. } => {
-            let store = Backends::open_store(&config).await?;
+            let store = Backends::open_store(config).await?;
             store.migrate().await?;
             store.close().await;
             eprintln!("migrations applied to {}", redact(&config.store_url()));

@@ -105,6 +105,15 @@ async fn up_serves_health_and_metrics_then_exits_zero_on_sigterm() {
         .await
         .expect("body");
     assert!(metrics.contains("pulse_http_requests_total"), "{metrics}");
+    // Without an OTLP endpoint a trace is still started and named, but not recorded.
+    let quote = reqwest::get(format!("http://127.0.0.1:{port}/api/v1/quote?lat=1&lng=2"))
+        .await
+        .expect("quote");
+    let traceparent = quote.headers()["traceparent"].to_str().expect("ascii");
+    assert!(
+        traceparent.starts_with("00-") && traceparent.ends_with("-00"),
+        "{traceparent}"
+    );
     assert!(
         data_dir.path().join("pulse.db").exists(),
         "SQLite store in the data dir"
@@ -275,4 +284,60 @@ fn a_bad_simulator_flag_is_one_line_and_exit_code_2() {
     assert!(line.contains("four numbers"), "{line}");
     let line = expect_failure(pulse().args(["simulate", "--duration", "soon"]), 2);
     assert!(line.contains("--duration"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_otlp_endpoint_spans_are_exported_over_http() {
+    // A stand-in collector: counts the OTLP/HTTP export requests it receives.
+    let (sender, mut exports) = tokio::sync::mpsc::unbounded_channel::<(String, usize)>();
+    let collector = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                let content_type = headers
+                    .get("content-type")
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = sender.send((content_type, body.len()));
+                ""
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind collector");
+    let collector_port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut child = pulse()
+        .args(["up", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--otlp-endpoint",
+            &format!("http://127.0.0.1:{collector_port}"),
+        ])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pulse up");
+    wait_healthy(port, &mut child).await;
+    let quote = reqwest::get(format!("http://127.0.0.1:{port}/api/v1/quote?lat=1&lng=2"))
+        .await
+        .expect("quote");
+    let traceparent = quote.headers()["traceparent"].to_str().expect("ascii");
+    assert!(traceparent.ends_with("-01"), "recorded: {traceparent}");
+    // SIGTERM flushes the batch exporter on the way out.
+    signal(&child, "TERM");
+    let output = wait_with_deadline(child, Duration::from_secs(15));
+    assert!(output.status.success());
+    let (content_type, size) = tokio::time::timeout(Duration::from_secs(10), exports.recv())
+        .await
+        .expect("an export within 10 s")
+        .expect("collector channel");
+    assert_eq!(content_type, "application/x-protobuf");
+    assert!(size > 0, "spans in the export");
 }

@@ -41,6 +41,15 @@ impl TestApp {
 
     /// An application on an existing data directory (to restart on the same data).
     pub async fn spawn_in(data_dir: &std::path::Path, configure: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_roles(data_dir, &Role::ALL, configure).await
+    }
+
+    /// An application playing only `roles` (a split deployment in one test process).
+    pub async fn spawn_roles(
+        data_dir: &std::path::Path,
+        roles: &[Role],
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut config = Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: data_dir.to_owned(),
@@ -49,9 +58,9 @@ impl TestApp {
         configure(&mut config);
         // Logs go to the test's captured output, shown when it fails.
         config.log_format = pulse::config::LogFormat::Pretty;
-        pulse::telemetry::init_logging(&config);
+        pulse::telemetry::init(&config).expect("telemetry");
         let shutdown = CancellationToken::new();
-        let app = Application::build(&config, Role::ALL.into_iter().collect(), shutdown.clone())
+        let app = Application::build(&config, roles.iter().copied().collect(), shutdown.clone())
             .await
             .expect("application builds");
         let base = format!("http://127.0.0.1:{}", app.port());

@@ -1,0 +1,56 @@
+//! One server span per API request, continuing the caller's W3C trace (`traceparent`) or starting
+//! one, and handing the context back in the response's `traceparent` header so a client can find
+//! its trace. Operational endpoints (`/healthz`, `/readyz`, `/metrics`) are not traced: probes and
+//! scrapes would drown the traces that matter.
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use pulse_trace::TraceContext;
+use tracing::Instrument;
+
+pub(crate) async fn trace_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let Some(route) = route.filter(|route| route.starts_with("/api/")) else {
+        return next.run(request).await;
+    };
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let incoming = TraceContext::from_headers(|name| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    });
+    let span = match incoming {
+        Some(parent) => parent.adopt(span),
+        None => span,
+    };
+    let context = TraceContext::of(&span);
+    if let Some(context) = &context {
+        // Log lines inside the request carry it, so logs and traces join up.
+        span.record("trace_id", context.trace_id());
+    }
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    if let Some(context) = context {
+        for (name, value) in context.headers() {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+    }
+    response
+}

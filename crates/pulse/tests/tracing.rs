@@ -1,0 +1,173 @@
+//! One order, one trace: the caller's `traceparent` is honoured and returned, and the spans of the
+//! gateway, the outbox relay and the engine (down to its cache write) share its trace id and chain
+//! parent to child, across the embedded log and across Kafka with the roles in separate
+//! applications. Spans are caught by an in-memory exporter installed before any application.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::{client, distributed, unique_point, TestApp};
+use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use pulse::Config;
+use pulse_conformance::services;
+use pulse_runtime::Role;
+use serde_json::json;
+
+fn exporter() -> &'static InMemorySpanExporter {
+    static EXPORTER: OnceLock<InMemorySpanExporter> = OnceLock::new();
+    EXPORTER.get_or_init(|| {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let config = Config {
+            log_format: pulse::config::LogFormat::Pretty,
+            ..Config::default()
+        };
+        pulse::telemetry::install(&config, provider);
+        exporter
+    })
+}
+
+/// A caller's sampled trace context with fresh ids.
+fn caller_context() -> (TraceId, SpanId, String) {
+    let bits = uuid::Uuid::new_v4().as_u128();
+    let trace = TraceId::from_bytes(bits.to_be_bytes());
+    let span = SpanId::from_bytes((bits as u64 | 1).to_be_bytes());
+    (trace, span, format!("00-{trace}-{span}-01"))
+}
+
+/// Places an order under `traceparent` and checks the response continues that trace.
+async fn place_traced_order(gateway: &TestApp, trace: TraceId, traceparent: &str) {
+    let (lat, lng) = unique_point();
+    let response = client()
+        .post(format!("{}/api/v1/orders", gateway.base))
+        .header("traceparent", traceparent)
+        .json(&json!({
+            "user_id": "traced-rider",
+            "pickup": { "lat": lat, "lng": lng },
+            "dropoff": { "lat": lat, "lng": lng },
+        }))
+        .send()
+        .await
+        .expect("order request");
+    assert_eq!(response.status(), 201);
+    let returned = response.headers()["traceparent"].to_str().expect("ascii");
+    assert!(returned.starts_with(&format!("00-{trace}-")), "{returned}");
+}
+
+/// Waits for the spans of `trace` down to the engine's cache write, and checks the chain.
+async fn the_order_is_one_trace(trace: TraceId, caller: SpanId) {
+    let started = Instant::now();
+    let spans: Vec<SpanData> = loop {
+        let spans: Vec<SpanData> = exporter()
+            .get_finished_spans()
+            .expect("finished spans")
+            .into_iter()
+            .filter(|span| span.span_context.trace_id() == trace)
+            .collect();
+        if spans.iter().any(|span| span.name == "surge window update") {
+            break spans;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the trace never reached the engine's cache write; spans so far: {:?}",
+            spans.iter().map(|span| &span.name).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let named = |name: &str| {
+        spans
+            .iter()
+            .find(|span| span.name == name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {name} span in {:?}",
+                    spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+                )
+            })
+    };
+    let http = named("POST /api/v1/orders");
+    let place = named("orders.place");
+    let relay = named("demand.orders publish");
+    let consume = named("demand.orders process");
+    let write = named("surge window update");
+    assert_eq!(
+        http.parent_span_id, caller,
+        "the server span continues the caller's"
+    );
+    assert_eq!(place.parent_span_id, http.span_context.span_id());
+    assert_eq!(
+        relay.parent_span_id,
+        place.span_context.span_id(),
+        "relay ← outbox row"
+    );
+    assert_eq!(
+        consume.parent_span_id,
+        relay.span_context.span_id(),
+        "engine ← record headers"
+    );
+    assert_eq!(write.parent_span_id, consume.span_context.span_id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_one_order_is_one_trace_from_http_to_the_cache_write() {
+    exporter();
+    let app = TestApp::spawn(|_| {}).await;
+    let (trace, caller, traceparent) = caller_context();
+    place_traced_order(&app, trace, &traceparent).await;
+    the_order_is_one_trace(trace, caller).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_one_order_is_one_trace_across_separate_gateway_relay_and_engine() {
+    exporter();
+    let store_url = services::fresh_postgres_database().await;
+    let data = tempfile::tempdir().expect("data dir");
+    let mut apps = Vec::new();
+    for role in [Role::Gateway, Role::Relay, Role::Engine] {
+        let store_url = store_url.clone();
+        apps.push(
+            TestApp::spawn_roles(data.path(), &[role], |config| {
+                distributed(config, store_url)
+            })
+            .await,
+        );
+    }
+    let (trace, caller, traceparent) = caller_context();
+    place_traced_order(&apps[0], trace, &traceparent).await;
+    the_order_is_one_trace(trace, caller).await;
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_traceparent_starts_a_trace_and_names_it() {
+    exporter();
+    let app = TestApp::spawn(|_| {}).await;
+    let response = client()
+        .get(format!("{}/api/v1/quote?lat=52.52&lng=13.405", app.base))
+        .send()
+        .await
+        .expect("quote");
+    let traceparent = response.headers()["traceparent"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let trace = pulse_trace::TraceContext::from_headers(|_| Some(traceparent.as_str()))
+        .expect("a well-formed traceparent");
+    assert!(trace.is_sampled());
+    // Probes and scrapes are not traced.
+    let health = client()
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .expect("healthz");
+    assert!(health.headers().get("traceparent").is_none());
+    app.stop().await;
+}
