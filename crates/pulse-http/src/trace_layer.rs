@@ -1,6 +1,6 @@
 //! One server span per API request, continuing the caller's W3C trace (`traceparent`) or starting
 //! one, and handing the context back in the response's `traceparent` header so a client can find
-//! its trace. Operational endpoints (`/healthz`, `/readyz`, `/metrics`) are not traced: probes and
+//! its trace (also when no tracer is installed and nothing is recorded). Operational endpoints (`/healthz`, `/readyz`, `/metrics`) are not traced: probes and
 //! scrapes would drown the traces that matter.
 
 use axum::extract::{MatchedPath, Request};
@@ -34,11 +34,18 @@ pub(crate) async fn trace_request(request: Request, next: Next) -> Response {
             .get(name)
             .and_then(|value| value.to_str().ok())
     });
-    let span = match incoming {
+    let span = match &incoming {
         Some(parent) => parent.adopt(span),
         None => span,
     };
-    let context = TraceContext::of(&span);
+    // Without a tracer (no OTLP endpoint) there is no span context: the caller still gets a
+    // well-formed context back, continuing its trace id, at no cost.
+    let context = TraceContext::of(&span).or_else(|| {
+        Some(match &incoming {
+            Some(parent) => parent.next_hop(),
+            None => TraceContext::new_unrecorded(),
+        })
+    });
     if let Some(context) = &context {
         // Log lines inside the request carry it, so logs and traces join up.
         span.record("trace_id", context.trace_id());

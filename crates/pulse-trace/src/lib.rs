@@ -86,6 +86,28 @@ impl TraceContext {
             .is_some_and(|flags| flags & 1 == 1)
     }
 
+    /// A context for a new unrecorded trace (random ids, `sampled` off): what a process that
+    /// records no spans hands back to a caller that sent no context.
+    pub fn new_unrecorded() -> Self {
+        Self {
+            traceparent: format!(
+                "00-{:032x}-{:016x}-00",
+                fastrand::u128(1..),
+                fastrand::u64(1..)
+            ),
+            tracestate: None,
+        }
+    }
+
+    /// The same trace with a new span id: the hop a process that records no spans adds.
+    pub fn next_hop(&self) -> Self {
+        let flags = self.traceparent.get(53..55).unwrap_or("00");
+        Self {
+            traceparent: format!("00-{}-{:016x}-{flags}", self.trace_id(), fastrand::u64(1..)),
+            tracestate: self.tracestate.clone(),
+        }
+    }
+
     /// Makes `span` a child of this context. Call it right after creating the span, before it is
     /// entered; returns the span for chaining.
     pub fn adopt(&self, span: tracing::Span) -> tracing::Span {
@@ -155,6 +177,26 @@ mod tests {
         ] {
             assert_eq!(read(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn contexts_made_without_spans_are_well_formed() {
+        let root = TraceContext::new_unrecorded();
+        let read = TraceContext::from_headers(|name| {
+            (name == TRACEPARENT).then_some(root.traceparent.as_str())
+        });
+        assert_eq!(read.as_ref(), Some(&root));
+        assert!(!root.is_sampled());
+        let caller = TraceContext::from_headers(|name| (name == TRACEPARENT).then_some(PARENT))
+            .expect("parent");
+        let hop = caller.next_hop();
+        assert_eq!(hop.trace_id(), caller.trace_id());
+        assert_ne!(hop.traceparent, caller.traceparent);
+        assert!(hop.is_sampled(), "keeps the caller's flags");
+        assert!(TraceContext::from_headers(
+            |name| (name == TRACEPARENT).then_some(hop.traceparent.as_str())
+        )
+        .is_some());
     }
 
     #[test]

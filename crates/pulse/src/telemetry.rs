@@ -1,8 +1,8 @@
 //! Logs and traces. Logs are structured JSON lines (or pretty text) on stderr, filtered by
 //! `RUST_LOG` or the configured level, and carry the trace id of the request they belong to.
-//! Traces are OpenTelemetry spans: exported over OTLP/HTTP when an endpoint is configured; without
-//! one nothing is recorded (trace contexts are still created and propagated, so a caller's
-//! `traceparent` is honoured and every response names its trace).
+//! Traces are OpenTelemetry spans, exported over OTLP/HTTP when an endpoint is configured. Without
+//! one no tracer is installed at all, so tracing costs nothing; responses still carry a
+//! `traceparent` (continuing the caller's trace id) made by the HTTP layer.
 
 use anyhow::Context;
 use opentelemetry::trace::TracerProvider as _;
@@ -16,16 +16,16 @@ use tracing_subscriber::Layer;
 
 use crate::config::{Config, LogFormat};
 
-/// The installed tracer provider; [`Telemetry::shutdown`] flushes spans still buffered.
+/// The installed tracer provider, if any; [`Telemetry::shutdown`] flushes spans still buffered.
 #[derive(Debug)]
 pub struct Telemetry {
-    provider: SdkTracerProvider,
+    provider: Option<SdkTracerProvider>,
 }
 
 impl Telemetry {
     /// Exports what is buffered and stops the exporter.
     pub fn shutdown(&self) {
-        if let Err(err) = self.provider.shutdown() {
+        if let Some(Err(err)) = self.provider.as_ref().map(SdkTracerProvider::shutdown) {
             tracing::debug!(error = %err, "tracer provider shutdown");
         }
     }
@@ -34,6 +34,7 @@ impl Telemetry {
 /// Builds the tracer provider the configuration asks for and installs logging and tracing.
 pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     let provider = match &config.otlp_endpoint {
+        None => None,
         Some(endpoint) => {
             let url = traces_url(endpoint);
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -42,16 +43,13 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
                 .with_timeout(std::time::Duration::from_secs(config.backend_timeout_secs))
                 .build()
                 .with_context(|| format!("cannot set up the OTLP exporter to {url}"))?;
-            SdkTracerProvider::builder()
+            let provider = SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
                 .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
                 .with_resource(Resource::builder().with_service_name("pulse").build())
-                .build()
+                .build();
+            Some(provider)
         }
-        // Contexts are still made (and returned to callers), but no span is recorded.
-        None => SdkTracerProvider::builder()
-            .with_sampler(Sampler::AlwaysOff)
-            .build(),
     };
     Ok(install(config, provider))
 }
@@ -66,10 +64,10 @@ fn traces_url(endpoint: &str) -> String {
     }
 }
 
-/// Installs the global subscriber with `provider` behind its spans. The first call in a process
-/// wins (tests build several applications in one process, or install an in-memory exporter
-/// first); later calls only hand back their provider.
-pub fn install(config: &Config, provider: SdkTracerProvider) -> Telemetry {
+/// Installs the global subscriber, with `provider` behind its spans when given. The first call in
+/// a process wins (tests build several applications in one process, or install an in-memory
+/// exporter first); later calls only hand back their provider.
+pub fn install(config: &Config, provider: Option<SdkTracerProvider>) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -87,9 +85,11 @@ pub fn install(config: &Config, provider: SdkTracerProvider) -> Telemetry {
             .boxed(),
     };
     // Spans are filtered on their own: a quiet log level must not switch tracing off.
-    let traces = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("pulse"))
-        .with_filter(LevelFilter::INFO);
+    let traces = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("pulse"))
+            .with_filter(LevelFilter::INFO)
+    });
     let installed = tracing_subscriber::registry()
         .with(logs.with_filter(filter))
         .with(traces)

@@ -27,7 +27,7 @@ fn exporter() -> &'static InMemorySpanExporter {
             log_format: pulse::config::LogFormat::Pretty,
             ..Config::default()
         };
-        pulse::telemetry::install(&config, provider);
+        pulse::telemetry::install(&config, Some(provider));
         exporter
     })
 }
