@@ -39,6 +39,12 @@ for _ in $(seq 1 100); do
   curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break
   sleep 0.2
 done
+# A Pulse that could not start (port taken) must not let wrk measure someone else's.
+if ! kill -0 "$pulse_pid" 2>/dev/null; then
+  echo "[bench] pulse did not start:" >&2
+  cat "$data/pulse.log" >&2
+  exit 1
+fi
 
 echo "== $mode: quotes (GET /api/v1/quote), $connections connections, $duration"
 wrk -t1 -c"$connections" -d"$duration" --latency \
