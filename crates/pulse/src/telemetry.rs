@@ -54,6 +54,28 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     Ok(install(config, provider))
 }
 
+/// The log layer. JSON lines list the spans they happened in with their fields, so a line logged
+/// while serving a request carries the request span's `trace_id`.
+fn log_layer<S, W>(format: LogFormat, ansi: bool, writer: W) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    W: for<'writer> tracing_subscriber::fmt::MakeWriter<'writer> + Send + Sync + 'static,
+{
+    match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .boxed(),
+    }
+}
+
 /// `…/v1/traces` of an OTLP/HTTP endpoint given as its base URL.
 fn traces_url(endpoint: &str) -> String {
     let endpoint = endpoint.trim_end_matches('/');
@@ -71,19 +93,8 @@ pub fn install(config: &Config, provider: Option<SdkTracerProvider>) -> Telemetr
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = match config.log_format {
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(std::io::stderr)
-            .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer()
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_writer(std::io::stderr)
-            .boxed(),
-    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = log_layer(config.log_format, ansi, std::io::stderr);
     // Spans are filtered on their own: a quiet log level must not switch tracing off.
     let traces = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
@@ -102,6 +113,45 @@ pub fn install(config: &Config, provider: Option<SdkTracerProvider>) -> Telemetr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_log_lines_carry_the_trace_id_of_the_request_they_belong_to() {
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = lines.clone();
+        let writer = move || SharedBuffer(sink.clone());
+        let subscriber =
+            tracing_subscriber::registry().with(log_layer(LogFormat::Json, false, writer));
+        tracing::subscriber::with_default(subscriber, || {
+            let request = tracing::info_span!(
+                "http.request",
+                trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+            );
+            let _request = request.enter();
+            let _inner = tracing::info_span!("orders.place").entered();
+            tracing::warn!("something worth a look");
+        });
+        let written = String::from_utf8(lines.lock().expect("lock").clone()).expect("utf-8");
+        let line: serde_json::Value = serde_json::from_str(written.trim()).expect("one JSON line");
+        assert_eq!(line["message"], "something worth a look");
+        assert_eq!(
+            line["spans"][0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+            "{line}"
+        );
+    }
+
+    /// A writer into shared memory, for reading what the log layer wrote.
+    struct SharedBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SharedBuffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 
     #[test]
     fn the_traces_path_is_added_once() {
