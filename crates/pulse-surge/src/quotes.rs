@@ -116,7 +116,9 @@ impl QuoteService {
             },
             Ok(None) => Self::flat(SurgeSource::Default),
             Err(err) => {
-                tracing::warn!(%cell, error = %err, "surge cache unavailable; quoting the fallback");
+                // Debug, not warn: during an outage this is every quote; the breaker's state
+                // changes and the cache error metrics are what an operator watches.
+                tracing::debug!(%cell, error = %err, "surge cache unavailable; quoting the fallback");
                 Self::flat(SurgeSource::Fallback)
             }
         }

@@ -1,7 +1,7 @@
 //! Configuration: defaults → `pulse.toml` (`--config`) → `PULSE_*` environment → flags.
 //!
 //! Top-level keys map to `PULSE_<KEY>` (`PULSE_STORE_URL`, `PULSE_LISTEN`, …); nested keys use a
-//! double underscore (`PULSE_EMBEDDED_LOG__RETENTION_HOURS`). `docs/CONFIGURATION.md` lists them.
+//! double underscore (`PULSE_EMBEDDED_LOG__RETENTION_HOURS`). The README's configuration table lists them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
