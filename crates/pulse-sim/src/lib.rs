@@ -1,6 +1,7 @@
 //! The city simulator behind `pulse simulate` and `pulse demo`: drivers and riders of a
 //! simulated city ([`city`]) driving a running Pulse through its public HTTP API only, with live
-//! progress and a summary ([`report`]).
+//! progress and a summary ([`report`]). Drivers report their location; a rider asks for a quote
+//! and orders with its `quote_id`, as an app would.
 //!
 //! Requests are sent concurrently up to a limit; when Pulse is slower than the city, the city
 //! waits (the achieved rates in the summary say so) rather than queueing without bound. Every
@@ -24,6 +25,8 @@ use crate::report::{Kind, Progress, Stats, Summary};
 const TICK: Duration = Duration::from_millis(100);
 /// Each request gives up after this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reading Pulse's map for the progress view gives up after this.
+const MAP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How to run a simulation.
 #[derive(Debug, Clone)]
@@ -119,6 +122,22 @@ pub async fn run(
     let deadline = settings.duration.map(|duration| started + duration);
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The hottest cells come from Pulse's map, read beside the load so a slow map never slows
+    // the city down.
+    let (cells_sender, cells) = tokio::sync::watch::channel(None::<Value>);
+    let cells_reader = {
+        let (client, target, stop) = (client.clone(), target.clone(), stop.clone());
+        let every = progress.every();
+        tokio::spawn(async move {
+            loop {
+                let _ = cells_sender.send(fetch_cells(&client, &target).await);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+            }
+        })
+    };
     let mut next_report = Instant::now();
     loop {
         tokio::select! {
@@ -142,11 +161,11 @@ pub async fn run(
         }
         if Instant::now() >= next_report {
             next_report = Instant::now() + progress.every();
-            let cells = fetch_cells(&client, &target).await;
             let snapshot = stats.lock().expect("stats lock").take_window();
-            progress.report(started.elapsed(), &snapshot, cells.as_ref());
+            progress.report(started.elapsed(), &snapshot, cells.borrow().as_ref());
         }
     }
+    cells_reader.abort();
     // Let what is in flight finish, so the summary counts every request sent.
     let _all = in_flight
         .acquire_many(settings.concurrency as u32)
@@ -165,35 +184,59 @@ pub async fn run(
     ))
 }
 
-/// Sends one request and records its outcome.
+/// Sends one request of the city (a rider's is a quote, then an order with the quote's id) and
+/// records the outcomes.
 async fn send(client: &reqwest::Client, target: &str, request: Request, stats: &Mutex<Stats>) {
-    let (kind, builder) = match &request {
+    match request {
         Request::Ping {
             driver_id,
             at,
             available,
-        } => (
-            Kind::Ping,
-            client
+        } => {
+            let ping = client
                 .post(format!("{target}/api/v1/drivers/{driver_id}/location"))
-                .json(&json!({ "lat": at.lat, "lng": at.lng, "available": available })),
-        ),
+                .json(&json!({ "lat": at.lat, "lng": at.lng, "available": available }));
+            exchange(Kind::Ping, ping, stats).await;
+        }
         Request::Order {
             user_id,
             pickup,
             dropoff,
-        } => (
-            Kind::Order,
-            client.post(format!("{target}/api/v1/orders")).json(&json!({
+        } => {
+            let quote = client.get(format!(
+                "{target}/api/v1/quote?lat={}&lng={}&dropoff_lat={}&dropoff_lng={}",
+                pickup.lat, pickup.lng, dropoff.lat, dropoff.lng
+            ));
+            // A rider whose quote failed, or came without an id (Pulse's cache is down), still
+            // orders, at the price of the moment.
+            let quote_id = exchange(Kind::Quote, quote, stats)
+                .await
+                .and_then(|quote| quote.get("quote_id")?.as_str().map(str::to_owned));
+            let mut order = json!({
                 "user_id": user_id,
                 "pickup": { "lat": pickup.lat, "lng": pickup.lng },
                 "dropoff": { "lat": dropoff.lat, "lng": dropoff.lng },
-            })),
-        ),
-    };
+            });
+            if let Some(quote_id) = quote_id {
+                order["quote_id"] = Value::String(quote_id);
+            }
+            let order = client.post(format!("{target}/api/v1/orders")).json(&order);
+            exchange(Kind::Order, order, stats).await;
+        }
+    }
+}
+
+/// Sends one request, records its outcome, and returns the JSON body of a success.
+async fn exchange(
+    kind: Kind,
+    request: reqwest::RequestBuilder,
+    stats: &Mutex<Stats>,
+) -> Option<Value> {
     let sent = Instant::now();
-    let outcome = match builder.send().await {
-        Ok(response) if response.status().is_success() => Ok(()),
+    let outcome = match request.send().await {
+        Ok(response) if response.status().is_success() => {
+            Ok(response.json::<Value>().await.unwrap_or(Value::Null))
+        }
         Ok(response) => {
             let status = response.status();
             let body = response.text().await.unwrap_or_default();
@@ -213,16 +256,23 @@ async fn send(client: &reqwest::Client, target: &str, request: Request, stats: &
     let latency = sent.elapsed();
     let mut stats = stats.lock().expect("stats lock");
     match outcome {
-        Ok(()) => stats.record_success(kind, latency),
-        Err((cause, detail)) => stats.record_failure(kind, latency, cause, detail),
+        Ok(body) => {
+            stats.record_success(kind, latency);
+            Some(body)
+        }
+        Err((cause, detail)) => {
+            stats.record_failure(kind, latency, cause, detail);
+            None
+        }
     }
 }
 
 /// The server's current surge cells, for the hottest-cells view; `None` when it does not answer
-/// (the map is a nicety here, not part of the load).
+/// within [`MAP_TIMEOUT`] (the map is a nicety here, not part of the load).
 async fn fetch_cells(client: &reqwest::Client, target: &str) -> Option<Value> {
     let response = client
         .get(format!("{target}/api/v1/surge/cells"))
+        .timeout(MAP_TIMEOUT)
         .send()
         .await
         .ok()?;

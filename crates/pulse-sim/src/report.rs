@@ -17,13 +17,35 @@ const ERROR_SAMPLES: usize = 5;
 /// Cells shown as the hottest.
 const HOTTEST: usize = 5;
 
-/// The two kinds of request the city sends.
+/// The kinds of request the city sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A rider's quote before ordering.
+    Quote,
     /// An order.
     Order,
     /// A driver location.
     Ping,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Quote, Kind::Order, Kind::Ping];
+
+    fn index(self) -> usize {
+        match self {
+            Kind::Quote => 0,
+            Kind::Order => 1,
+            Kind::Ping => 2,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Quote => "quotes",
+            Kind::Order => "orders",
+            Kind::Ping => "pings",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -52,28 +74,28 @@ impl KindStats {
 /// Everything recorded so far.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
-    orders: KindStats,
-    pings: KindStats,
+    kinds: [KindStats; 3],
     errors: BTreeMap<String, u64>,
     error_samples: Vec<String>,
+}
+
+/// One kind's counters now (sent, succeeded, failed) and latency since the previous report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct KindWindow {
+    counts: (u64, u64, u64),
+    latency: Latency,
 }
 
 /// Counters now and latencies since the previous progress report.
 #[derive(Debug, Clone)]
 pub struct Window {
-    orders: (u64, u64, u64),
-    pings: (u64, u64, u64),
-    order_latency: Latency,
-    ping_latency: Latency,
+    kinds: [KindWindow; 3],
     errors: BTreeMap<String, u64>,
 }
 
 impl Stats {
     fn kind(&mut self, kind: Kind) -> &mut KindStats {
-        match kind {
-            Kind::Order => &mut self.orders,
-            Kind::Ping => &mut self.pings,
-        }
+        &mut self.kinds[kind.index()]
     }
 
     /// A request that succeeded.
@@ -85,28 +107,26 @@ impl Stats {
     pub fn record_failure(&mut self, kind: Kind, latency: Duration, cause: String, detail: String) {
         self.kind(kind).record(latency, false);
         if self.error_samples.len() < ERROR_SAMPLES {
-            let what = match kind {
-                Kind::Order => "order",
-                Kind::Ping => "ping",
-            };
             self.error_samples
-                .push(format!("{what}: {cause}: {}", detail.trim()));
+                .push(format!("{}: {cause}: {}", kind.name(), detail.trim()));
         }
         *self.errors.entry(cause).or_default() += 1;
     }
 
     /// The counters, and the latencies since the last call (which starts a new window).
     pub fn take_window(&mut self) -> Window {
-        let window = Window {
-            orders: (self.orders.sent, self.orders.succeeded, self.orders.failed),
-            pings: (self.pings.sent, self.pings.succeeded, self.pings.failed),
-            order_latency: Latency::of(&mut self.orders.window_us),
-            ping_latency: Latency::of(&mut self.pings.window_us),
+        let kinds = self.kinds.each_mut().map(|stats| {
+            let window = KindWindow {
+                counts: (stats.sent, stats.succeeded, stats.failed),
+                latency: Latency::of(&mut stats.window_us),
+            };
+            stats.window_us.clear();
+            window
+        });
+        Window {
+            kinds,
             errors: self.errors.clone(),
-        };
-        self.orders.window_us.clear();
-        self.pings.window_us.clear();
-        window
+        }
     }
 }
 
@@ -182,7 +202,9 @@ pub struct Summary {
     pub drivers: usize,
     /// Riders simulated.
     pub riders: usize,
-    /// Orders.
+    /// Quotes riders asked for before ordering.
+    pub quotes: KindSummary,
+    /// Orders (placed with the quote's id when the quote had one).
     pub orders: KindSummary,
     /// Driver locations.
     pub pings: KindSummary,
@@ -245,8 +267,9 @@ impl Summary {
             duration_secs: (seconds * 10.0).round() / 10.0,
             drivers: settings.drivers,
             riders: settings.riders,
-            orders: kind(&stats.orders),
-            pings: kind(&stats.pings),
+            quotes: kind(&stats.kinds[Kind::Quote.index()]),
+            orders: kind(&stats.kinds[Kind::Order.index()]),
+            pings: kind(&stats.kinds[Kind::Ping.index()]),
             errors: stats.errors.clone(),
             error_samples: stats.error_samples.clone(),
             hotspots: hotspots.iter().map(|p| [p.lat, p.lng]).collect(),
@@ -279,6 +302,7 @@ impl fmt::Display for Summary {
             "Simulated {} drivers and {} riders for {:.1} s against {} (seed {})",
             self.drivers, self.riders, self.duration_secs, self.target, self.seed
         )?;
+        kind_line(f, "quotes", &self.quotes)?;
         kind_line(f, "orders", &self.orders)?;
         kind_line(f, "pings", &self.pings)?;
         if self.errors.is_empty() {
@@ -321,7 +345,7 @@ enum Mode {
 pub struct Progress {
     mode: Mode,
     drawn: usize,
-    last: Option<(Duration, u64, u64)>,
+    last: Option<(Duration, [u64; 3])>,
 }
 
 impl Progress {
@@ -359,29 +383,28 @@ impl Progress {
         if self.mode == Mode::Quiet {
             return;
         }
-        let (orders, pings) = (window.orders.0, window.pings.0);
-        let (order_rate, ping_rate) = match self.last {
-            Some((at, last_orders, last_pings)) => {
+        let sent = window.kinds.map(|kind| kind.counts.0);
+        let rates = match self.last {
+            Some((at, last)) => {
                 let seconds = (elapsed - at).as_secs_f64().max(f64::EPSILON);
-                (
-                    (orders - last_orders) as f64 / seconds,
-                    (pings - last_pings) as f64 / seconds,
-                )
+                std::array::from_fn(|i| (sent[i] - last[i]) as f64 / seconds)
             }
-            None => (0.0, 0.0),
+            None => [0.0; 3],
         };
-        self.last = Some((elapsed, orders, pings));
+        self.last = Some((elapsed, sent));
         let clock = format!(
             "{:02}:{:02}",
             elapsed.as_secs() / 60,
             elapsed.as_secs() % 60
         );
-        let kind = |name: &str, (sent, ok, failed): (u64, u64, u64), rate: f64, l: Latency| {
+        let kind_lines = Kind::ALL.map(|kind| {
+            let KindWindow { counts: (sent, ok, failed), latency } = window.kinds[kind.index()];
+            let (name, rate) = (kind.name(), rates[kind.index()]);
             format!(
                 "  {name:<7}{sent:>9} sent {ok:>9} ok {failed:>7} failed {rate:>8.1}/s   p50 {:.1} ms  p99 {:.1} ms",
-                l.p50, l.p99
+                latency.p50, latency.p99
             )
-        };
+        });
         let errors = if window.errors.is_empty() {
             "none".to_owned()
         } else {
@@ -397,10 +420,12 @@ impl Progress {
             .take(3)
             .map(|cell| format!("{} ×{:.2}", cell.h3, cell.multiplier))
             .collect();
+        let [quotes_line, orders_line, pings_line] = kind_lines;
         let lines = [
             format!("pulse simulate  {clock}"),
-            kind("orders", window.orders, order_rate, window.order_latency),
-            kind("pings", window.pings, ping_rate, window.ping_latency),
+            quotes_line,
+            orders_line,
+            pings_line,
             format!("  errors   {errors}"),
             format!(
                 "  hottest  {}",
@@ -423,11 +448,16 @@ impl Progress {
                     .iter()
                     .try_for_each(|line| writeln!(err, "\x1b[2K{line}"))
             }
-            Mode::Lines => writeln!(
-                err,
-                "[{clock}] orders {orders} ({} failed)  pings {pings} ({} failed)  errors: {errors}",
-                window.orders.2, window.pings.2
-            ),
+            Mode::Lines => {
+                let counts: Vec<String> = Kind::ALL
+                    .iter()
+                    .map(|kind| {
+                        let (sent, _, failed) = window.kinds[kind.index()].counts;
+                        format!("{} {sent} ({failed} failed)", kind.name())
+                    })
+                    .collect();
+                writeln!(err, "[{clock}] {}  errors: {errors}", counts.join("  "))
+            }
             Mode::Quiet => Ok(()),
         };
     }
@@ -471,13 +501,16 @@ mod tests {
             );
         }
         let window = stats.take_window();
-        assert_eq!(window.orders, (1, 1, 0));
-        assert_eq!(window.pings, (7, 0, 7));
+        assert_eq!(window.kinds[Kind::Order.index()].counts, (1, 1, 0));
+        assert_eq!(window.kinds[Kind::Ping.index()].counts, (7, 0, 7));
         assert_eq!(stats.errors["HTTP 503"], 7);
         assert_eq!(stats.error_samples.len(), ERROR_SAMPLES);
-        assert!(stats.error_samples[0].starts_with("ping: HTTP 503"));
+        assert!(stats.error_samples[0].starts_with("pings: HTTP 503"));
         // A new window starts empty.
-        assert_eq!(stats.take_window().order_latency, Latency::default());
+        assert_eq!(
+            stats.take_window().kinds[Kind::Order.index()].latency,
+            Latency::default()
+        );
     }
 
     #[test]

@@ -66,6 +66,8 @@ async fn the_simulator_fills_the_city_and_its_summary_matches_the_server() {
         "{summary}"
     );
     assert_eq!(summary["errors"], serde_json::json!({}));
+    // Every rider asked for a quote first.
+    assert_eq!(summary["quotes"]["succeeded"], orders["sent"], "{summary}");
     assert_eq!(summary["seed"], 5);
 
     // The server recorded exactly the orders the summary counts.
@@ -80,6 +82,14 @@ async fn the_simulator_fills_the_city_and_its_summary_matches_the_server() {
         .await
         .expect("count orders");
     assert_eq!(stored as u64, placed);
+    // …each at the price its quote locked.
+    let priced: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM orders WHERE quote_id IS NOT NULL AND price_total IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("count priced orders");
+    assert_eq!(priced as u64, placed);
     pool.close().await;
 
     // Surge shows up near every hotspot (demand outruns the few drivers there).
