@@ -90,9 +90,16 @@ impl Database {
     /// SQLite file when missing, and checks that the database answers.
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // The server ends a statement (or a transaction left idle) that runs past the
+            // acquire timeout, so a slow query cannot hold a connection and its locks for long.
+            let limit = format!("{}ms", options.acquire_timeout.as_millis().max(1));
             let connect = PgConnectOptions::from_str(url)
                 .map_err(|err| StoreError::InvalidUrl(err.to_string()))?
-                .application_name("pulse");
+                .application_name("pulse")
+                .options([
+                    ("statement_timeout", limit.as_str()),
+                    ("idle_in_transaction_session_timeout", limit.as_str()),
+                ]);
             let pool = PgPoolOptions::new()
                 .max_connections(options.max_connections)
                 .acquire_timeout(options.acquire_timeout)

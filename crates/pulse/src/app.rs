@@ -143,6 +143,7 @@ impl Application {
                 log: backends.log.clone(),
                 clock: clock.clone(),
                 surge: feed,
+                request_timeout: backend_timeout,
             });
             (api, pulse_http::map_page::routes())
         } else {

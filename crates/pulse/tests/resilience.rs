@@ -181,6 +181,22 @@ async fn orders_accepted_while_kafka_is_down_all_arrive_once_it_is_back() {
     kafka.services("down");
     // Orders are still accepted: they wait in the outbox.
     seed_cell(&[&app], lat, lng, 0, 3).await;
+    // A driver location needs the log: refused within the request deadline, not after Kafka's
+    // 30 s delivery timeout. (The producer may still deliver it once Kafka is back, as with any
+    // timed-out request, so it reports from another cell than the one measured here.)
+    let asked = std::time::Instant::now();
+    let (status, answer) = app
+        .post_json(
+            "/api/v1/drivers/d-outage/location",
+            &serde_json::json!({ "lat": lat + 1.0, "lng": lng, "available": true }),
+        )
+        .await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
     let started = std::time::Instant::now();
     loop {
         let (status, ready) = app.get_json("/readyz").await;

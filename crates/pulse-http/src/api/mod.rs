@@ -39,11 +39,15 @@ pub struct ApiState {
     pub clock: SharedClock,
     /// Live surge cells and drivers for the map.
     pub surge: SurgeFeed,
+    /// Longest an API request may take (the live stream excepted): past it the client gets
+    /// 503, whatever backend is slow.
+    pub request_timeout: Duration,
 }
 
 /// The `/api/v1` routes.
 pub fn routes(state: ApiState) -> Router {
-    Router::new()
+    let timeout = state.request_timeout;
+    let bounded = Router::new()
         .route("/orders", post(orders::place))
         .route("/orders/{order_id}", get(orders::get))
         .route(
@@ -52,9 +56,35 @@ pub fn routes(state: ApiState) -> Router {
         )
         .route("/quote", get(quotes::quote))
         .route("/surge/cells", get(surge::cells))
-        .route("/surge/stream", get(surge::stream))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            deadline(timeout, request, next)
+        }));
+    // The stream is meant to stay open; it ends with the process instead.
+    let streams = Router::new().route("/surge/stream", get(surge::stream));
+    bounded
+        .merge(streams)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_API_BODY_BYTES))
         .with_state(state)
+}
+
+/// Answers 503 when a request outlives `timeout`, so a hung backend (a stopped PostgreSQL, a
+/// Kafka that does not acknowledge) costs a client at most that long. The work is dropped: a
+/// transaction not yet committed rolls back, and an order that did commit is found again by its
+/// `Idempotency-Key` on retry.
+async fn deadline(
+    timeout: Duration,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::unavailable(format!(
+            "a backend did not answer within {timeout:?}; retry (with the same Idempotency-Key \
+             for orders)"
+        ))
+        .into_response(),
+    }
 }
 
 /// `{"lat": .., "lng": ..}` in a request body.
