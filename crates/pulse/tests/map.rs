@@ -52,9 +52,9 @@ impl EventStream {
                 let data = serde_json::from_str(&data).expect("event data is JSON");
                 return (name, data);
             }
-            let chunk = tokio::time::timeout(Duration::from_secs(20), self.response.chunk())
+            let chunk = tokio::time::timeout(Duration::from_secs(60), self.response.chunk())
                 .await
-                .expect("an event within 20 s")
+                .expect("an event within 60 s")
                 .expect("stream read")
                 .expect("stream stays open");
             self.buffer
@@ -88,8 +88,9 @@ async fn the_map_follows_a_surging_cell(app: &TestApp) {
         if let Some(cell) = cell_in(&update["cells"], &h3).filter(|c| c["multiplier"] == 2.5) {
             break cell.clone();
         }
+        // Generous: on Kafka a fresh engine joins its group first, with the suite sharing 2 cores.
         assert!(
-            started.elapsed() < Duration::from_secs(30),
+            started.elapsed() < Duration::from_secs(90),
             "no 2.5 for {h3}"
         );
     };
