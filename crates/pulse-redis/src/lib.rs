@@ -51,11 +51,15 @@ impl std::fmt::Debug for RedisCache {
 }
 
 fn redis_error(err: RedisError) -> PortError {
+    // Besides I/O trouble, replies such as LOADING (a restarted Redis reading its data),
+    // TRYAGAIN or MASTERDOWN say "not now": an outage to wait out, not a bad command.
+    let transient = !matches!(err.retry_method(), redis::RetryMethod::NoRetry);
     let outage = err.is_io_error()
         || err.is_timeout()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
-        || err.is_unrecoverable_error();
+        || err.is_unrecoverable_error()
+        || transient;
     if outage {
         PortError::unavailable(BACKEND, err)
     } else {

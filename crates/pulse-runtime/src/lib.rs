@@ -226,17 +226,23 @@ pub fn cancel_on_signals(shutdown: CancellationToken) {
     });
 }
 
+/// SIGTERM, SIGINT (Ctrl-C) or SIGHUP (the terminal went away): all mean "drain and stop"; Pulse
+/// has nothing to reload.
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(mut terminate), Ok(mut hangup)) => {
             tokio::select! {
                 _ = terminate.recv() => {}
+                _ = hangup.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
         }
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops Pulse");
+        (Err(err), _) | (_, Err(err)) => {
+            tracing::warn!(error = %err, "cannot listen for SIGTERM/SIGHUP; only Ctrl-C stops Pulse");
             let _ = tokio::signal::ctrl_c().await;
         }
     }

@@ -341,3 +341,16 @@ async fn with_an_otlp_endpoint_spans_are_exported_over_http() {
     assert_eq!(content_type, "application/x-protobuf");
     assert!(size > 0, "spans in the export");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_drains_and_exits_zero_like_sigterm() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut child = start_up(data_dir.path(), port);
+    wait_healthy(port, &mut child).await;
+    signal(&child, "HUP");
+    let output = wait_with_deadline(child, Duration::from_secs(15));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(stderr.contains("pulse stopped"), "{stderr}");
+}

@@ -171,3 +171,49 @@ async fn a_request_without_traceparent_starts_a_trace_and_names_it() {
     assert!(health.headers().get("traceparent").is_none());
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_location_is_one_trace_from_http_to_the_engine() {
+    exporter();
+    let app = TestApp::spawn(|_| {}).await;
+    let (trace, caller, traceparent) = caller_context();
+    let (lat, lng) = unique_point();
+    let response = client()
+        .post(format!(
+            "{}/api/v1/drivers/traced-driver/location",
+            app.base
+        ))
+        .header("traceparent", &traceparent)
+        .json(&json!({ "lat": lat, "lng": lng, "available": true }))
+        .send()
+        .await
+        .expect("location request");
+    assert_eq!(response.status(), 202);
+    let started = Instant::now();
+    loop {
+        let spans: Vec<SpanData> = exporter()
+            .get_finished_spans()
+            .expect("finished spans")
+            .into_iter()
+            .filter(|span| span.span_context.trace_id() == trace)
+            .collect();
+        let named = |name: &str| spans.iter().find(|span| span.name == name);
+        if let (Some(http), Some(consume), Some(write)) = (
+            named("POST /api/v1/drivers/{driver_id}/location"),
+            named("supply.updates process"),
+            named("surge window update"),
+        ) {
+            assert_eq!(http.parent_span_id, caller);
+            assert_eq!(consume.parent_span_id, http.span_context.span_id());
+            assert_eq!(write.parent_span_id, consume.span_context.span_id());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no engine span for the ping; spans: {:?}",
+            spans.iter().map(|span| &span.name).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.stop().await;
+}

@@ -8,6 +8,7 @@ use pulse_core::log::OutgoingRecord;
 use pulse_proto::v1::DriverLocationUpdated;
 use pulse_proto::Message;
 use pulse_surge::engine::SUPPLY_TOPIC;
+use pulse_trace::TraceContext;
 use serde::{Deserialize, Serialize};
 
 use super::{rfc3339, to_point, ApiJson, ApiState};
@@ -64,7 +65,13 @@ pub(crate) async fn report_location(
         lat: point.lat(),
         lng: point.lng(),
     };
-    let record = OutgoingRecord::keyed(driver_id.clone(), event.encode_to_vec());
+    let mut record = OutgoingRecord::keyed(driver_id.clone(), event.encode_to_vec());
+    // The engine's span for this ping joins the request's trace (when traces are recorded).
+    if let Some(trace) = TraceContext::current() {
+        for (name, value) in trace.headers() {
+            record = record.with_header(name, value.to_owned());
+        }
+    }
     // Accepted only once the log holds it durably.
     state
         .log
