@@ -268,10 +268,15 @@ impl MemoryCache {
     ) -> PortResult<()> {
         // Remember what the batch touches so a failing write can be rolled back: no reader can
         // observe the batch half-applied because the lock is held throughout.
-        let mut before: Vec<(String, Option<Entry>)> = Vec::with_capacity(writes.len());
+        // One snapshot per key (not per write): a batch of many index writes to one key must not
+        // copy the whole index once per write.
+        let mut before: Vec<(String, Option<Entry>)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for write in &writes {
             let key = write.key();
-            before.push((key.to_owned(), entries.get(key).cloned()));
+            if seen.insert(key) {
+                before.push((key.to_owned(), entries.get(key).cloned()));
+            }
         }
         for write in writes {
             if let Err(err) = self.apply_one(entries, write, now) {

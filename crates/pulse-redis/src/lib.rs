@@ -53,7 +53,8 @@ impl std::fmt::Debug for RedisCache {
 fn redis_error(err: RedisError) -> PortError {
     // Besides I/O trouble, replies such as LOADING (a restarted Redis reading its data),
     // TRYAGAIN or MASTERDOWN say "not now": an outage to wait out, not a bad command.
-    let transient = !matches!(err.retry_method(), redis::RetryMethod::NoRetry);
+    // (Cluster redirects, MOVED/ASK, stay configuration errors: Pulse speaks to one Redis.)
+    let transient = matches!(err.retry_method(), redis::RetryMethod::WaitAndRetry);
     let outage = err.is_io_error()
         || err.is_timeout()
         || err.is_connection_dropped()

@@ -8,7 +8,7 @@
 //! a hung backend) and the state as a metric.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use failsafe::failure_policy::{self, ConsecutiveFailures};
@@ -163,6 +163,10 @@ pub struct Breaker {
     machine: Machine,
     state: Arc<AtomicU8>,
     probing: Arc<AtomicBool>,
+    /// Serialises the state machine's transitions with the state they report: failsafe calls
+    /// its instrument after releasing its own lock, so without this a late `on_half_open` could
+    /// overwrite a newer `on_closed` and leave `admit` believing the breaker half-open.
+    transitions: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for Breaker {
@@ -186,11 +190,13 @@ pub struct Permit {
 impl Permit {
     /// The call worked (or failed in a way that says nothing about the backend's health).
     pub fn succeeded(self) {
+        let _transition = self.breaker.lock();
         self.breaker.machine.on_success();
     }
 
     /// The backend failed or did not answer in time.
     pub fn failed(self) {
+        let _transition = self.breaker.lock();
         self.breaker.machine.on_error();
     }
 }
@@ -222,7 +228,15 @@ impl Breaker {
             machine: StateMachine::new(policy, reporter),
             state,
             probing: Arc::new(AtomicBool::new(false)),
+            transitions: Arc::new(Mutex::new(())),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // Guards no data, so a panic while holding it leaves nothing half-done.
+        self.transitions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The breaker's name.
@@ -238,6 +252,7 @@ impl Breaker {
     /// Leave to call the backend, or `None` when the breaker refuses (open, or half-open with
     /// its probe already out).
     pub fn admit(&self) -> Option<Permit> {
+        let _transition = self.lock();
         if !self.machine.is_call_permitted() {
             return None;
         }

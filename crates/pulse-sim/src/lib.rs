@@ -57,19 +57,26 @@ impl SimSettings {
     /// Checks the settings, with a message naming the flag at fault.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.target.starts_with("http://") || self.target.starts_with("https://"),
+            self.target.starts_with("http://"),
             "--target must be an http:// URL, got {:?}",
             self.target
         );
         anyhow::ensure!(
-            self.order_rate.is_finite() && self.order_rate >= 0.0,
-            "--rate must be a number of orders per second, at least 0"
+            self.order_rate.is_finite() && (0.0..=10_000.0).contains(&self.order_rate),
+            "--rate must be between 0 and 10000 orders per second"
+        );
+        anyhow::ensure!(
+            self.drivers <= 100_000 && self.hotspots <= 100 && self.riders <= 10_000_000,
+            "at most 100000 drivers, 10000000 riders and 100 hotspots"
         );
         anyhow::ensure!(
             self.riders > 0 || self.order_rate == 0.0,
             "--riders must be at least 1 when --rate is above 0"
         );
-        anyhow::ensure!(self.concurrency > 0, "--concurrency must be at least 1");
+        anyhow::ensure!(
+            (1..=4096).contains(&self.concurrency),
+            "--concurrency must be between 1 and 4096"
+        );
         anyhow::ensure!(
             self.ping_interval >= TICK,
             "--ping-interval must be at least {} ms",

@@ -85,6 +85,35 @@ pub enum Database {
     Sqlite(SqlitePool),
 }
 
+/// Runs the PostgreSQL migrations on one connection without the pool's statement timeouts: a
+/// migration may wait for another process's migration lock, or take longer than a query may.
+async fn migrate_postgres(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    use sqlx::migrate::MigrateError;
+    let mut conn = pool.acquire().await.map_err(MigrateError::Execute)?;
+    for setting in ["statement_timeout", "idle_in_transaction_session_timeout"] {
+        sqlx::query(&format!("SET {setting} = 0"))
+            .execute(&mut *conn)
+            .await
+            .map_err(MigrateError::Execute)?;
+    }
+    let result = sqlx::migrate!("./migrations/postgres")
+        .run(&mut *conn)
+        .await;
+    // Back to the connection's defaults (the pool's timeouts) before it returns to the pool;
+    // if that fails the connection is dropped instead of reused.
+    for setting in ["statement_timeout", "idle_in_transaction_session_timeout"] {
+        if sqlx::query(&format!("RESET {setting}"))
+            .execute(&mut *conn)
+            .await
+            .is_err()
+        {
+            conn.detach();
+            break;
+        }
+    }
+    result
+}
+
 impl Database {
     /// Connects to `url` (`postgres://…`, `postgresql://…` or `sqlite://path`), creating the
     /// SQLite file when missing, and checks that the database answers.
@@ -145,7 +174,7 @@ impl Database {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let backend = self.backend();
         let result = match self {
-            Self::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await,
+            Self::Postgres(pool) => migrate_postgres(pool).await,
             Self::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await,
         };
         result.map_err(|source| StoreError::Migrate { backend, source })?;

@@ -55,8 +55,8 @@ pub enum Command {
     },
     /// Drive a running Pulse with a simulated city of drivers and riders, over its HTTP API
     Simulate {
-        /// Base URL of the Pulse to drive
-        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+        /// Base URL of the Pulse to drive (http://)
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080", value_parser = parse_target)]
         target: String,
         /// How long to run, e.g. 90s or 10m (0 = until Ctrl-C)
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -85,18 +85,18 @@ pub enum Command {
 /// The simulated city (`simulate` and `demo`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct CityArgs {
-    /// Drivers moving around and reporting their location
-    #[arg(long, default_value_t = 500)]
-    pub drivers: usize,
-    /// Riders placing orders
-    #[arg(long, default_value_t = 1000)]
-    pub riders: usize,
-    /// Orders per second over the whole city
-    #[arg(long, value_name = "PER_SECOND", default_value_t = 20.0)]
+    /// Drivers moving around and reporting their location (at most 100000)
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(..=100_000))]
+    pub drivers: u32,
+    /// Riders placing orders (1 to 10000000)
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub riders: u32,
+    /// Orders per second over the whole city (0 to 10000)
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 20.0, value_parser = parse_rate)]
     pub rate: f64,
-    /// Demand hotspots (they drift over time)
-    #[arg(long, default_value_t = 3)]
-    pub hotspots: usize,
+    /// Demand hotspots, drifting over time (at most 100)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(..=100))]
+    pub hotspots: u32,
     /// Time between two location reports of one driver
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
@@ -106,10 +106,34 @@ pub struct CityArgs {
     /// Seed of every random choice: the same seed sends the same requests (default: random)
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Most requests in flight at once
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: usize,
+    /// Most requests in flight at once (1 to 4096)
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub concurrency: u32,
 }
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of orders per second"))?;
+    if (0.0..=MAX_ORDER_RATE).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "must be between 0 and {MAX_ORDER_RATE} orders per second"
+        ))
+    }
+}
+
+fn parse_target(text: &str) -> Result<String, String> {
+    if text.starts_with("http://") {
+        Ok(text.to_owned())
+    } else {
+        Err("must be an http:// URL (this build speaks plain HTTP only)".to_owned())
+    }
+}
+
+/// Highest `--rate`: far beyond what one machine serves, low enough to keep a tick's orders small.
+const MAX_ORDER_RATE: f64 = 10_000.0;
 
 impl CityArgs {
     /// Simulator settings against `target` for `duration` (zero = until stopped).
@@ -123,15 +147,15 @@ impl CityArgs {
         });
         SimSettings {
             target,
-            drivers: self.drivers,
-            riders: self.riders,
+            drivers: self.drivers as usize,
+            riders: self.riders as usize,
             order_rate: self.rate,
-            hotspots: self.hotspots,
+            hotspots: self.hotspots as usize,
             ping_interval: self.ping_interval,
             city: self.city,
             seed,
             duration: (!duration.is_zero()).then_some(duration),
-            concurrency: self.concurrency,
+            concurrency: self.concurrency as usize,
         }
     }
 }

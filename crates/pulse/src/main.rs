@@ -114,9 +114,15 @@ async fn demo(
     city: &CityArgs,
     duration: std::time::Duration,
 ) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    pulse_runtime::cancel_on_signals(shutdown.clone());
-    let app = Application::build(config, Role::ALL.into_iter().collect(), shutdown.clone())
+    // Ctrl-C stops the city first; its requests in flight finish, then Pulse drains. A Pulse
+    // that stops on its own (a failed task) stops the city too.
+    let city_stop = CancellationToken::new();
+    pulse_runtime::cancel_on_signals(city_stop.clone());
+    let pulse_stop = CancellationToken::new();
+    // Checked before Pulse starts, so a bad value costs no start-up.
+    city.settings(String::from("http://127.0.0.1"), duration)
+        .validate()?;
+    let app = Application::build(config, Role::ALL.into_iter().collect(), pulse_stop.clone())
         .await
         .context("pulse could not start")?;
     let host = match config.listen.ip() {
@@ -124,7 +130,14 @@ async fn demo(
         ip => ip,
     };
     let url = format!("http://{}", std::net::SocketAddr::new(host, app.port()));
-    let running = tokio::spawn(app.run_until_stopped());
+    let running = {
+        let city_stop = city_stop.clone();
+        tokio::spawn(async move {
+            let outcome = app.run_until_stopped().await;
+            city_stop.cancel();
+            outcome
+        })
+    };
     let settings = city.settings(url.clone(), duration);
     eprintln!(
         "\n  Pulse is running (embedded data in {}).\n  Watch the live surge map: {url}/\n  \
@@ -134,8 +147,8 @@ async fn demo(
         settings.riders,
         settings.seed
     );
-    let outcome = pulse_sim::run(settings, shutdown.clone(), Progress::stderr()).await;
-    shutdown.cancel();
+    let outcome = pulse_sim::run(settings, city_stop, Progress::stderr()).await;
+    pulse_stop.cancel();
     running.await.context("pulse task")??;
     print_summary(&outcome?, false)
 }

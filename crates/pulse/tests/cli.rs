@@ -284,6 +284,15 @@ fn a_bad_simulator_flag_is_one_line_and_exit_code_2() {
     assert!(line.contains("four numbers"), "{line}");
     let line = expect_failure(pulse().args(["simulate", "--duration", "soon"]), 2);
     assert!(line.contains("--duration"), "{line}");
+    for (flag, value) in [
+        ("--concurrency", "0"),
+        ("--rate", "1e18"),
+        ("--drivers", "1000000"),
+        ("--target", "https://pulse.example"),
+    ] {
+        let line = expect_failure(pulse().args(["simulate", flag, value]), 2);
+        assert!(line.contains(flag), "{line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,26 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::TestApp;
+use common::{metric_sum, TestApp};
 use pulse_runtime::CancellationToken;
 use pulse_sim::city::CityBox;
 use pulse_sim::report::Progress;
 use pulse_sim::SimSettings;
-
-/// The sum of every sample of `name` whose labels contain all of `labels`.
-fn sum(page: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    let mut found = None;
-    for line in page.lines().filter(|line| !line.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let metric = series.split('{').next().unwrap_or(series);
-        if metric == name && labels.iter().all(|label| series.contains(label)) {
-            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    found
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_metrics_are_present_and_moving_after_a_scripted_run() {
@@ -107,11 +92,13 @@ async fn the_operator_metrics_are_present_and_moving_after_a_scripted_run() {
         assert_eq!(status, 200);
         let missing: Vec<String> = moving
             .iter()
-            .filter(|(name, labels)| !sum(&page, name, labels).is_some_and(|total| total > 0.0))
+            .filter(|(name, labels)| {
+                !metric_sum(&page, name, labels).is_some_and(|total| total > 0.0)
+            })
             .chain(
                 present
                     .iter()
-                    .filter(|(name, labels)| sum(&page, name, labels).is_none()),
+                    .filter(|(name, labels)| metric_sum(&page, name, labels).is_none()),
             )
             .map(|(name, labels)| format!("{name}{labels:?}"))
             .collect();

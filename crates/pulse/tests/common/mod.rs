@@ -275,3 +275,18 @@ impl Drop for OwnRedis {
         let _ = self.child.kill();
     }
 }
+
+/// The sum of every sample of `name` whose labels contain all of `labels`.
+pub fn metric_sum(page: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let mut found = None;
+    for line in page.lines().filter(|line| !line.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let metric = series.split('{').next().unwrap_or(series);
+        if metric == name && labels.iter().all(|label| series.contains(label)) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    found
+}
