@@ -89,6 +89,8 @@ pub const ENGINE_BATCH_FAILURES_TOTAL: &str = "pulse_engine_batch_failures_total
 pub const CONSUMER_LAG: &str = "pulse_consumer_lag";
 /// How often the consumer lag is measured.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest the engine waits for one lag measurement.
+const LAG_BUDGET: Duration = Duration::from_secs(1);
 /// Cells the engine currently keeps fresh.
 pub const ACTIVE_CELLS: &str = "pulse_surge_active_cells";
 /// Distribution of published multipliers.
@@ -304,7 +306,11 @@ impl SurgeEngine {
             }
             if Instant::now() >= next_lag {
                 next_lag = Instant::now() + LAG_INTERVAL;
-                report_lag(consumer.as_mut(), &mut lag_reported).await;
+                // Measuring asks the broker; a slow or absent one must not hold up consuming.
+                let measured = report_lag(consumer.as_mut(), &mut lag_reported);
+                if tokio::time::timeout(LAG_BUDGET, measured).await.is_err() {
+                    tracing::debug!("consumer lag not measured within {LAG_BUDGET:?}");
+                }
             }
         }
         if let Err(err) = self.flush().await {

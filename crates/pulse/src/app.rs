@@ -23,7 +23,7 @@ use pulse_surge::pricing::Tariff;
 use pulse_surge::quotes::{QuoteService, QuoteSettings};
 
 use crate::backends::{redact, Backends};
-use crate::config::Config;
+use crate::config::{CacheTarget, Config};
 
 /// How often expired entries are swept from the in-process cache.
 const MEMORY_CACHE_SWEEP: Duration = Duration::from_secs(30);
@@ -54,6 +54,9 @@ fn engine_settings(config: &Config) -> EngineSettings {
         elasticity: config.surge.elasticity,
         surge_ttl: Duration::from_secs(config.surge.surge_ttl_secs),
         tick: Duration::from_millis(config.surge.tick_ms),
+        // Only an in-process cache loses the windows on a restart; Redis keeps them, so a
+        // restarted engine resumes from its committed offsets instead of seeking back.
+        replay_window_on_start: matches!(config.cache_target(), Ok(CacheTarget::Memory)),
         ..EngineSettings::default()
     }
 }
