@@ -56,7 +56,8 @@ fn engine_settings(config: &Config) -> EngineSettings {
         tick: Duration::from_millis(config.surge.tick_ms),
         // Only an in-process cache loses the windows on a restart; Redis keeps them, so a
         // restarted engine resumes from its committed offsets instead of seeking back.
-        replay_window_on_start: matches!(config.cache_target(), Ok(CacheTarget::Memory)),
+        replay_window_on_start: config.surge.replay_on_start
+            || matches!(config.cache_target(), Ok(CacheTarget::Memory)),
         ..EngineSettings::default()
     }
 }

@@ -85,6 +85,10 @@ pub struct SurgeConfig {
     pub surge_ttl_secs: u64,
     /// How often active cells are recomputed without new events, milliseconds.
     pub tick_ms: u64,
+    /// Re-read the last window of both topics when an engine starts, also with Redis (which
+    /// keeps the windows across restarts; turn this on to rebuild them after Redis lost its
+    /// data). An engine on the in-process cache always replays.
+    pub replay_on_start: bool,
 }
 
 impl Default for SurgeConfig {
@@ -95,6 +99,7 @@ impl Default for SurgeConfig {
             elasticity: 1.0,
             surge_ttl_secs: 60,
             tick_ms: 1_000,
+            replay_on_start: false,
         }
     }
 }
