@@ -57,6 +57,10 @@ struct KindStats {
     window_us: Vec<u32>,
 }
 
+/// Latency samples kept per kind for the summary: beyond this, a uniform sample of the run
+/// (reservoir sampling) keeps memory flat however long `pulse demo` runs.
+const MAX_SAMPLES: usize = 200_000;
+
 impl KindStats {
     fn record(&mut self, latency: Duration, ok: bool) {
         let micros = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
@@ -66,7 +70,14 @@ impl KindStats {
         } else {
             self.failed += 1;
         }
-        self.latencies_us.push(micros);
+        if self.latencies_us.len() < MAX_SAMPLES {
+            self.latencies_us.push(micros);
+        } else {
+            let slot = fastrand::u64(0..self.sent) as usize;
+            if slot < MAX_SAMPLES {
+                self.latencies_us[slot] = micros;
+            }
+        }
         self.window_us.push(micros);
     }
 }

@@ -21,6 +21,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 pub const TRACEPARENT: &str = "traceparent";
 /// The W3C header with vendor-specific trace state.
 pub const TRACESTATE: &str = "tracestate";
+/// Longest `tracestate` kept (the W3C limit).
+const MAX_TRACESTATE_CHARS: usize = 512;
 
 /// A W3C trace context, as its header values.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,9 +59,11 @@ impl TraceContext {
         }
         Some(Self {
             traceparent: traceparent.to_owned(),
+            // W3C caps the header at 512 characters; a longer one is dropped rather than stored
+            // with every outbox row and record.
             tracestate: get(TRACESTATE)
                 .map(str::trim)
-                .filter(|state| !state.is_empty())
+                .filter(|state| !state.is_empty() && state.len() <= MAX_TRACESTATE_CHARS)
                 .map(str::to_owned),
         })
     }
@@ -177,6 +181,17 @@ mod tests {
         ] {
             assert_eq!(read(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_oversized_tracestate_is_dropped() {
+        let long = "k=".to_owned() + &"v".repeat(600);
+        let read = TraceContext::from_headers(|name| match name {
+            TRACEPARENT => Some(PARENT),
+            _ => Some(long.as_str()),
+        })
+        .expect("valid traceparent");
+        assert_eq!(read.tracestate, None);
     }
 
     #[test]
