@@ -85,6 +85,18 @@ impl KafkaConsumer {
             .collect())
     }
 
+    async fn seek_partition(&self, tp: &TopicPartition, offset: i64) -> PortResult<()> {
+        let consumer = self.consumer.clone();
+        let timeout = self.options.request_timeout;
+        let (topic, partition) = (tp.topic.clone(), tp.partition as i32);
+        blocking(move || {
+            consumer
+                .seek(&topic, partition, Offset::Offset(offset), timeout)
+                .map_err(kafka_error)
+        })
+        .await
+    }
+
     /// Applies the pending seeks whose partitions are assigned now. A partition that was just
     /// assigned may not accept a seek until its first fetch starts; such seeks stay pending.
     async fn apply_pending_seeks(&mut self) -> PortResult<()> {
@@ -99,16 +111,7 @@ impl KafkaConsumer {
             .map(|(tp, offset)| (tp.clone(), *offset))
             .collect();
         for (tp, offset) in ready {
-            let consumer = self.consumer.clone();
-            let timeout = self.options.request_timeout;
-            let topic = tp.topic.clone();
-            let outcome = blocking(move || {
-                consumer
-                    .seek(&topic, tp.partition as i32, Offset::Offset(offset), timeout)
-                    .map_err(kafka_error)
-            })
-            .await;
-            match outcome {
+            match self.seek_partition(&tp, offset).await {
                 Ok(()) => {
                     self.pending_seeks.remove(&tp);
                 }
@@ -164,13 +167,30 @@ impl LogConsumer for KafkaConsumer {
                 Err(_) => break,
                 Ok(Ok(message)) => {
                     let record = to_record(&message);
+                    drop(message);
                     let tp = TopicPartition {
                         topic: record.position.topic.clone(),
                         partition: record.position.partition,
                     };
-                    // Records fetched before a pending seek of their partition are stale.
-                    if !self.pending_seeks.contains_key(&tp) {
-                        records.push(record);
+                    match self.pending_seeks.get(&tp).copied() {
+                        None => records.push(record),
+                        // Fetched before the seek of its partition took effect: the partition is
+                        // being fetched now, so the seek can be applied, and the record is stale.
+                        // A seek refused even now is given up and the record kept: a partition
+                        // must never stall (or lose records) behind a seek that cannot happen.
+                        Some(offset) => match self.seek_partition(&tp, offset).await {
+                            Ok(()) => {
+                                self.pending_seeks.remove(&tp);
+                            }
+                            Err(err) => {
+                                tracing::warn!(
+                                    error = %err, topic = %tp.topic, partition = tp.partition, offset,
+                                    "seek refused; reading on from the current position"
+                                );
+                                self.pending_seeks.remove(&tp);
+                                records.push(record);
+                            }
+                        },
                     }
                 }
                 // Transient consumption errors (a broker restarting) are retried by librdkafka.
