@@ -15,11 +15,11 @@ connections="${2:-32}"
 port="${PULSE_BENCH_PORT:-18080}"
 redis_port="${PULSE_BENCH_REDIS_PORT:-16379}"
 
-command -v wrk >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }
+# shellcheck source=bench/common.sh
+source bench/common.sh
+ensure_wrk
 command -v redis-server >/dev/null || scripts/services up redis >&2
-echo "[bench] building pulse (release)" >&2
-cargo build --release -q -p pulse
-binary="${CARGO_TARGET_DIR:-target}/release/pulse"
+binary="$(build_pulse)"
 
 data="$(mktemp -d)"
 redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no >"$data/redis.log" 2>&1 &
@@ -35,16 +35,7 @@ cleanup() {
   rm -rf "$data"
 }
 trap cleanup EXIT
-for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break
-  sleep 0.2
-done
-# A Pulse that could not start (port taken) must not let wrk measure someone else's.
-if ! kill -0 "$pulse_pid" 2>/dev/null; then
-  echo "[bench] pulse did not start:" >&2
-  cat "$data/pulse.log" >&2
-  exit 1
-fi
+wait_for_pulse "$pulse_pid" "$port" "$data/pulse.log"
 quote="http://127.0.0.1:$port/api/v1/quote?lat=37.7793&lng=-122.4192&dropoff_lat=37.80&dropoff_lng=-122.40"
 
 echo "== quotes, Redis healthy, $connections connections, $duration"

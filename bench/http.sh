@@ -14,10 +14,10 @@ duration="${2:-15s}"
 connections="${3:-32}"
 port="${PULSE_BENCH_PORT:-18080}"
 
-command -v wrk >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }
-echo "[bench] building pulse (release)" >&2
-cargo build --release -q -p pulse
-binary="${CARGO_TARGET_DIR:-target}/release/pulse"
+# shellcheck source=bench/common.sh
+source bench/common.sh
+ensure_wrk
+binary="$(build_pulse)"
 
 data="$(mktemp -d)"
 args=(up --listen "127.0.0.1:$port" --data-dir "$data" --log-level warn)
@@ -35,16 +35,7 @@ fi
 "$binary" "${args[@]}" 2>"$data/pulse.log" &
 pulse_pid=$!
 trap 'kill -TERM $pulse_pid 2>/dev/null; wait $pulse_pid 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break
-  sleep 0.2
-done
-# A Pulse that could not start (port taken) must not let wrk measure someone else's.
-if ! kill -0 "$pulse_pid" 2>/dev/null; then
-  echo "[bench] pulse did not start:" >&2
-  cat "$data/pulse.log" >&2
-  exit 1
-fi
+wait_for_pulse "$pulse_pid" "$port" "$data/pulse.log"
 
 echo "== $mode: quotes (GET /api/v1/quote), $connections connections, $duration"
 wrk -t1 -c"$connections" -d"$duration" --latency \

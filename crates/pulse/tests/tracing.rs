@@ -59,16 +59,21 @@ async fn place_traced_order(gateway: &TestApp, trace: TraceId, traceparent: &str
     assert!(returned.starts_with(&format!("00-{trace}-")), "{returned}");
 }
 
+/// The spans of `trace` exported so far.
+fn finished_spans(trace: TraceId) -> Vec<SpanData> {
+    exporter()
+        .get_finished_spans()
+        .expect("finished spans")
+        .into_iter()
+        .filter(|span| span.span_context.trace_id() == trace)
+        .collect()
+}
+
 /// Waits for the spans of `trace` down to the engine's cache write, and checks the chain.
 async fn the_order_is_one_trace(trace: TraceId, caller: SpanId) {
     let started = Instant::now();
     let spans: Vec<SpanData> = loop {
-        let spans: Vec<SpanData> = exporter()
-            .get_finished_spans()
-            .expect("finished spans")
-            .into_iter()
-            .filter(|span| span.span_context.trace_id() == trace)
-            .collect();
+        let spans = finished_spans(trace);
         if spans.iter().any(|span| span.name == "surge window update") {
             break spans;
         }
@@ -191,12 +196,7 @@ async fn a_driver_location_is_one_trace_from_http_to_the_engine() {
     assert_eq!(response.status(), 202);
     let started = Instant::now();
     loop {
-        let spans: Vec<SpanData> = exporter()
-            .get_finished_spans()
-            .expect("finished spans")
-            .into_iter()
-            .filter(|span| span.span_context.trace_id() == trace)
-            .collect();
+        let spans = finished_spans(trace);
         let named = |name: &str| spans.iter().find(|span| span.name == name);
         if let (Some(http), Some(consume), Some(write)) = (
             named("POST /api/v1/drivers/{driver_id}/location"),

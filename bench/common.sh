@@ -1,0 +1,29 @@
+# bench/common.sh — what the whole-system benchmarks share: wrk, a release build of Pulse, and
+# waiting for a started Pulse to answer (refusing to measure one it did not start). Sourced.
+
+# Installs wrk from Debian's packages when missing.
+ensure_wrk() {
+  command -v wrk >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }
+}
+
+# Builds Pulse in release mode and prints the binary's path.
+build_pulse() {
+  echo "[bench] building pulse (release)" >&2
+  cargo build --release -q -p pulse
+  echo "${CARGO_TARGET_DIR:-target}/release/pulse"
+}
+
+# wait_for_pulse PID PORT LOG — waits for /healthz; fails (showing LOG) when the process PID
+# died instead, e.g. because the port was taken by another Pulse.
+wait_for_pulse() {
+  local pid=$1 port=$2 log=$3
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break
+    sleep 0.2
+  done
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "[bench] pulse did not start:" >&2
+    cat "$log" >&2
+    exit 1
+  fi
+}
