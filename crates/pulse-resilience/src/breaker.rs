@@ -293,6 +293,17 @@ mod tests {
         )
     }
 
+    /// A breaker opened by three failures whose pause has passed: the next call may probe.
+    fn opened_and_paused() -> Breaker {
+        let breaker = breaker();
+        for _ in 0..3 {
+            breaker.admit().expect("closed").failed();
+        }
+        // The pause is jittered between half of 100 ms and 100 ms.
+        std::thread::sleep(Duration::from_millis(150));
+        breaker
+    }
+
     #[test]
     fn consecutive_failures_open_it_and_a_success_resets_the_count() {
         let breaker = breaker();
@@ -309,12 +320,7 @@ mod tests {
 
     #[test]
     fn after_the_pause_one_probe_goes_through_and_its_success_closes_it() {
-        let breaker = breaker();
-        for _ in 0..3 {
-            breaker.admit().expect("closed").failed();
-        }
-        // The pause is jittered between half of 100 ms and 100 ms.
-        std::thread::sleep(Duration::from_millis(150));
+        let breaker = opened_and_paused();
         let probe = breaker.admit().expect("a probe after the pause");
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
         assert!(breaker.admit().is_none(), "one probe at a time");
@@ -325,11 +331,7 @@ mod tests {
 
     #[test]
     fn a_failed_probe_opens_it_again() {
-        let breaker = breaker();
-        for _ in 0..3 {
-            breaker.admit().expect("closed").failed();
-        }
-        std::thread::sleep(Duration::from_millis(150));
+        let breaker = opened_and_paused();
         breaker.admit().expect("probe").failed();
         assert_eq!(breaker.state(), BreakerState::Open);
         assert!(breaker.admit().is_none());
@@ -337,11 +339,7 @@ mod tests {
 
     #[test]
     fn an_abandoned_probe_frees_the_slot() {
-        let breaker = breaker();
-        for _ in 0..3 {
-            breaker.admit().expect("closed").failed();
-        }
-        std::thread::sleep(Duration::from_millis(150));
+        let breaker = opened_and_paused();
         drop(breaker.admit().expect("probe"));
         assert!(breaker.admit().is_some(), "the next call may probe");
     }
