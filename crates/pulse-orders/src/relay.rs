@@ -62,6 +62,8 @@ pub struct Relay {
     log: Arc<dyn EventLog>,
     clock: SharedClock,
     settings: RelaySettings,
+    /// The batch claimed while the previous one was being sent.
+    claimed_next: Option<Vec<OutboxEvent>>,
 }
 
 /// The record of `event`, carrying its trace context: the relay span's when the trace is
@@ -108,11 +110,12 @@ impl Relay {
             log,
             clock,
             settings,
+            claimed_next: None,
         }
     }
 
-    /// Moves events until `shutdown`; a batch in flight is finished first.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Moves events until `shutdown`; the batches already claimed are finished first.
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut delays = backoff(RETRY_MIN, RETRY_MAX);
         let mut last_housekeeping: Option<Instant> = None;
         while !shutdown.is_cancelled() {
@@ -138,24 +141,53 @@ impl Relay {
                 }
             }
         }
+        if let Some(events) = self.claimed_next.take() {
+            if let Err(stage) = self.send(&events).await {
+                // Their lease lapses and another relay (or the next start) sends them.
+                tracing::warn!(stage, count = events.len(), "claimed outbox rows left for their lease to lapse");
+            }
+        }
         tracing::info!(relay = %self.id, "relay stopped");
     }
 
-    /// One round: claim, append, mark sent. Returns how many events moved, or the failing stage.
-    pub async fn relay_once(&self) -> Result<usize, &'static str> {
+    /// One round: sends the claimed batch (claiming one if none is), and claims the next batch
+    /// while the log takes this one. Returns how many events moved, or the failing stage.
+    ///
+    /// Claiming ahead keeps per-aggregate order: the rows in flight stay `PENDING` until marked
+    /// sent, and a claim passes over every event with an earlier pending one of its aggregate,
+    /// so the next batch never holds a successor of an event in this one.
+    pub async fn relay_once(&mut self) -> Result<usize, &'static str> {
+        let events = match self.claimed_next.take() {
+            Some(events) => events,
+            None => self.claim().await?,
+        };
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let (sent, next) = tokio::join!(self.send(&events), self.claim());
+        match next {
+            Ok(next) if !next.is_empty() => self.claimed_next = Some(next),
+            Ok(_) => {}
+            Err(stage) => metrics::counter!(RELAY_ERRORS_TOTAL, "stage" => stage).increment(1),
+        }
+        sent?;
+        Ok(events.len())
+    }
+
+    async fn claim(&self) -> Result<Vec<OutboxEvent>, &'static str> {
         let now = self.clock.now_ms();
         let lease_ms = self.settings.lease.as_millis() as i64;
-        let events = self
-            .outbox
+        self.outbox
             .claim(&self.id, self.settings.batch_size, lease_ms, now)
             .await
             .map_err(|err| {
                 tracing::warn!(error = %err, "outbox claim failed");
                 "claim"
-            })?;
-        if events.is_empty() {
-            return Ok(0);
-        }
+            })
+    }
+
+    /// Appends `events` to the log, then marks them sent.
+    async fn send(&self, events: &[OutboxEvent]) -> Result<(), &'static str> {
         // Appended per topic in claim order; one aggregate's events share a key, hence a
         // partition, hence their order.
         // Spans live until the log acknowledged their events.
@@ -191,11 +223,11 @@ impl Relay {
                 "mark_sent"
             })?;
         metrics::counter!(RELAY_PUBLISHED_TOTAL).increment(events.len() as u64);
-        for event in &events {
-            let lag_s = (acknowledged - event.created_at_ms).max(0) as f64 / 1_000.0;
-            metrics::histogram!(RELAY_LAG).record(lag_s);
+        let lag = metrics::histogram!(RELAY_LAG);
+        for event in events {
+            lag.record((acknowledged - event.created_at_ms).max(0) as f64 / 1_000.0);
         }
-        Ok(events.len())
+        Ok(())
     }
 
     async fn housekeeping(&self) {

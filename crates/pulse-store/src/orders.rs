@@ -284,20 +284,32 @@ impl Outbox for Database {
         let limit = limit.max(1) as i64;
         let mut claimed: Vec<(i64, OutboxEvent)> = match self {
             Database::Postgres(pool) => {
+                // Outbox statistics are stale by nature: a backlog builds up within seconds of
+                // the last ANALYZE. The plan must not depend on them, so the claim walks the
+                // pending index in `seq` order (no sort of the whole backlog: the walk stops at
+                // the limit), probes each candidate's aggregate through the full
+                // (aggregate_id, seq) index (`<> 'SENT'` keeps the partial pending index out of
+                // that probe), and updates the claimed rows by primary key (`= ANY(ARRAY(…))`;
+                // `IN (…)` may hash-join against the whole table).
+                let mut tx = pool.begin().await.map_err(unavailable)?;
+                sqlx::query("SET LOCAL enable_sort = off")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
                 let rows = sqlx::query(
                     "UPDATE outbox_events o
                      SET claimed_by = $1, claimed_until_ms = $2 + $3, attempts = o.attempts + 1
-                     WHERE o.id IN (
+                     WHERE o.id = ANY(ARRAY(
                          SELECT e.id FROM outbox_events e
                          WHERE e.status = 'PENDING'
                            AND (e.claimed_until_ms IS NULL OR e.claimed_until_ms < $2)
                            AND NOT EXISTS (
                                SELECT 1 FROM outbox_events p
                                WHERE p.aggregate_id = e.aggregate_id
-                                 AND p.status = 'PENDING' AND p.seq < e.seq)
+                                 AND p.seq < e.seq AND p.status <> 'SENT')
                          ORDER BY e.seq
                          LIMIT $4
-                         FOR UPDATE SKIP LOCKED)
+                         FOR UPDATE SKIP LOCKED))
                      RETURNING o.seq, o.id, o.aggregate_id, o.aggregate_type, o.topic, o.payload,
                                COALESCE(o.created_at_ms, 0), o.traceparent, o.tracestate",
                 )
@@ -305,9 +317,10 @@ impl Outbox for Database {
                 .bind(now_ms)
                 .bind(lease_ms)
                 .bind(limit)
-                .fetch_all(pool)
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(unavailable)?;
+                tx.commit().await.map_err(unavailable)?;
                 rows.iter()
                     .map(|row| -> Result<(i64, OutboxEvent), sqlx::Error> {
                         let payload: Vec<u8> = row.try_get(5)?;

@@ -100,7 +100,7 @@ fn main() {
         );
 
         // Relay: until the backlog is empty.
-        let relay = Relay::new(
+        let mut relay = Relay::new(
             "bench-relay".into(),
             Arc::new(backends.store.clone()),
             backends.log.clone(),
