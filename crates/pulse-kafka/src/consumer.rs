@@ -11,7 +11,7 @@ use pulse_core::log::{
     TopicPartition,
 };
 use pulse_core::PortResult;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -27,6 +27,8 @@ const BATCH_LINGER: Duration = Duration::from_millis(2);
 
 pub(crate) struct KafkaConsumer {
     consumer: Arc<StreamConsumer>,
+    /// A client with no fetch in flight, for offset queries that must not wait behind one.
+    offsets: Arc<BaseConsumer>,
     group: String,
     topics: Vec<String>,
     options: KafkaOptions,
@@ -51,6 +53,7 @@ impl KafkaConsumer {
         group: &str,
         topics: &[&str],
         options: KafkaOptions,
+        offsets: Arc<BaseConsumer>,
     ) -> PortResult<Self> {
         let consumer: StreamConsumer = base_config(servers)
             .set("group.id", group)
@@ -65,6 +68,7 @@ impl KafkaConsumer {
         consumer.subscribe(topics).map_err(kafka_error)?;
         Ok(Self {
             consumer: Arc::new(consumer),
+            offsets,
             group: group.to_owned(),
             topics: topics.iter().map(|topic| (*topic).to_owned()).collect(),
             options,
@@ -120,6 +124,44 @@ impl KafkaConsumer {
         }
         Ok(())
     }
+}
+
+/// Where the partitions in `unfetched` will start: the group's committed offset, else the
+/// partition's beginning.
+fn start_offsets(
+    consumer: &StreamConsumer,
+    offsets: &BaseConsumer,
+    unfetched: &[(String, i32)],
+) -> PortResult<TopicPartitionList> {
+    let mut query = TopicPartitionList::with_capacity(unfetched.len());
+    for (topic, partition) in unfetched {
+        query
+            .add_partition(topic, *partition)
+            .set_offset(Offset::Invalid)
+            .map_err(kafka_error)?;
+    }
+    let mut starts = consumer
+        .committed_offsets(query, LAG_TIMEOUT)
+        .map_err(kafka_error)?;
+    let mut beginnings_query = TopicPartitionList::new();
+    for element in starts.elements() {
+        if !matches!(element.offset(), Offset::Offset(_)) {
+            beginnings_query
+                .add_partition_offset(element.topic(), element.partition(), Offset::Beginning)
+                .map_err(kafka_error)?;
+        }
+    }
+    if beginnings_query.count() > 0 {
+        let beginnings = offsets
+            .offsets_for_times(beginnings_query, LAG_TIMEOUT)
+            .map_err(kafka_error)?;
+        for element in beginnings.elements() {
+            starts
+                .set_partition_offset(element.topic(), element.partition(), element.offset())
+                .map_err(kafka_error)?;
+        }
+    }
+    Ok(starts)
 }
 
 fn to_record(message: &BorrowedMessage<'_>) -> ConsumedRecord {
@@ -234,29 +276,59 @@ impl LogConsumer for KafkaConsumer {
 
     async fn lag(&mut self) -> PortResult<Vec<(TopicPartition, u64)>> {
         let consumer = self.consumer.clone();
+        let offsets = self.offsets.clone();
         blocking(move || {
             let positions = consumer.position().map_err(kafka_error)?;
-            // Before the first fetch a partition has no position yet: it will start from the
+            // Partition ends come from the offsets client in one ListOffsets request. Asked
+            // through the consumer, each partition's query queued behind the consumer's
+            // long-polling fetch on the same connection: half a second per partition.
+            let mut ends_query = TopicPartitionList::with_capacity(positions.count());
+            for element in positions.elements() {
+                ends_query
+                    .add_partition_offset(element.topic(), element.partition(), Offset::End)
+                    .map_err(kafka_error)?;
+            }
+            let ends = offsets
+                .offsets_for_times(ends_query, LAG_TIMEOUT)
+                .map_err(kafka_error)?;
+            // Before its first fetch a partition has no position yet: it will start from the
             // committed offset, or from the beginning when the group has none.
-            let committed = consumer.committed(LAG_TIMEOUT).map_err(kafka_error)?;
+            let unfetched: Vec<(String, i32)> = positions
+                .elements()
+                .iter()
+                .filter(|element| !matches!(element.offset(), Offset::Offset(_)))
+                .map(|element| (element.topic().to_owned(), element.partition()))
+                .collect();
+            let starts = if unfetched.is_empty() {
+                TopicPartitionList::new()
+            } else {
+                start_offsets(&consumer, offsets.as_ref(), &unfetched)?
+            };
             let mut lag = Vec::with_capacity(positions.count());
             for element in positions.elements() {
                 let (topic, partition) = (element.topic(), element.partition());
-                let (low, high) = consumer
-                    .fetch_watermarks(topic, partition, LAG_TIMEOUT)
-                    .map_err(kafka_error)?;
-                let committed_offset = committed
-                    .find_partition(topic, partition)
-                    .map(|found| found.offset());
-                let from = match (element.offset(), committed_offset) {
-                    (Offset::Offset(offset), _) | (_, Some(Offset::Offset(offset))) => offset,
-                    _ => low,
+                let offset_in = |list: &TopicPartitionList| {
+                    list.find_partition(topic, partition)
+                        .and_then(|found| match found.offset() {
+                            Offset::Offset(offset) => Some(offset),
+                            _ => None,
+                        })
+                };
+                let Some(end) = offset_in(&ends) else {
+                    continue;
+                };
+                let from = match element.offset() {
+                    Offset::Offset(offset) => Some(offset),
+                    _ => offset_in(&starts),
+                };
+                let Some(from) = from else {
+                    continue;
                 };
                 let tp = TopicPartition {
                     topic: topic.to_owned(),
                     partition: partition as u32,
                 };
-                lag.push((tp, u64::try_from(high - from).unwrap_or(0)));
+                lag.push((tp, u64::try_from(end - from).unwrap_or(0)));
             }
             Ok(lag)
         })

@@ -90,8 +90,9 @@ pub struct KafkaLog {
     options: KafkaOptions,
     producer: FutureProducer,
     admin: Arc<AdminClient<DefaultClientContext>>,
-    /// A consumer-type client used only for metadata: unlike a producer, it never auto-creates
-    /// the topics it asks about.
+    /// A consumer-type client for metadata and offset queries: unlike a producer, it never
+    /// auto-creates the topics it asks about, and unlike a group member it has no fetch in flight
+    /// for its queries to wait behind.
     metadata: Arc<BaseConsumer>,
 }
 
@@ -272,8 +273,13 @@ impl EventLog for KafkaLog {
         for topic in topics {
             self.topic_partitions(topic).await?;
         }
-        let consumer =
-            KafkaConsumer::subscribe(&self.servers, group, topics, self.options.clone())?;
+        let consumer = KafkaConsumer::subscribe(
+            &self.servers,
+            group,
+            topics,
+            self.options.clone(),
+            self.metadata.clone(),
+        )?;
         Ok(Box::new(consumer))
     }
 

@@ -144,7 +144,11 @@ impl Relay {
         if let Some(events) = self.claimed_next.take() {
             if let Err(stage) = self.send(&events).await {
                 // Their lease lapses and another relay (or the next start) sends them.
-                tracing::warn!(stage, count = events.len(), "claimed outbox rows left for their lease to lapse");
+                tracing::warn!(
+                    stage,
+                    count = events.len(),
+                    "claimed outbox rows left for their lease to lapse"
+                );
             }
         }
         tracing::info!(relay = %self.id, "relay stopped");
