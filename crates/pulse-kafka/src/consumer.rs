@@ -210,6 +210,10 @@ impl LogConsumer for KafkaConsumer {
                 Ok(Ok(message)) => {
                     let record = to_record(&message);
                     drop(message);
+                    if self.pending_seeks.is_empty() {
+                        records.push(record);
+                        continue;
+                    }
                     let tp = TopicPartition {
                         topic: record.position.topic.clone(),
                         partition: record.position.partition,

@@ -12,9 +12,9 @@
 //!   one is ignored, which also makes redelivery harmless.
 //!
 //! Because all state is in the cache, engines sharing a consumer group (or a restarted engine)
-//! compute the same multipliers. Offsets are committed only after the counters are written; the
-//! published `surge:{h3}` is derived from them (after every batch when caught up, at most every
-//! `publish_interval` under load).
+//! compute the same multipliers. Offsets are committed only after the counters are written, and the
+//! published `surge:{h3}` is derived from them: both after every batch when caught up, and under
+//! load at most every `commit_interval` and `publish_interval` respectively.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use h3o::CellIndex;
 use pulse_core::cache::{Cache, CacheWrite, Guarded};
 use pulse_core::clock::SharedClock;
 use pulse_core::log::{
-    ConsumedRecord, EventLog, LogConsumer, OutgoingRecord, DEFAULT_POLL_TIMEOUT,
+    ConsumedRecord, EventLog, LogConsumer, OutgoingRecord, RecordPosition, DEFAULT_POLL_TIMEOUT,
 };
 use pulse_core::retry::backoff;
 use pulse_core::{PortError, PortResult};
@@ -85,6 +85,8 @@ pub const SURGE_CALCULATION_DURATION: &str = "surge_calculation_duration";
 pub const ENGINE_RECORDS_TOTAL: &str = "pulse_engine_records_total";
 /// Batches that failed and were retried (a backend was down).
 pub const ENGINE_BATCH_FAILURES_TOTAL: &str = "pulse_engine_batch_failures_total";
+/// Offset commits that failed (retried with the next commit).
+pub const ENGINE_COMMIT_FAILURES_TOTAL: &str = "pulse_engine_commit_failures_total";
 /// Records between the engine's position and the end of each partition it owns.
 pub const CONSUMER_LAG: &str = "pulse_consumer_lag";
 /// How often the consumer lag is measured.
@@ -114,6 +116,10 @@ pub struct EngineSettings {
     /// Under load, the longest delay between applying a record and publishing its cell's
     /// multiplier (a caught-up engine publishes after every batch).
     pub publish_interval: Duration,
+    /// Under load, the longest delay between applying a record and committing its offset (a
+    /// caught-up engine commits after every batch). Records applied but not yet committed are
+    /// redelivered after a crash or a rebalance, which the idempotent windows absorb.
+    pub commit_interval: Duration,
     /// Re-read the last window of both topics when starting, so an engine whose cache was empty
     /// (the in-process one after a restart) rebuilds its windows; with a shared cache the replay
     /// is absorbed by the idempotency guards.
@@ -128,8 +134,9 @@ impl Default for EngineSettings {
             elasticity: 1.0,
             surge_ttl: Duration::from_secs(60),
             tick: Duration::from_secs(1),
-            batch_size: 1_000,
+            batch_size: 5_000,
             publish_interval: Duration::from_millis(100),
+            commit_interval: Duration::from_secs(1),
             replay_window_on_start: true,
         }
     }
@@ -156,6 +163,59 @@ async fn report_lag(consumer: &mut dyn LogConsumer, reported: &mut BTreeSet<(Str
             .set(0.0);
     }
     *reported = now;
+}
+
+/// Offsets of records applied to the windows but not yet committed: the latest position per
+/// partition. Committing is a broker round trip, so under load it happens once per interval
+/// rather than once per batch.
+#[derive(Debug)]
+pub struct PendingCommits {
+    latest: HashMap<(String, u32), RecordPosition>,
+    last_commit: Instant,
+}
+
+impl Default for PendingCommits {
+    fn default() -> Self {
+        Self {
+            latest: HashMap::new(),
+            last_commit: Instant::now(),
+        }
+    }
+}
+
+impl PendingCommits {
+    /// Notes `records` (in offset order per partition) as applied.
+    pub fn applied(&mut self, records: &[ConsumedRecord]) {
+        for record in records {
+            let position = &record.position;
+            self.latest.insert(
+                (position.topic.clone(), position.partition),
+                position.clone(),
+            );
+        }
+    }
+
+    /// Whether `interval` has passed since the last commit.
+    pub fn due(&self, interval: Duration) -> bool {
+        self.last_commit.elapsed() >= interval
+    }
+
+    /// Commits the noted positions. A failed commit keeps them for the next attempt; until then
+    /// those records would be redelivered, which the windows absorb.
+    pub async fn commit(&mut self, consumer: &mut dyn LogConsumer) {
+        self.last_commit = Instant::now();
+        if self.latest.is_empty() {
+            return;
+        }
+        let positions: Vec<RecordPosition> = self.latest.values().cloned().collect();
+        match consumer.commit(&positions).await {
+            Ok(()) => self.latest.clear(),
+            Err(err) => {
+                metrics::counter!(ENGINE_COMMIT_FAILURES_TOTAL).increment(1);
+                tracing::warn!(error = %err, "committing engine offsets failed; will retry");
+            }
+        }
+    }
 }
 
 /// A driver's latest ping, as stored at `driver:{id}`.
@@ -266,22 +326,22 @@ impl SurgeEngine {
         let mut next_lag = Instant::now();
         let mut lag_reported = BTreeSet::new();
         let mut last_flush = Instant::now();
+        let mut offsets = PendingCommits::default();
         while !shutdown.is_cancelled() {
             let polled = tokio::select! {
                 () = shutdown.cancelled() => break,
                 polled = consumer.poll(self.settings.batch_size, DEFAULT_POLL_TIMEOUT.min(self.settings.publish_interval)) => polled,
             };
-            // Caught up (a short batch): publish now. Under load: at most every interval.
+            // Caught up (a short batch): publish and commit now. Under load: at most every
+            // interval.
             let mut caught_up = false;
             match polled {
                 Ok(records) if !records.is_empty() => {
                     caught_up = records.len() < self.settings.batch_size;
-                    if !self
-                        .handle_with_retry(consumer.as_mut(), &records, &shutdown)
-                        .await
-                    {
+                    if !self.handle_with_retry(&records, &shutdown).await {
                         break;
                     }
+                    offsets.applied(&records);
                 }
                 Ok(_) => {}
                 Err(err) => {
@@ -294,6 +354,9 @@ impl SurgeEngine {
                 if let Err(err) = self.flush().await {
                     tracing::warn!(error = %err, "publishing surge cells failed; will retry");
                 }
+            }
+            if caught_up || offsets.due(self.settings.commit_interval) {
+                offsets.commit(consumer.as_mut()).await;
             }
             if Instant::now() >= next_tick {
                 next_tick = Instant::now() + self.settings.tick;
@@ -316,25 +379,20 @@ impl SurgeEngine {
         if let Err(err) = self.flush().await {
             tracing::warn!(error = %err, "final surge publish failed; the next engine redoes it");
         }
+        offsets.commit(consumer.as_mut()).await;
         consumer.close().await
     }
 
-    /// Handles a batch until it succeeds (true) or shutdown interrupts it (false, nothing
-    /// committed: the batch is redelivered and its effects are idempotent).
+    /// Applies a batch until it succeeds (true) or shutdown interrupts it (false: the batch is
+    /// not committed, so it is redelivered, and its effects are idempotent).
     async fn handle_with_retry(
         &mut self,
-        consumer: &mut dyn LogConsumer,
         records: &[ConsumedRecord],
         shutdown: &CancellationToken,
     ) -> bool {
         let mut delays = backoff(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            let attempt = async {
-                self.handle_batch(records).await?;
-                let positions: Vec<_> = records.iter().map(|r| r.position.clone()).collect();
-                consumer.commit(&positions).await
-            };
-            match attempt.await {
+            match self.handle_batch(records).await {
                 Ok(()) => return true,
                 Err(err) => {
                     metrics::counter!(ENGINE_BATCH_FAILURES_TOTAL).increment(1);
@@ -375,20 +433,29 @@ impl SurgeEngine {
         }
         let mut touched = BTreeSet::new();
         // A constant number of cache round trips per batch, whatever its size: the cost of a
-        // record is the round trip, not the work.
-        if !orders.is_empty() {
+        // record is the round trip, not the work. Demand and supply touch different keys, so
+        // their round trips overlap.
+        let demand = async {
+            if orders.is_empty() {
+                return Ok(Vec::new());
+            }
             let guarded = orders.iter().map(|(_, guarded)| guarded.clone()).collect();
-            let applied = self.cache.apply_if_absent_many(guarded).await?;
-            for ((cell, _), applied) in orders.iter().zip(applied) {
-                touched.insert(*cell);
-                let label = if applied { "applied" } else { "duplicate" };
-                *outcomes.entry((DEMAND_TOPIC, label)).or_default() += 1;
+            self.cache.apply_if_absent_many(guarded).await
+        };
+        let supply = async {
+            if pings.is_empty() {
+                return Ok(Vec::new());
             }
+            self.apply_pings(&pings, &mut touched).await
+        };
+        let (demand, supply) = tokio::join!(demand, supply);
+        for ((cell, _), applied) in orders.iter().zip(demand?) {
+            touched.insert(*cell);
+            let label = if applied { "applied" } else { "duplicate" };
+            *outcomes.entry((DEMAND_TOPIC, label)).or_default() += 1;
         }
-        if !pings.is_empty() {
-            for (label, count) in self.apply_pings(&pings, &mut touched).await? {
-                *outcomes.entry((SUPPLY_TOPIC, label)).or_default() += count;
-            }
+        for (label, count) in supply? {
+            *outcomes.entry((SUPPLY_TOPIC, label)).or_default() += count;
         }
         if !poison.is_empty() {
             self.dead_letter(&poison).await?;
