@@ -12,6 +12,12 @@ use pulse_runtime::{parse_roles, CancellationToken, Role};
 use pulse_sim::report::{Progress, Summary};
 use pulse_sim::SimSettings;
 
+/// glibc's allocator spent a fifth of the CPU of a loaded Pulse in `malloc`/`free` (request
+/// buffers, JSON, futures) across the runtime's threads; mimalloc's thread-local heaps do the
+/// same work for much less (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

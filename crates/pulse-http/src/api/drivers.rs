@@ -1,6 +1,8 @@
 //! `POST /api/v1/drivers/{driver_id}/location`: a driver's position, appended to
 //! `supply.updates` keyed by the driver.
 
+use std::sync::Arc;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -49,7 +51,7 @@ fn validate_driver_id(driver_id: &str) -> Result<(), ApiError> {
 }
 
 pub(crate) async fn report_location(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     Path(driver_id): Path<String>,
     ApiJson(body): ApiJson<Location>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {

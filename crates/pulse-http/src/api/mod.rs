@@ -64,7 +64,8 @@ pub fn routes(state: ApiState) -> Router {
     bounded
         .merge(streams)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_API_BODY_BYTES))
-        .with_state(state)
+        // Shared, not cloned per request: a clone of the services is a dozen reference counts.
+        .with_state(Arc::new(state))
 }
 
 /// Answers 503 when a request outlives `timeout`, so a hung backend (a stopped PostgreSQL, a

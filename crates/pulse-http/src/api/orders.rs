@@ -1,5 +1,7 @@
 //! `POST /api/v1/orders` and `GET /api/v1/orders/{id}`.
 
+use std::sync::Arc;
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -86,7 +88,7 @@ impl From<OrderError> for ApiError {
 }
 
 pub(crate) async fn place(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<PlaceOrder>,
 ) -> Result<Response, ApiError> {
@@ -116,7 +118,7 @@ pub(crate) async fn place(
 }
 
 pub(crate) async fn get(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     Path(order_id): Path<String>,
 ) -> Result<Json<OrderBody>, ApiError> {
     let id = Uuid::parse_str(&order_id)

@@ -1,5 +1,7 @@
 //! `GET /api/v1/quote?lat=..&lng=..[&dropoff_lat=..&dropoff_lng=..]`.
 
+use std::sync::Arc;
+
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
@@ -43,7 +45,7 @@ pub(crate) struct QuoteBody {
 }
 
 pub(crate) async fn quote(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     params: Result<Query<QuoteParams>, QueryRejection>,
 ) -> Result<Json<QuoteBody>, ApiError> {
     let Query(params) = params.map_err(|rejection| {
