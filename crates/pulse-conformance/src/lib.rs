@@ -121,6 +121,7 @@ macro_rules! store_suite {
                 seed_tables_accept_seed_rows,
                 rolled_back_transactions_leave_nothing,
                 concurrent_transactions_all_commit,
+                an_order_and_its_outbox_row_land_together_once_per_key,
                 ping_answers,
             );
         }

@@ -1,7 +1,14 @@
-//! The relational store suite: migrations, the seed tables, and transactions on every backend.
+//! The relational store suite: migrations, the seed tables, transactions, and the orders store
+//! with its outbox on every backend.
 
+use bytes::Bytes;
+use pulse_orders::{
+    CreateOutcome, IdempotencyKey, Order, OrderStatus, OrderStore, Outbox, OutboxEvent,
+};
 use pulse_store::Database;
+use pulse_surge::geo::Point;
 use sqlx::Connection;
+use uuid::Uuid;
 
 /// Running the migrations again changes nothing and fails nothing.
 pub async fn migrations_are_idempotent(db: &Database) {
@@ -137,6 +144,74 @@ pub async fn concurrent_transactions_all_commit(db: &Database) {
     let writes = (0..32).map(|_| insert_order_in_transaction(db, &user, true));
     futures::future::join_all(writes).await;
     assert_eq!(count_orders_of(db, &user).await, 32);
+}
+
+/// A new order of `user` at `at_ms`, with the outbox row announcing it.
+fn order_with_event(user: &str, at_ms: i64) -> (Order, OutboxEvent) {
+    let pickup = Point::new(52.52, 13.40).expect("point");
+    let dropoff = Point::new(52.53, 13.41).expect("point");
+    let order = Order {
+        id: Uuid::now_v7(),
+        user_id: user.to_owned(),
+        pickup,
+        dropoff,
+        pickup_h3: pickup.cell().to_string(),
+        dropoff_h3: dropoff.cell().to_string(),
+        status: OrderStatus::Pending,
+        created_at_ms: at_ms,
+        quote_id: None,
+        price: None,
+    };
+    let event = OutboxEvent {
+        id: Uuid::now_v7(),
+        aggregate_id: order.id,
+        aggregate_type: "ORDER".to_owned(),
+        topic: "demand.orders".to_owned(),
+        payload: Bytes::from_static(b"order created"),
+        created_at_ms: at_ms,
+        traceparent: None,
+        tracestate: None,
+    };
+    (order, event)
+}
+
+/// An order and its outbox row land together; a second create with the same idempotency key
+/// (and user) returns the first order and writes neither row again.
+pub async fn an_order_and_its_outbox_row_land_together_once_per_key(db: &Database) {
+    let user = crate::unique_name("u");
+    let key = IdempotencyKey::parse("key-1").expect("key");
+    let backlog_before = db.backlog().await.expect("backlog");
+    let (first, first_event) = order_with_event(&user, 1_700_000_000_000);
+    let created = db
+        .create(&first, Some(&key), &first_event)
+        .await
+        .expect("create");
+    assert!(matches!(created, CreateOutcome::Created), "{created:?}");
+    assert_eq!(db.get(first.id).await.expect("get"), Some(first.clone()));
+    assert_eq!(db.backlog().await.expect("backlog"), backlog_before + 1);
+
+    let (retry, retry_event) = order_with_event(&user, 1_700_000_000_500);
+    match db
+        .create(&retry, Some(&key), &retry_event)
+        .await
+        .expect("retry")
+    {
+        CreateOutcome::Existing(existing) => assert_eq!(existing, first),
+        other => panic!("a reused key must return the first order, got {other:?}"),
+    }
+    assert_eq!(db.get(retry.id).await.expect("get"), None);
+    assert_eq!(db.backlog().await.expect("backlog"), backlog_before + 1);
+
+    let (other_user, other_event) = order_with_event(&crate::unique_name("u"), 1_700_000_001_000);
+    let created = db
+        .create(&other_user, Some(&key), &other_event)
+        .await
+        .expect("create");
+    assert!(
+        matches!(created, CreateOutcome::Created),
+        "keys are scoped per user: {created:?}"
+    );
+    assert_eq!(db.backlog().await.expect("backlog"), backlog_before + 2);
 }
 
 /// The health probe answers.

@@ -10,6 +10,9 @@
 
 mod orders;
 
+#[doc(hidden)]
+pub use orders::{POSTGRES_CLAIM, POSTGRES_CLAIM_PLANNER_SETTINGS};
+
 use std::str::FromStr;
 use std::time::Duration;
 

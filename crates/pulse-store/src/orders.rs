@@ -20,6 +20,36 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
+/// Set (locally) in the claim's transaction; see [`POSTGRES_CLAIM`].
+#[doc(hidden)]
+pub const POSTGRES_CLAIM_PLANNER_SETTINGS: &str = "SET LOCAL enable_sort = off";
+
+/// The relay's claim on PostgreSQL: `$1` relay, `$2` now (ms), `$3` lease (ms), `$4` limit.
+///
+/// Outbox statistics are stale by nature: a backlog builds up within seconds of the last
+/// ANALYZE. The plan must not depend on them, so the claim walks the pending index in `seq`
+/// order (with sorting disabled: no sort of the whole backlog; the walk stops at the limit),
+/// probes each candidate's aggregate through the full (aggregate_id, seq) index (`<> 'SENT'`
+/// keeps the partial pending index, which stale statistics call empty, out of that probe), and
+/// updates the claimed rows by primary key (`= ANY(ARRAY(…))`; `IN (…)` may hash-join against
+/// the whole table). Public for the test that checks this plan.
+#[doc(hidden)]
+pub const POSTGRES_CLAIM: &str = "UPDATE outbox_events o
+     SET claimed_by = $1, claimed_until_ms = $2 + $3, attempts = o.attempts + 1
+     WHERE o.id = ANY(ARRAY(
+         SELECT e.id FROM outbox_events e
+         WHERE e.status = 'PENDING'
+           AND (e.claimed_until_ms IS NULL OR e.claimed_until_ms < $2)
+           AND NOT EXISTS (
+               SELECT 1 FROM outbox_events p
+               WHERE p.aggregate_id = e.aggregate_id
+                 AND p.seq < e.seq AND p.status <> 'SENT')
+         ORDER BY e.seq
+         LIMIT $4
+         FOR UPDATE SKIP LOCKED))
+     RETURNING o.seq, o.id, o.aggregate_id, o.aggregate_type, o.topic, o.payload,
+               COALESCE(o.created_at_ms, 0), o.traceparent, o.tracestate";
+
 const ORDER_COLUMNS: &str = "id, user_id, pickup_h3, dropoff_h3, status, created_at_ms, \
      pickup_lat, pickup_lng, dropoff_lat, dropoff_lng, quote_id, price_total, price_currency, \
      multiplier_milli";
@@ -96,16 +126,25 @@ impl OrderStore for Database {
         let key_text = key.map(IdempotencyKey::as_str);
         let price = order.price.as_ref();
         let inserted = match self {
+            // One statement, hence one round trip and one implicit transaction: the outbox row
+            // is written exactly when the order row is (not on an idempotency-key conflict).
             Database::Postgres(pool) => {
-                let mut tx = pool.begin().await.map_err(unavailable)?;
-                let inserted = sqlx::query(
-                    "INSERT INTO orders (id, user_id, pickup_h3, dropoff_h3, status, created_at,
-                         created_at_ms, pickup_lat, pickup_lng, dropoff_lat, dropoff_lng,
-                         idempotency_key, quote_id, price_total, price_currency, multiplier_milli)
-                     VALUES ($1, $2, $3, $4, $5, to_timestamp($6 / 1000.0) AT TIME ZONE 'UTC',
-                         $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-                     ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL
-                     DO NOTHING",
+                sqlx::query(
+                    "WITH inserted AS (
+                         INSERT INTO orders (id, user_id, pickup_h3, dropoff_h3, status, created_at,
+                             created_at_ms, pickup_lat, pickup_lng, dropoff_lat, dropoff_lng,
+                             idempotency_key, quote_id, price_total, price_currency,
+                             multiplier_milli)
+                         VALUES ($1, $2, $3, $4, $5, to_timestamp($6 / 1000.0) AT TIME ZONE 'UTC',
+                             $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                         ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL
+                         DO NOTHING
+                         RETURNING id)
+                     INSERT INTO outbox_events (id, aggregate_id, aggregate_type, payload, topic,
+                         created_at, status, created_at_ms, traceparent, tracestate)
+                     SELECT $16, $17, $18, $19, $20, to_timestamp($21 / 1000.0) AT TIME ZONE 'UTC',
+                         'PENDING', $21, $22, $23
+                     FROM inserted",
                 )
                 .bind(order.id)
                 .bind(&order.user_id)
@@ -122,32 +161,19 @@ impl OrderStore for Database {
                 .bind(price.map(|p| p.total))
                 .bind(price.map(|p| p.currency.as_str()))
                 .bind(price.map(|p| p.multiplier_milli))
-                .execute(&mut *tx)
+                .bind(event.id)
+                .bind(event.aggregate_id)
+                .bind(&event.aggregate_type)
+                .bind(event.payload.as_ref())
+                .bind(&event.topic)
+                .bind(event.created_at_ms)
+                .bind(&event.traceparent)
+                .bind(&event.tracestate)
+                .execute(pool)
                 .await
                 .map_err(unavailable)?
                 .rows_affected()
-                    == 1;
-                if inserted {
-                    sqlx::query(
-                        "INSERT INTO outbox_events (id, aggregate_id, aggregate_type, payload, topic,
-                             created_at, status, created_at_ms, traceparent, tracestate)
-                         VALUES ($1, $2, $3, $4, $5, to_timestamp($6 / 1000.0) AT TIME ZONE 'UTC',
-                             'PENDING', $6, $7, $8)",
-                    )
-                    .bind(event.id)
-                    .bind(event.aggregate_id)
-                    .bind(&event.aggregate_type)
-                    .bind(event.payload.as_ref())
-                    .bind(&event.topic)
-                    .bind(event.created_at_ms)
-                    .bind(&event.traceparent)
-                    .bind(&event.tracestate)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-                    tx.commit().await.map_err(unavailable)?;
-                }
-                inserted
+                    == 1
             }
             Database::Sqlite(pool) => {
                 let mut tx = pool.begin().await.map_err(unavailable)?;
@@ -284,42 +310,19 @@ impl Outbox for Database {
         let limit = limit.max(1) as i64;
         let mut claimed: Vec<(i64, OutboxEvent)> = match self {
             Database::Postgres(pool) => {
-                // Outbox statistics are stale by nature: a backlog builds up within seconds of
-                // the last ANALYZE. The plan must not depend on them, so the claim walks the
-                // pending index in `seq` order (no sort of the whole backlog: the walk stops at
-                // the limit), probes each candidate's aggregate through the full
-                // (aggregate_id, seq) index (`<> 'SENT'` keeps the partial pending index out of
-                // that probe), and updates the claimed rows by primary key (`= ANY(ARRAY(…))`;
-                // `IN (…)` may hash-join against the whole table).
                 let mut tx = pool.begin().await.map_err(unavailable)?;
-                sqlx::query("SET LOCAL enable_sort = off")
+                sqlx::query(POSTGRES_CLAIM_PLANNER_SETTINGS)
                     .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
-                let rows = sqlx::query(
-                    "UPDATE outbox_events o
-                     SET claimed_by = $1, claimed_until_ms = $2 + $3, attempts = o.attempts + 1
-                     WHERE o.id = ANY(ARRAY(
-                         SELECT e.id FROM outbox_events e
-                         WHERE e.status = 'PENDING'
-                           AND (e.claimed_until_ms IS NULL OR e.claimed_until_ms < $2)
-                           AND NOT EXISTS (
-                               SELECT 1 FROM outbox_events p
-                               WHERE p.aggregate_id = e.aggregate_id
-                                 AND p.seq < e.seq AND p.status <> 'SENT')
-                         ORDER BY e.seq
-                         LIMIT $4
-                         FOR UPDATE SKIP LOCKED))
-                     RETURNING o.seq, o.id, o.aggregate_id, o.aggregate_type, o.topic, o.payload,
-                               COALESCE(o.created_at_ms, 0), o.traceparent, o.tracestate",
-                )
-                .bind(relay)
-                .bind(now_ms)
-                .bind(lease_ms)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(unavailable)?;
+                let rows = sqlx::query(POSTGRES_CLAIM)
+                    .bind(relay)
+                    .bind(now_ms)
+                    .bind(lease_ms)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
                 tx.commit().await.map_err(unavailable)?;
                 rows.iter()
                     .map(|row| -> Result<(i64, OutboxEvent), sqlx::Error> {

@@ -1,0 +1,66 @@
+//! The relay's claim on PostgreSQL keeps an index-driven plan when the statistics are stale: they
+//! say the outbox is empty while a backlog waits, the situation right after a broker outage.
+//! A plan made for "no pending rows" once scanned the whole backlog once per claimed row.
+
+use pulse_conformance::services;
+use pulse_store::{Database, StoreOptions, POSTGRES_CLAIM, POSTGRES_CLAIM_PLANNER_SETTINGS};
+
+#[tokio::test]
+async fn the_claim_walks_the_pending_index_when_statistics_call_the_outbox_empty() {
+    let url = services::fresh_postgres_database().await;
+    let db = Database::connect(&url, &StoreOptions::default())
+        .await
+        .unwrap_or_else(|err| services::missing("PostgreSQL", &url, err));
+    db.migrate().await.expect("migrate");
+    let Database::Postgres(pool) = &db else {
+        unreachable!("a postgres:// URL opens PostgreSQL")
+    };
+    sqlx::query("ANALYZE outbox_events")
+        .execute(pool)
+        .await
+        .expect("statistics of the empty outbox");
+    // Below the table's autovacuum thresholds, so the statistics stay those of the empty table.
+    sqlx::query(
+        "INSERT INTO outbox_events (id, aggregate_id, aggregate_type, payload, topic, created_at,
+             status, created_at_ms)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'ORDER', '\\x00', 'demand.orders', now(),
+             'PENDING', 0
+         FROM generate_series(1, 5000)",
+    )
+    .execute(pool)
+    .await
+    .expect("backlog");
+
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query(POSTGRES_CLAIM_PLANNER_SETTINGS)
+        .execute(&mut *tx)
+        .await
+        .expect("planner settings");
+    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {POSTGRES_CLAIM}"))
+        .bind("plan-test")
+        .bind(1_i64)
+        .bind(30_000_i64)
+        .bind(500_i64)
+        .fetch_all(&mut *tx)
+        .await
+        .expect("explain");
+    let plan = plan.join("\n");
+    assert!(!plan.contains("Sort"), "no sort of the backlog:\n{plan}");
+    assert!(
+        plan.contains("Index Scan using outbox_events_pending_seq on outbox_events e"),
+        "candidates come from the pending index, in order:\n{plan}"
+    );
+    assert!(
+        plan.contains("Index Scan on outbox_events_aggregate_seq")
+            || plan.contains("Index Scan using outbox_events_aggregate_seq on outbox_events p"),
+        "each candidate's aggregate is probed through the (aggregate_id, seq) index:\n{plan}"
+    );
+    assert!(
+        plan.contains("Index Cond: ((aggregate_id = e.aggregate_id)"),
+        "each candidate's aggregate is probed by index:\n{plan}"
+    );
+    assert!(
+        !plan.contains("Join Filter"),
+        "no join that filters a scan:\n{plan}"
+    );
+}
