@@ -8,8 +8,13 @@
 //! Invariants: an expired entry is never returned; the number of live entries never exceeds
 //! `max_entries` — when full, expired entries are purged first, then the entry closest to expiry
 //! is evicted (Redis `volatile-ttl`); if no entry has a TTL the write is refused.
+//!
+//! Expiry is a priority queue, not a scan: purging `k` expired entries or evicting one costs
+//! `O(k log n)` under the lock, so a cache of a million quote locks neither stalls its callers
+//! when it sweeps nor when it is full.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -40,9 +45,20 @@ enum Value {
 struct Entry {
     value: Value,
     expires_at_ms: Option<i64>,
+    /// The time of this key's item in the expiry queue, if it has one: never later than
+    /// `expires_at_ms`, so the entry surfaces in time (and is re-queued if it was extended).
+    queued_at_ms: Option<i64>,
 }
 
 impl Entry {
+    fn new(value: Value, expires_at_ms: Option<i64>) -> Self {
+        Self {
+            value,
+            expires_at_ms,
+            queued_at_ms: None,
+        }
+    }
+
     fn is_live(&self, now_ms: i64) -> bool {
         self.expires_at_ms.is_none_or(|at| at > now_ms)
     }
@@ -60,10 +76,95 @@ fn wrong_type(key: &str, holds: &str) -> PortError {
     PortError::Invalid(format!("{key} holds {holds}"))
 }
 
+/// Entries purged per hold of the lock by [`MemoryCache::purge_expired`].
+const PURGE_BATCH: usize = 4_096;
+/// Expired entries purged to make room for one new key before a live one is evicted.
+const PURGE_ON_WRITE: usize = 64;
+
+/// The entries and their expiry queue.
+#[derive(Debug, Default)]
+struct Store {
+    entries: HashMap<String, Entry>,
+    /// Min-queue of `(expiry, key)`. An item whose key is gone, or whose time is not the key's
+    /// `queued_at_ms`, is stale and skipped when it surfaces; a key has at most one live item.
+    expiries: BinaryHeap<Reverse<(i64, String)>>,
+}
+
+impl Store {
+    fn live(&self, key: &str, now: i64) -> Option<&Entry> {
+        self.entries.get(key).filter(|entry| entry.is_live(now))
+    }
+
+    /// Stores `entry` at `key`, queueing its expiry.
+    fn insert(&mut self, key: String, mut entry: Entry) {
+        entry.queued_at_ms = self.entries.get(&key).and_then(|old| old.queued_at_ms);
+        Self::queue(&mut self.expiries, &key, &mut entry);
+        self.entries.insert(key, entry);
+    }
+
+    /// Queues `entry`'s expiry unless an item at or before it is already queued.
+    fn queue(expiries: &mut BinaryHeap<Reverse<(i64, String)>>, key: &str, entry: &mut Entry) {
+        if let Some(at) = entry.expires_at_ms {
+            if entry.queued_at_ms.is_none_or(|queued| queued > at) {
+                expiries.push(Reverse((at, key.to_owned())));
+                entry.queued_at_ms = Some(at);
+            }
+        }
+    }
+
+    /// Pops the next queue item that is live, re-queueing entries whose expiry moved later.
+    /// With `due_by`, stops at items after that time.
+    fn next_expiring(&mut self, due_by: Option<i64>) -> Option<(i64, String)> {
+        loop {
+            let Reverse((at, _)) = self.expiries.peek()?;
+            if due_by.is_some_and(|due_by| *at > due_by) {
+                return None;
+            }
+            let Reverse((at, key)) = self.expiries.pop()?;
+            let Some(entry) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            if entry.queued_at_ms != Some(at) {
+                continue;
+            }
+            entry.queued_at_ms = None;
+            match entry.expires_at_ms {
+                Some(expiry) if expiry == at => return Some((at, key)),
+                Some(_) => Self::queue(&mut self.expiries, &key, entry),
+                None => {}
+            }
+        }
+    }
+
+    /// Drops up to `max` entries expired at `now`; returns how many.
+    fn purge_expired(&mut self, now: i64, max: usize) -> usize {
+        let mut purged = 0;
+        while purged < max {
+            let Some((_, key)) = self.next_expiring(Some(now)) else {
+                break;
+            };
+            self.entries.remove(&key);
+            purged += 1;
+        }
+        purged
+    }
+
+    /// Drops the entry closest to expiry; false when no entry has a TTL.
+    fn evict_closest_to_expiry(&mut self) -> bool {
+        match self.next_expiring(None) {
+            Some((_, key)) => {
+                self.entries.remove(&key);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// The in-process cache. Cheap to clone; clones share the same entries.
 #[derive(Debug, Clone)]
 pub struct MemoryCache {
-    entries: Arc<Mutex<HashMap<String, Entry>>>,
+    store: Arc<Mutex<Store>>,
     clock: SharedClock,
     max_entries: usize,
 }
@@ -78,7 +179,7 @@ impl MemoryCache {
     /// An empty cache reading time from `clock`, holding at most `max_entries` live entries.
     pub fn new(clock: SharedClock, max_entries: usize) -> Self {
         Self {
-            entries: Arc::new(Mutex::new(HashMap::new())),
+            store: Arc::new(Mutex::new(Store::default())),
             clock,
             max_entries: max_entries.max(1),
         }
@@ -86,7 +187,7 @@ impl MemoryCache {
 
     /// Number of entries held, including expired ones not yet purged.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
     }
 
     /// Whether no entry is held.
@@ -94,19 +195,24 @@ impl MemoryCache {
         self.len() == 0
     }
 
-    /// Drops every expired entry; returns how many were dropped.
+    /// Drops every expired entry; returns how many were dropped. The lock is released every
+    /// few thousand entries, so callers never wait behind a long sweep.
     pub fn purge_expired(&self) -> usize {
         let now = self.clock.now_ms();
-        let mut entries = self.lock();
-        let before = entries.len();
-        entries.retain(|_, entry| entry.is_live(now));
-        before - entries.len()
+        let mut purged = 0;
+        loop {
+            let batch = self.lock().purge_expired(now, PURGE_BATCH);
+            purged += batch;
+            if batch < PURGE_BATCH {
+                return purged;
+            }
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock cannot leave an entry half-written (every mutation is a
         // single map operation), so a poisoned lock is still safe to use.
-        self.entries
+        self.store
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -115,67 +221,38 @@ impl MemoryCache {
         ttl.map(|ttl| now_ms.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)))
     }
 
-    fn live<'a>(entries: &'a HashMap<String, Entry>, key: &str, now: i64) -> Option<&'a Entry> {
-        entries.get(key).filter(|entry| entry.is_live(now))
-    }
-
     /// Makes room for one more key, as described in the crate docs.
-    fn make_room(
-        &self,
-        entries: &mut HashMap<String, Entry>,
-        key: &str,
-        now: i64,
-    ) -> PortResult<()> {
-        if entries.len() < self.max_entries || entries.contains_key(key) {
+    fn make_room(&self, store: &mut Store, key: &str, now: i64) -> PortResult<()> {
+        if store.entries.len() < self.max_entries || store.entries.contains_key(key) {
             return Ok(());
         }
-        entries.retain(|_, entry| entry.is_live(now));
-        if entries.len() < self.max_entries {
+        if store.purge_expired(now, PURGE_ON_WRITE) > 0 {
             return Ok(());
         }
-        metrics::counter!(EVICTIONS_TOTAL).increment(1);
-        // A linear scan is fine here: it only runs when the cache is full of live entries, which
-        // is an operator sizing problem, not the steady state.
-        let victim = entries
-            .iter()
-            .filter_map(|(k, entry)| entry.expires_at_ms.map(|at| (at, k.clone())))
-            .min();
-        match victim {
-            Some((_, victim)) => {
-                entries.remove(&victim);
-                Ok(())
-            }
-            None => Err(PortError::Unavailable {
+        if store.evict_closest_to_expiry() {
+            metrics::counter!(EVICTIONS_TOTAL).increment(1);
+            Ok(())
+        } else {
+            Err(PortError::Unavailable {
                 backend: BACKEND,
                 message: format!(
                     "cache is full ({} entries without TTL); raise the limit",
                     self.max_entries
                 ),
-            }),
+            })
         }
     }
 
-    fn apply_one(
-        &self,
-        entries: &mut HashMap<String, Entry>,
-        write: CacheWrite,
-        now: i64,
-    ) -> PortResult<Option<i64>> {
+    fn apply_one(&self, store: &mut Store, write: CacheWrite, now: i64) -> PortResult<Option<i64>> {
         match write {
             CacheWrite::Set { key, value, ttl } => {
-                self.make_room(entries, &key, now)?;
+                self.make_room(store, &key, now)?;
                 let expires_at_ms = Self::expiry(now, ttl);
-                entries.insert(
-                    key,
-                    Entry {
-                        value: Value::Bytes(value),
-                        expires_at_ms,
-                    },
-                );
+                store.insert(key, Entry::new(Value::Bytes(value), expires_at_ms));
                 Ok(None)
             }
             CacheWrite::IncrBy { key, delta, ttl } => {
-                let (current, expires_at_ms) = match Self::live(entries, &key, now) {
+                let (current, expires_at_ms) = match store.live(&key, now) {
                     Some(entry) => (
                         parse_integer(&key, entry.bytes(&key)?)?,
                         entry.expires_at_ms,
@@ -189,18 +266,13 @@ impl MemoryCache {
                     Some(ttl) => Self::expiry(now, Some(ttl)),
                     None => expires_at_ms,
                 };
-                self.make_room(entries, &key, now)?;
-                entries.insert(
-                    key,
-                    Entry {
-                        value: Value::Bytes(Bytes::from(next.to_string())),
-                        expires_at_ms,
-                    },
-                );
+                self.make_room(store, &key, now)?;
+                let value = Value::Bytes(Bytes::from(next.to_string()));
+                store.insert(key, Entry::new(value, expires_at_ms));
                 Ok(Some(next))
             }
             CacheWrite::Delete { key } => {
-                entries.remove(&key);
+                store.entries.remove(&key);
                 Ok(None)
             }
             CacheWrite::IndexAdd {
@@ -209,45 +281,44 @@ impl MemoryCache {
                 score,
                 ttl,
             } => {
-                if Self::live(entries, &key, now).is_none() {
-                    self.make_room(entries, &key, now)?;
-                    let empty = Entry {
-                        value: Value::Index(HashMap::new()),
-                        expires_at_ms: None,
-                    };
-                    entries.insert(key.clone(), empty);
+                if store.live(&key, now).is_none() {
+                    self.make_room(store, &key, now)?;
+                    store.insert(key.clone(), Entry::new(Value::Index(HashMap::new()), None));
                 }
-                let entry = entries.get_mut(&key).expect("inserted above");
+                let entry = store.entries.get_mut(&key).expect("inserted above");
                 let Value::Index(members) = &mut entry.value else {
                     return Err(wrong_type(&key, "a value"));
                 };
                 members.insert(member, score);
                 if ttl.is_some() {
                     entry.expires_at_ms = Self::expiry(now, ttl);
+                    Store::queue(&mut store.expiries, &key, entry);
                 }
                 Ok(None)
             }
             CacheWrite::IndexRemove { key, member } => {
-                Self::edit_index(entries, &key, now, |members| {
+                Self::edit_index(store, &key, now, |members| {
                     members.remove(&member);
                 })
             }
-            CacheWrite::IndexTrim { key, below } => {
-                Self::edit_index(entries, &key, now, |members| {
-                    members.retain(|_, score| *score >= below)
-                })
-            }
+            CacheWrite::IndexTrim { key, below } => Self::edit_index(store, &key, now, |members| {
+                members.retain(|_, score| *score >= below)
+            }),
         }
     }
 
     /// Changes the live index at `key`, if any; an index left empty is removed, as in Redis.
     fn edit_index(
-        entries: &mut HashMap<String, Entry>,
+        store: &mut Store,
         key: &str,
         now: i64,
         edit: impl FnOnce(&mut HashMap<String, i64>),
     ) -> PortResult<Option<i64>> {
-        let Some(entry) = entries.get_mut(key).filter(|entry| entry.is_live(now)) else {
+        let Some(entry) = store
+            .entries
+            .get_mut(key)
+            .filter(|entry| entry.is_live(now))
+        else {
             return Ok(None);
         };
         let Value::Index(members) = &mut entry.value else {
@@ -255,17 +326,12 @@ impl MemoryCache {
         };
         edit(members);
         if members.is_empty() {
-            entries.remove(key);
+            store.entries.remove(key);
         }
         Ok(None)
     }
     /// Applies `writes` in order under the caller's lock, rolling back on failure.
-    fn apply_locked(
-        &self,
-        entries: &mut HashMap<String, Entry>,
-        writes: Vec<CacheWrite>,
-        now: i64,
-    ) -> PortResult<()> {
+    fn apply_locked(&self, store: &mut Store, writes: Vec<CacheWrite>, now: i64) -> PortResult<()> {
         // Remember what the batch touches so a failing write can be rolled back: no reader can
         // observe the batch half-applied because the lock is held throughout.
         // One snapshot per key (not per write): a batch of many index writes to one key must not
@@ -275,15 +341,24 @@ impl MemoryCache {
         for write in &writes {
             let key = write.key();
             if seen.insert(key) {
-                before.push((key.to_owned(), entries.get(key).cloned()));
+                before.push((key.to_owned(), store.entries.get(key).cloned()));
             }
         }
         for write in writes {
-            if let Err(err) = self.apply_one(entries, write, now) {
+            if let Err(err) = self.apply_one(store, write, now) {
                 for (key, entry) in before.into_iter().rev() {
                     match entry {
-                        Some(entry) => entries.insert(key, entry),
-                        None => entries.remove(&key),
+                        // Queued afresh: the batch may have consumed its queue item.
+                        Some(entry) => store.insert(
+                            key,
+                            Entry {
+                                queued_at_ms: None,
+                                ..entry
+                            },
+                        ),
+                        None => {
+                            store.entries.remove(&key);
+                        }
                     };
                 }
                 return Err(err);
@@ -304,20 +379,21 @@ fn parse_integer(key: &str, value: &[u8]) -> PortResult<i64> {
 impl Cache for MemoryCache {
     async fn get(&self, key: &str) -> PortResult<Option<Bytes>> {
         let now = self.clock.now_ms();
-        let entries = self.lock();
-        Self::live(&entries, key, now)
+        let store = self.lock();
+        store
+            .live(key, now)
             .map(|entry| entry.bytes(key).cloned())
             .transpose()
     }
 
     async fn get_many(&self, keys: &[String]) -> PortResult<Vec<Option<Bytes>>> {
         let now = self.clock.now_ms();
-        let entries = self.lock();
+        let store = self.lock();
         // As Redis `MGET`: a key holding an index reads as missing.
         Ok(keys
             .iter()
             .map(|key| {
-                Self::live(&entries, key, now).and_then(|entry| match &entry.value {
+                store.live(key, now).and_then(|entry| match &entry.value {
                     Value::Bytes(bytes) => Some(bytes.clone()),
                     Value::Index(_) => None,
                 })
@@ -327,37 +403,40 @@ impl Cache for MemoryCache {
 
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> PortResult<()> {
         let now = self.clock.now_ms();
-        let mut entries = self.lock();
+        let mut store = self.lock();
         let write = CacheWrite::Set {
             key: key.to_owned(),
             value,
             ttl,
         };
-        self.apply_one(&mut entries, write, now).map(|_| ())
+        self.apply_one(&mut store, write, now).map(|_| ())
     }
 
     async fn incr_by(&self, key: &str, delta: i64, ttl: Option<Duration>) -> PortResult<i64> {
         let now = self.clock.now_ms();
-        let mut entries = self.lock();
+        let mut store = self.lock();
         let write = CacheWrite::IncrBy {
             key: key.to_owned(),
             delta,
             ttl,
         };
-        let next = self.apply_one(&mut entries, write, now)?;
+        let next = self.apply_one(&mut store, write, now)?;
         Ok(next.unwrap_or_default())
     }
 
     async fn delete(&self, key: &str) -> PortResult<bool> {
         let now = self.clock.now_ms();
-        let mut entries = self.lock();
-        Ok(entries.remove(key).is_some_and(|entry| entry.is_live(now)))
+        let mut store = self.lock();
+        Ok(store
+            .entries
+            .remove(key)
+            .is_some_and(|entry| entry.is_live(now)))
     }
 
     async fn ttl(&self, key: &str) -> PortResult<Option<Option<Duration>>> {
         let now = self.clock.now_ms();
-        let entries = self.lock();
-        Ok(Self::live(&entries, key, now).map(|entry| {
+        let store = self.lock();
+        Ok(store.live(key, now).map(|entry| {
             entry
                 .expires_at_ms
                 .map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0)))
@@ -366,16 +445,16 @@ impl Cache for MemoryCache {
 
     async fn apply(&self, writes: Vec<CacheWrite>) -> PortResult<()> {
         let now = self.clock.now_ms();
-        let mut entries = self.lock();
-        self.apply_locked(&mut entries, writes, now)
+        let mut store = self.lock();
+        self.apply_locked(&mut store, writes, now)
     }
 
     async fn apply_if_absent_many(&self, items: Vec<Guarded>) -> PortResult<Vec<bool>> {
         let now = self.clock.now_ms();
-        let mut entries = self.lock();
+        let mut store = self.lock();
         let mut applied = Vec::with_capacity(items.len());
         for item in items {
-            if Self::live(&entries, &item.guard, now).is_some() {
+            if store.live(&item.guard, now).is_some() {
                 applied.push(false);
                 continue;
             }
@@ -386,7 +465,7 @@ impl Cache for MemoryCache {
                 ttl: Some(item.guard_ttl),
             });
             all.extend(item.writes);
-            self.apply_locked(&mut entries, all, now)?;
+            self.apply_locked(&mut store, all, now)?;
             applied.push(true);
         }
         Ok(applied)
@@ -399,8 +478,8 @@ impl Cache for MemoryCache {
         limit: usize,
     ) -> PortResult<Vec<(String, i64)>> {
         let now = self.clock.now_ms();
-        let entries = self.lock();
-        let Some(entry) = Self::live(&entries, key, now) else {
+        let store = self.lock();
+        let Some(entry) = store.live(key, now) else {
             return Ok(Vec::new());
         };
         let Value::Index(members) = &entry.value else {
@@ -549,5 +628,67 @@ mod tests {
         clock.advance(Duration::from_secs(1));
         assert_eq!(cache.purge_expired(), 1);
         assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_ttl_moved_later_or_earlier_or_removed_is_the_one_honoured() {
+        let (cache, clock) = cache_with_clock(10);
+        let value = Bytes::from_static(b"v");
+        let ttl = |secs| Some(Duration::from_secs(secs));
+        cache.set("later", value.clone(), ttl(1)).await.unwrap();
+        cache.set("later", value.clone(), ttl(10)).await.unwrap();
+        cache.set("earlier", value.clone(), ttl(10)).await.unwrap();
+        cache.set("earlier", value.clone(), ttl(1)).await.unwrap();
+        cache.set("kept", value.clone(), ttl(1)).await.unwrap();
+        cache.set("kept", value.clone(), None).await.unwrap();
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(cache.purge_expired(), 1, "only `earlier` is due");
+        assert_eq!(cache.get("earlier").await.unwrap(), None);
+        assert!(cache.get("later").await.unwrap().is_some());
+        clock.advance(Duration::from_secs(9));
+        assert_eq!(cache.purge_expired(), 1, "`later` at its extended expiry");
+        assert_eq!(cache.len(), 1);
+        assert!(cache.get("kept").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn eviction_follows_current_expiries_not_the_first_ones() {
+        let (cache, _clock) = cache_with_clock(2);
+        let value = Bytes::from_static(b"v");
+        cache
+            .set("extended", value.clone(), Some(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        cache
+            .set("soon", value.clone(), Some(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        cache
+            .set("extended", value.clone(), Some(Duration::from_secs(100)))
+            .await
+            .unwrap();
+        cache
+            .set("new", value.clone(), Some(Duration::from_secs(50)))
+            .await
+            .unwrap();
+        assert_eq!(cache.get("soon").await.unwrap(), None, "closest to expiry");
+        assert!(cache.get("extended").await.unwrap().is_some());
+        assert!(cache.get("new").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn purging_many_entries_takes_every_expired_one_and_nothing_else() {
+        let (cache, clock) = cache_with_clock(100_000);
+        for i in 0..20_000 {
+            let ttl = Duration::from_secs(if i % 2 == 0 { 1 } else { 60 });
+            cache
+                .set(&format!("k{i}"), Bytes::from_static(b"v"), Some(ttl))
+                .await
+                .unwrap();
+        }
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(cache.purge_expired(), 10_000);
+        assert_eq!(cache.len(), 10_000);
+        assert_eq!(cache.purge_expired(), 0);
     }
 }
