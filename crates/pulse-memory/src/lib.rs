@@ -77,7 +77,7 @@ fn wrong_type(key: &str, holds: &str) -> PortError {
 }
 
 /// Entries purged per hold of the lock by [`MemoryCache::purge_expired`].
-const PURGE_BATCH: usize = 4_096;
+const PURGE_BATCH: usize = 1_024;
 /// Expired entries purged to make room for one new key before a live one is evicted.
 const PURGE_ON_WRITE: usize = 64;
 
