@@ -196,7 +196,7 @@ impl MemoryCache {
     }
 
     /// Drops every expired entry; returns how many were dropped. The lock is released every
-    /// [`PURGE_BATCH`] entries, so callers never wait behind a long sweep.
+    /// 1,024 entries, so callers never wait behind a long sweep.
     pub fn purge_expired(&self) -> usize {
         let now = self.clock.now_ms();
         let mut purged = 0;
