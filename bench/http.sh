@@ -45,5 +45,21 @@ echo "== $mode: orders (POST /api/v1/orders), $connections connections, $duratio
 wrk -t1 -c"$connections" -d"$duration" --latency -s bench/orders.lua \
   "http://127.0.0.1:$port/api/v1/orders"
 
-echo "== outbox backlog right after the order run"
-curl -s "http://127.0.0.1:$port/metrics" | grep -E '^(pulse_outbox_backlog|orders_placed_total) ' || true
+# The relay shares the machine with the load: report how far behind it ended and how long it
+# took to catch up. (Counters, not the backlog gauge, which is refreshed every 5 s.)
+counter() {
+  curl -s "http://127.0.0.1:$port/metrics" |
+    awk -v name="$1" '$1 == name { sum += $2 } END { printf "%d", sum }'
+}
+placed="$(counter orders_placed_total)"
+behind=$((placed - $(counter pulse_relay_published_total)))
+echo "== relay: $placed orders placed, $behind not yet on the log when the load stopped"
+started=$(date +%s%N)
+while [ "$(counter pulse_relay_published_total)" -lt "$placed" ]; do
+  if [ $(( ($(date +%s%N) - started) / 1000000000 )) -ge 120 ]; then
+    echo "== relay: still behind after 120 s" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+echo "== relay: caught up $(( ($(date +%s%N) - started) / 1000000 )) ms after the load stopped"

@@ -1,8 +1,10 @@
-//! The relay's claim on PostgreSQL keeps an index-driven plan when the statistics are stale: they
-//! say the outbox is empty while a backlog waits, the situation right after a broker outage.
-//! A plan made for "no pending rows" once scanned the whole backlog once per claimed row.
+//! The relay's claim on PostgreSQL keeps an index-driven plan when what the planner knows is
+//! stale: statistics that say the outbox is empty while a backlog waits (right after a broker
+//! outage), or a plan cached while the outbox of a new deployment was empty. Either once made
+//! every claim scan the whole backlog once per claimed row.
 
 use pulse_conformance::services;
+use pulse_orders::Outbox;
 use pulse_store::{Database, StoreOptions, POSTGRES_CLAIM, POSTGRES_CLAIM_PLANNER_SETTINGS};
 
 #[tokio::test]
@@ -62,5 +64,48 @@ async fn the_claim_walks_the_pending_index_when_statistics_call_the_outbox_empty
     assert!(
         !plan.contains("Join Filter"),
         "no join that filters a scan:\n{plan}"
+    );
+}
+
+#[tokio::test]
+async fn the_relay_statements_are_planned_at_each_execution_not_cached() {
+    let url = services::fresh_postgres_database().await;
+    // One connection, so the check below sees the session the relay's statements ran in.
+    let options = StoreOptions {
+        max_connections: 1,
+        ..StoreOptions::default()
+    };
+    let db = Database::connect(&url, &options)
+        .await
+        .unwrap_or_else(|err| services::missing("PostgreSQL", &url, err));
+    db.migrate().await.expect("migrate");
+    // More executions than PostgreSQL's five custom plans before it settles on a generic one,
+    // all against the empty outbox of a new deployment.
+    for _ in 0..8 {
+        assert!(db
+            .claim("relay-1", 500, 30_000, 1)
+            .await
+            .expect("claim")
+            .is_empty());
+        db.mark_sent(&[uuid::Uuid::now_v7()], 1)
+            .await
+            .expect("mark");
+        assert_eq!(db.backlog().await.expect("backlog"), 0);
+        db.purge_sent(0).await.expect("purge");
+    }
+    let Database::Postgres(pool) = &db else {
+        unreachable!("a postgres:// URL opens PostgreSQL")
+    };
+    let cached: Vec<String> = sqlx::query_scalar(
+        "SELECT statement FROM pg_prepared_statements
+         WHERE statement LIKE '%outbox_events%' AND statement NOT LIKE '%pg_prepared_statements%'",
+    )
+    .persistent(false)
+    .fetch_all(pool)
+    .await
+    .expect("prepared statements");
+    assert!(
+        cached.is_empty(),
+        "relay statements cached with a plan for an empty outbox: {cached:#?}"
     );
 }
