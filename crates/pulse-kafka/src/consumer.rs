@@ -283,6 +283,11 @@ impl LogConsumer for KafkaConsumer {
         let offsets = self.offsets.clone();
         blocking(move || {
             let positions = consumer.position().map_err(kafka_error)?;
+            if positions.count() == 0 {
+                // Nothing assigned (more members than partitions): nothing behind. librdkafka
+                // refuses an offsets query for no partition.
+                return Ok(Vec::new());
+            }
             // Partition ends come from the offsets client in one ListOffsets request. Asked
             // through the consumer, each partition's query queued behind the consumer's
             // long-polling fetch on the same connection: half a second per partition.

@@ -348,14 +348,9 @@ impl MemoryCache {
             if let Err(err) = self.apply_one(store, write, now) {
                 for (key, entry) in before.into_iter().rev() {
                     match entry {
-                        // Queued afresh: the batch may have consumed its queue item.
-                        Some(entry) => store.insert(
-                            key,
-                            Entry {
-                                queued_at_ms: None,
-                                ..entry
-                            },
-                        ),
+                        // `insert` keeps the queue item the key has now and queues the restored
+                        // expiry if it is earlier, so the restored entry still surfaces in time.
+                        Some(entry) => store.insert(key, entry),
                         None => {
                             store.entries.remove(&key);
                         }

@@ -62,8 +62,8 @@ pub struct Relay {
     log: Arc<dyn EventLog>,
     clock: SharedClock,
     settings: RelaySettings,
-    /// The batch claimed while the previous one was being sent.
-    claimed_next: Option<Vec<OutboxEvent>>,
+    /// The batch claimed while the previous one was being sent, with its claim time (ms).
+    claimed_next: Option<(i64, Vec<OutboxEvent>)>,
 }
 
 /// The record of `event`, carrying its trace context: the relay span's when the trace is
@@ -141,7 +141,7 @@ impl Relay {
                 }
             }
         }
-        if let Some(events) = self.claimed_next.take() {
+        if let Some(events) = self.take_claimed_next() {
             if let Err(stage) = self.send(&events).await {
                 // Their lease lapses and another relay (or the next start) sends them.
                 tracing::warn!(
@@ -161,21 +161,44 @@ impl Relay {
     /// sent, and a claim passes over every event with an earlier pending one of its aggregate,
     /// so the next batch never holds a successor of an event in this one.
     pub async fn relay_once(&mut self) -> Result<usize, &'static str> {
-        let events = match self.claimed_next.take() {
+        let events = match self.take_claimed_next() {
             Some(events) => events,
             None => self.claim().await?,
         };
         if events.is_empty() {
             return Ok(0);
         }
-        let (sent, next) = tokio::join!(self.send(&events), self.claim());
+        let (sent, next) = tokio::join!(self.send(&events), self.claim_stamped());
         match next {
-            Ok(next) if !next.is_empty() => self.claimed_next = Some(next),
+            Ok(next) if !next.1.is_empty() => self.claimed_next = Some(next),
             Ok(_) => {}
             Err(stage) => metrics::counter!(RELAY_ERRORS_TOTAL, "stage" => stage).increment(1),
         }
         sent?;
         Ok(events.len())
+    }
+
+    /// The batch claimed ahead, unless half its lease is gone: a slow send (a stalled broker)
+    /// or a backoff may have held it, and a batch whose lease lapses mid-send can be claimed and
+    /// sent by another relay too, ahead of its own successors. A batch let go waits for its lease
+    /// to lapse and is claimed again.
+    fn take_claimed_next(&mut self) -> Option<Vec<OutboxEvent>> {
+        let (claimed_at_ms, events) = self.claimed_next.take()?;
+        let age_ms = self.clock.now_ms() - claimed_at_ms;
+        if age_ms < self.settings.lease.as_millis() as i64 / 2 {
+            return Some(events);
+        }
+        tracing::debug!(
+            count = events.len(),
+            age_ms,
+            "letting a batch claimed ahead go: half its lease is gone"
+        );
+        None
+    }
+
+    async fn claim_stamped(&self) -> Result<(i64, Vec<OutboxEvent>), &'static str> {
+        let claimed_at_ms = self.clock.now_ms();
+        self.claim().await.map(|events| (claimed_at_ms, events))
     }
 
     async fn claim(&self) -> Result<Vec<OutboxEvent>, &'static str> {

@@ -200,12 +200,25 @@ impl PendingCommits {
         self.last_commit.elapsed() >= interval
     }
 
-    /// Commits the noted positions. A failed commit keeps them for the next attempt; until then
-    /// those records would be redelivered, which the windows absorb.
+    /// Commits the noted positions of the partitions the consumer still owns. A failed commit
+    /// keeps them for the next attempt; until then those records would be redelivered, which the
+    /// windows absorb.
     pub async fn commit(&mut self, consumer: &mut dyn LogConsumer) {
         self.last_commit = Instant::now();
         if self.latest.is_empty() {
             return;
+        }
+        // A partition that moved to another member since must not be committed from here: its
+        // new owner may be further along, and an older offset would rewind the group.
+        if let Ok(assigned) = consumer.assignment().await {
+            self.latest.retain(|(topic, partition), _| {
+                assigned
+                    .iter()
+                    .any(|tp| tp.partition == *partition && tp.topic == *topic)
+            });
+            if self.latest.is_empty() {
+                return;
+            }
         }
         let positions: Vec<RecordPosition> = self.latest.values().cloned().collect();
         match consumer.commit(&positions).await {

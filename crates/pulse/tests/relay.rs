@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pulse_conformance::{services, unique_name};
-use pulse_core::clock::SystemClock;
+use pulse_core::clock::{ManualClock, SystemClock};
 use pulse_core::log::EventLog;
 use pulse_embedded_log::{EmbeddedLog, EmbeddedLogOptions};
 use pulse_kafka::{KafkaLog, KafkaOptions};
@@ -152,4 +152,79 @@ async fn postgres_outbox_to_kafka() {
         .await
         .unwrap_or_else(|err| services::missing("Kafka", &kafka_url, err));
     racing_relays_keep_per_aggregate_order(db, Arc::new(log)).await;
+}
+
+/// A batch claimed ahead is sent only while most of its lease is left: once half is gone (a
+/// stalled send, a backoff) the relay lets it go and it is claimed again, so no event goes out
+/// twice or ahead of its aggregate's earlier ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_claimed_ahead_is_let_go_when_half_its_lease_is_gone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("pulse.db").display());
+    let db = Database::connect(&url, &StoreOptions::default())
+        .await
+        .expect("sqlite");
+    db.migrate().await.expect("migrate");
+    let log = Arc::new(
+        EmbeddedLog::open(&dir.path().join("log"), EmbeddedLogOptions::default())
+            .await
+            .expect("log"),
+    );
+    let topic = unique_name("relay");
+    log.create_topic(&topic, 3).await.expect("topic");
+    fill_outbox(&db, &topic).await;
+    let total = AGGREGATES * EVENTS_PER_AGGREGATE;
+
+    let clock = ManualClock::new(1_700_000_000_000);
+    // Half the aggregates per batch, so the batch claimed ahead holds the first events of the
+    // other half (their successors wait behind them).
+    let settings = RelaySettings {
+        batch_size: AGGREGATES / 2,
+        lease: Duration::from_secs(30),
+        ..RelaySettings::default()
+    };
+    let mut relay = Relay::new(
+        "relay-ahead".into(),
+        Arc::new(db.clone()),
+        log.clone(),
+        Arc::new(clock.clone()),
+        settings,
+    );
+    assert_eq!(relay.relay_once().await.expect("round"), AGGREGATES / 2);
+    // The batch claimed ahead outlives its lease (a stalled broker would do this): sending it
+    // now would race the claim that takes its rows again.
+    clock.advance(Duration::from_secs(31));
+    let mut moved = AGGREGATES / 2;
+    while db.backlog().await.expect("backlog") > 0 {
+        let round = relay.relay_once().await.expect("round");
+        assert!(round > 0, "stalled at {moved} of {total}");
+        moved += round;
+    }
+    assert_eq!(moved, total, "every event sent once");
+
+    let mut consumer = log
+        .consumer(&unique_name("g"), &[&topic])
+        .await
+        .expect("consumer");
+    let mut seen: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut received = 0;
+    while received < total {
+        let records = consumer
+            .poll(total, Duration::from_secs(5))
+            .await
+            .expect("poll");
+        assert!(!records.is_empty(), "only {received} of {total} on the log");
+        for record in records {
+            let text = String::from_utf8(record.payload.to_vec()).expect("utf-8");
+            let (aggregate, seq) = text.split_once(':').expect("payload shape");
+            seen.entry(aggregate.to_owned())
+                .or_default()
+                .push(seq.parse().expect("seq"));
+            received += 1;
+        }
+    }
+    let expected: Vec<usize> = (0..EVENTS_PER_AGGREGATE).collect();
+    for (aggregate, seqs) in seen {
+        assert_eq!(seqs, expected, "events of {aggregate} in order, once each");
+    }
 }
