@@ -150,10 +150,28 @@ pub async fn wait_for_quote(
         if want(&quote) {
             return quote;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "the quote never reached the expected state; last: {quote}"
-        );
+        if started.elapsed() >= Duration::from_secs(90) {
+            // Where along the pipeline the events stopped: placed, relayed, consumed.
+            let (_, metrics) = app.get("/metrics").await;
+            let pipeline: Vec<&str> = metrics
+                .lines()
+                .filter(|line| {
+                    [
+                        "orders_placed_total",
+                        "pulse_outbox_backlog",
+                        "pulse_relay_",
+                        "pulse_engine_",
+                        "pulse_consumer_lag",
+                    ]
+                    .iter()
+                    .any(|name| line.starts_with(name))
+                })
+                .collect();
+            panic!(
+                "the quote never reached the expected state; last: {quote}\npipeline metrics:\n{}",
+                pipeline.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
