@@ -784,3 +784,115 @@ impl SurgeEngine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod pending_commits_tests {
+    use async_trait::async_trait;
+    use pulse_core::log::TopicPartition;
+
+    use super::*;
+
+    /// A group member that owns `owned`, records what it is asked to commit, and refuses
+    /// commits while `refuse` is set.
+    #[derive(Debug, Default)]
+    struct Member {
+        owned: Vec<TopicPartition>,
+        committed: Vec<Vec<RecordPosition>>,
+        refuse: bool,
+    }
+
+    #[async_trait]
+    impl LogConsumer for Member {
+        async fn poll(&mut self, _: usize, _: Duration) -> PortResult<Vec<ConsumedRecord>> {
+            Ok(Vec::new())
+        }
+        async fn commit(&mut self, positions: &[RecordPosition]) -> PortResult<()> {
+            if self.refuse {
+                return Err(PortError::unavailable("log", "coordinator unavailable"));
+            }
+            let mut positions = positions.to_vec();
+            positions.sort_by_key(|p| (p.topic.clone(), p.partition));
+            self.committed.push(positions);
+            Ok(())
+        }
+        async fn assignment(&mut self) -> PortResult<Vec<TopicPartition>> {
+            Ok(self.owned.clone())
+        }
+        async fn seek(&mut self, _: &str, _: u32, _: i64) -> PortResult<()> {
+            Ok(())
+        }
+        async fn seek_to_timestamp(&mut self, _: &str, _: i64) -> PortResult<()> {
+            Ok(())
+        }
+        async fn lag(&mut self) -> PortResult<Vec<(TopicPartition, u64)>> {
+            Ok(Vec::new())
+        }
+        async fn close(self: Box<Self>) -> PortResult<()> {
+            Ok(())
+        }
+    }
+
+    fn record(partition: u32, offset: i64) -> ConsumedRecord {
+        ConsumedRecord {
+            position: RecordPosition {
+                topic: DEMAND_TOPIC.to_owned(),
+                partition,
+                offset,
+            },
+            key: None,
+            payload: Bytes::new(),
+            headers: Vec::new(),
+            timestamp_ms: 0,
+        }
+    }
+
+    fn position(partition: u32, offset: i64) -> RecordPosition {
+        record(partition, offset).position
+    }
+
+    fn owning(partitions: &[u32]) -> Member {
+        Member {
+            owned: partitions
+                .iter()
+                .map(|partition| TopicPartition {
+                    topic: DEMAND_TOPIC.to_owned(),
+                    partition: *partition,
+                })
+                .collect(),
+            ..Member::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_latest_position_of_each_partition_is_committed_once() {
+        let mut member = owning(&[0, 1]);
+        let mut pending = PendingCommits::default();
+        pending.applied(&[record(0, 5), record(1, 7), record(0, 6)]);
+        pending.commit(&mut member).await;
+        pending.commit(&mut member).await;
+        assert_eq!(member.committed, vec![vec![position(0, 6), position(1, 7)]]);
+    }
+
+    #[tokio::test]
+    async fn a_partition_that_moved_to_another_member_is_not_committed() {
+        let mut member = owning(&[1]);
+        let mut pending = PendingCommits::default();
+        pending.applied(&[record(0, 5), record(1, 7)]);
+        pending.commit(&mut member).await;
+        assert_eq!(member.committed, vec![vec![position(1, 7)]]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_commit_is_retried_with_the_next_one() {
+        let mut member = owning(&[0]);
+        member.refuse = true;
+        let mut pending = PendingCommits::default();
+        pending.applied(&[record(0, 5)]);
+        pending.commit(&mut member).await;
+        assert!(member.committed.is_empty());
+        member.refuse = false;
+        pending.applied(&[record(0, 6)]);
+        pending.commit(&mut member).await;
+        assert_eq!(member.committed, vec![vec![position(0, 6)]]);
+    }
+}
