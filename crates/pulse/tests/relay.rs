@@ -82,9 +82,20 @@ async fn racing_relays_keep_per_aggregate_order(db: Database, log: Arc<dyn Event
         })
         .collect();
 
+    assert_each_aggregate_in_order_once(log.as_ref(), &topic, &aggregates).await;
+    shutdown.cancel();
+    for relay in relays {
+        relay.await.expect("relay stops");
+    }
+    assert_eq!(db.backlog().await.expect("backlog"), 0);
+}
+
+/// Reads every event of `topic` from its beginning and checks that each aggregate's events
+/// arrived keyed by the aggregate, in order, once each.
+async fn assert_each_aggregate_in_order_once(log: &dyn EventLog, topic: &str, aggregates: &[Uuid]) {
     let total = AGGREGATES * EVENTS_PER_AGGREGATE;
     let mut consumer = log
-        .consumer(&unique_name("g"), &[&topic])
+        .consumer(&unique_name("g"), &[topic])
         .await
         .expect("consumer");
     let mut seen: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -113,31 +124,32 @@ async fn racing_relays_keep_per_aggregate_order(db: Database, log: Arc<dyn Event
             received += 1;
         }
     }
-    shutdown.cancel();
-    for relay in relays {
-        relay.await.expect("relay stops");
-    }
     let expected: Vec<usize> = (0..EVENTS_PER_AGGREGATE).collect();
     let keys: BTreeSet<String> = aggregates.iter().map(Uuid::to_string).collect();
     assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), keys);
     for (aggregate, seqs) in seen {
         assert_eq!(seqs, expected, "events of {aggregate} in order, once each");
     }
-    assert_eq!(db.backlog().await.expect("backlog"), 0);
+}
+
+/// A migrated SQLite store and an embedded log in `dir`.
+async fn embedded(dir: &std::path::Path) -> (Database, Arc<EmbeddedLog>) {
+    let url = format!("sqlite://{}", dir.join("pulse.db").display());
+    let db = Database::connect(&url, &StoreOptions::default())
+        .await
+        .expect("sqlite");
+    db.migrate().await.expect("migrate");
+    let log = EmbeddedLog::open(&dir.join("log"), EmbeddedLogOptions::default())
+        .await
+        .expect("log");
+    (db, Arc::new(log))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_outbox_to_embedded_log() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("pulse.db").display());
-    let db = Database::connect(&url, &StoreOptions::default())
-        .await
-        .expect("sqlite");
-    db.migrate().await.expect("migrate");
-    let log = EmbeddedLog::open(&dir.path().join("log"), EmbeddedLogOptions::default())
-        .await
-        .expect("log");
-    racing_relays_keep_per_aggregate_order(db, Arc::new(log)).await;
+    let (db, log) = embedded(dir.path()).await;
+    racing_relays_keep_per_aggregate_order(db, log).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,19 +172,10 @@ async fn postgres_outbox_to_kafka() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_claimed_ahead_is_let_go_when_half_its_lease_is_gone() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("pulse.db").display());
-    let db = Database::connect(&url, &StoreOptions::default())
-        .await
-        .expect("sqlite");
-    db.migrate().await.expect("migrate");
-    let log = Arc::new(
-        EmbeddedLog::open(&dir.path().join("log"), EmbeddedLogOptions::default())
-            .await
-            .expect("log"),
-    );
+    let (db, log) = embedded(dir.path()).await;
     let topic = unique_name("relay");
     log.create_topic(&topic, 3).await.expect("topic");
-    fill_outbox(&db, &topic).await;
+    let aggregates = fill_outbox(&db, &topic).await;
     let total = AGGREGATES * EVENTS_PER_AGGREGATE;
 
     let clock = ManualClock::new(1_700_000_000_000);
@@ -201,30 +204,5 @@ async fn a_batch_claimed_ahead_is_let_go_when_half_its_lease_is_gone() {
         moved += round;
     }
     assert_eq!(moved, total, "every event sent once");
-
-    let mut consumer = log
-        .consumer(&unique_name("g"), &[&topic])
-        .await
-        .expect("consumer");
-    let mut seen: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    let mut received = 0;
-    while received < total {
-        let records = consumer
-            .poll(total, Duration::from_secs(5))
-            .await
-            .expect("poll");
-        assert!(!records.is_empty(), "only {received} of {total} on the log");
-        for record in records {
-            let text = String::from_utf8(record.payload.to_vec()).expect("utf-8");
-            let (aggregate, seq) = text.split_once(':').expect("payload shape");
-            seen.entry(aggregate.to_owned())
-                .or_default()
-                .push(seq.parse().expect("seq"));
-            received += 1;
-        }
-    }
-    let expected: Vec<usize> = (0..EVENTS_PER_AGGREGATE).collect();
-    for (aggregate, seqs) in seen {
-        assert_eq!(seqs, expected, "events of {aggregate} in order, once each");
-    }
+    assert_each_aggregate_in_order_once(log.as_ref(), &topic, &aggregates).await;
 }
