@@ -1,6 +1,7 @@
 //! A member of a Kafka consumer group.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,14 +11,14 @@ use pulse_core::log::{
     ensure_subscribed, resume_offsets, ConsumedRecord, Header, LogConsumer, RecordPosition,
     TopicPartition,
 };
-use pulse_core::PortResult;
+use pulse_core::{PortError, PortResult};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::time::Instant;
 
-use crate::{base_config, blocking, kafka_error, KafkaOptions};
+use crate::{base_config, blocking, kafka_error, KafkaOptions, BACKEND};
 
 /// Longest wait for the broker when measuring lag.
 const LAG_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,6 +37,8 @@ pub(crate) struct KafkaConsumer {
     pending_seeks: HashMap<TopicPartition, i64>,
     /// Set by `close`, which leaves the group itself; `Drop` then has nothing to do.
     closed: bool,
+    /// Whether an offset commit is still waiting for the broker.
+    commit_in_flight: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for KafkaConsumer {
@@ -74,6 +77,7 @@ impl KafkaConsumer {
             options,
             pending_seeks: HashMap::new(),
             closed: false,
+            commit_in_flight: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -265,13 +269,32 @@ impl LogConsumer for KafkaConsumer {
             list.add_partition_offset(&tp.topic, tp.partition as i32, Offset::Offset(offset))
                 .map_err(kafka_error)?;
         }
+        // A synchronous commit waits for the group coordinator without a deadline; while the
+        // broker is away, or the group rebalances (which needs this member to keep polling), it
+        // can wait for minutes. Bounded here: the caller keeps its positions, goes back to
+        // polling, and commits again later. At most one commit is in flight.
+        if self.commit_in_flight.swap(true, Ordering::AcqRel) {
+            return Err(PortError::unavailable(
+                BACKEND,
+                "the previous offset commit has not returned yet",
+            ));
+        }
+        let in_flight = self.commit_in_flight.clone();
         let consumer = self.consumer.clone();
-        blocking(move || {
-            consumer
+        let commit = tokio::task::spawn_blocking(move || {
+            let committed = consumer
                 .commit(&list, CommitMode::Sync)
-                .map_err(kafka_error)
-        })
-        .await
+                .map_err(kafka_error);
+            in_flight.store(false, Ordering::Release);
+            committed
+        });
+        match tokio::time::timeout(self.options.request_timeout, commit).await {
+            Ok(joined) => joined.map_err(|err| PortError::unavailable(BACKEND, err))?,
+            Err(_) => Err(PortError::Timeout {
+                backend: BACKEND,
+                timeout: self.options.request_timeout,
+            }),
+        }
     }
 
     async fn assignment(&mut self) -> PortResult<Vec<TopicPartition>> {

@@ -228,3 +228,60 @@ async fn orders_accepted_while_kafka_is_down_all_arrive_once_it_is_back() {
     assert_eq!(status, 200, "ready again");
     app.stop().await;
 }
+
+/// An offset commit while the broker is away returns within the request timeout, so an engine
+/// goes back to polling (which a rebalance needs) instead of waiting on the group coordinator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_commit_while_kafka_is_down_returns_within_the_request_timeout() {
+    use pulse_core::log::EventLog;
+    use pulse_kafka::{KafkaLog, KafkaOptions};
+
+    let kafka = OwnKafka::start();
+    let request_timeout = Duration::from_secs(3);
+    let log = KafkaLog::connect(
+        &kafka.url(),
+        KafkaOptions {
+            request_timeout,
+            ..KafkaOptions::default()
+        },
+    )
+    .await
+    .expect("kafka");
+    let topic = unique_name("commit");
+    log.create_topic(&topic, 1).await.expect("topic");
+    log.append(&topic, vec![OutgoingRecord::keyed("k", b"v".to_vec())])
+        .await
+        .expect("append");
+    let mut consumer = log
+        .consumer(&unique_name("g"), &[&topic])
+        .await
+        .expect("consumer");
+    let started = std::time::Instant::now();
+    let record = loop {
+        let mut records = consumer
+            .poll(1, Duration::from_secs(1))
+            .await
+            .expect("poll");
+        if let Some(record) = records.pop() {
+            break record;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no record");
+    };
+    consumer
+        .commit(std::slice::from_ref(&record.position))
+        .await
+        .expect("commit while the broker is up");
+
+    kafka.services("down");
+    for _ in 0..2 {
+        let asked = std::time::Instant::now();
+        let outcome = consumer
+            .commit(std::slice::from_ref(&record.position))
+            .await;
+        assert!(
+            asked.elapsed() < request_timeout + Duration::from_secs(2),
+            "a commit took {:?} ({outcome:?})",
+            asked.elapsed()
+        );
+    }
+}
