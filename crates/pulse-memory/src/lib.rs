@@ -520,6 +520,15 @@ mod tests {
         )
     }
 
+    /// Stores a value at `key` that lives `secs` seconds.
+    async fn set_for_secs(cache: &MemoryCache, key: &str, secs: u64) {
+        let value = Bytes::from_static(b"v");
+        cache
+            .set(key, value, Some(Duration::from_secs(secs)))
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn entries_expire_exactly_at_their_ttl() {
         let (cache, clock) = cache_with_clock(10);
@@ -541,19 +550,9 @@ mod tests {
     #[tokio::test]
     async fn a_full_cache_evicts_the_entry_closest_to_expiry() {
         let (cache, _clock) = cache_with_clock(2);
-        let value = Bytes::from_static(b"v");
-        cache
-            .set("long", value.clone(), Some(Duration::from_secs(100)))
-            .await
-            .unwrap();
-        cache
-            .set("short", value.clone(), Some(Duration::from_secs(1)))
-            .await
-            .unwrap();
-        cache
-            .set("new", value.clone(), Some(Duration::from_secs(50)))
-            .await
-            .unwrap();
+        set_for_secs(&cache, "long", 100).await;
+        set_for_secs(&cache, "short", 1).await;
+        set_for_secs(&cache, "new", 50).await;
         assert_eq!(cache.len(), 2);
         assert_eq!(cache.get("short").await.unwrap(), None);
         assert!(cache.get("long").await.unwrap().is_some());
@@ -564,10 +563,7 @@ mod tests {
         let (cache, clock) = cache_with_clock(2);
         let value = Bytes::from_static(b"v");
         cache.set("keep", value.clone(), None).await.unwrap();
-        cache
-            .set("old", value.clone(), Some(Duration::from_secs(1)))
-            .await
-            .unwrap();
+        set_for_secs(&cache, "old", 1).await;
         clock.advance(Duration::from_secs(2));
         cache.set("new", value.clone(), None).await.unwrap();
         assert!(cache.get("keep").await.unwrap().is_some());
@@ -659,23 +655,10 @@ mod tests {
     #[tokio::test]
     async fn eviction_follows_current_expiries_not_the_first_ones() {
         let (cache, _clock) = cache_with_clock(2);
-        let value = Bytes::from_static(b"v");
-        cache
-            .set("extended", value.clone(), Some(Duration::from_secs(1)))
-            .await
-            .unwrap();
-        cache
-            .set("soon", value.clone(), Some(Duration::from_secs(5)))
-            .await
-            .unwrap();
-        cache
-            .set("extended", value.clone(), Some(Duration::from_secs(100)))
-            .await
-            .unwrap();
-        cache
-            .set("new", value.clone(), Some(Duration::from_secs(50)))
-            .await
-            .unwrap();
+        set_for_secs(&cache, "extended", 1).await;
+        set_for_secs(&cache, "soon", 5).await;
+        set_for_secs(&cache, "extended", 100).await;
+        set_for_secs(&cache, "new", 50).await;
         assert_eq!(cache.get("soon").await.unwrap(), None, "closest to expiry");
         assert!(cache.get("extended").await.unwrap().is_some());
         assert!(cache.get("new").await.unwrap().is_some());
