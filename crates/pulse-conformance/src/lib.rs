@@ -10,10 +10,13 @@
 //! Adapter crates call the macros from their own tests, so `cargo test -p pulse-kafka` shows
 //! `event_log_conformance::append_keeps_per_key_order ... ok` for Kafka, and the same names for the
 //! embedded log. The [`services`] module finds the real PostgreSQL, Kafka and Redis started by
-//! `scripts/services`, and fails loudly when one is missing.
+//! `scripts/services`, and fails loudly when one is missing. The [`faults`] module wraps any
+//! adapter to inject the failures the guarantees are about (failed, hung and unacknowledged
+//! appends, redelivery, cache writes failing mid-batch).
 
 pub mod cache;
 pub mod event_log;
+pub mod faults;
 pub mod services;
 pub mod store;
 

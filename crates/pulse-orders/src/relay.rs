@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use pulse_core::clock::SharedClock;
 use pulse_core::log::{EventLog, OutgoingRecord};
 use pulse_core::retry::backoff;
+use pulse_core::PortError;
 use pulse_trace::TraceContext;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +41,10 @@ pub struct RelaySettings {
     pub sent_retention: Duration,
     /// How often the backlog gauge and the purge run.
     pub housekeeping_every: Duration,
+    /// Longest wait for the log to acknowledge one append. Past it the round fails and the rows
+    /// stay pending, to be sent again once their lease lapses; keep it well under `lease`, so a
+    /// batch is never claimed again while its first append may still be in flight.
+    pub append_timeout: Duration,
 }
 
 impl Default for RelaySettings {
@@ -50,6 +55,7 @@ impl Default for RelaySettings {
             idle_poll: Duration::from_millis(50),
             sent_retention: Duration::from_secs(24 * 3600),
             housekeeping_every: Duration::from_secs(5),
+            append_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -232,7 +238,16 @@ impl Relay {
                 .iter()
                 .map(|(event, span)| to_record(event, *span))
                 .collect();
-            if let Err(err) = self.log.append(topic, records).await {
+            let appended = tokio::time::timeout(
+                self.settings.append_timeout,
+                self.log.append(topic, records),
+            )
+            .await
+            .unwrap_or(Err(PortError::Timeout {
+                backend: "log",
+                timeout: self.settings.append_timeout,
+            }));
+            if let Err(err) = appended {
                 // The lease lapses and the rows are claimed again; nothing is lost.
                 tracing::warn!(error = %err, topic, "relay append failed; rows stay pending");
                 return Err("append");

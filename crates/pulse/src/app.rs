@@ -67,6 +67,8 @@ fn relay_settings(config: &Config) -> RelaySettings {
         batch_size: config.relay.batch_size,
         idle_poll: Duration::from_millis(config.relay.idle_poll_ms),
         lease: Duration::from_secs(config.relay.lease_secs),
+        // Well inside the lease: a timed-out append is retried only after its lease lapses.
+        append_timeout: Duration::from_secs(config.relay.lease_secs.max(3) / 3),
         ..RelaySettings::default()
     }
 }
@@ -79,8 +81,20 @@ impl Application {
         roles: BTreeSet<Role>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let metrics = pulse_http::install_metrics_recorder();
+        pulse_http::install_metrics_recorder();
         let backends = Backends::open(config).await?;
+        Self::build_on(config, backends, roles, shutdown).await
+    }
+
+    /// [`Application::build`] on backends already open: how a test puts a fault-injecting
+    /// adapter in front of a real one and runs the rest of Pulse unchanged.
+    pub async fn build_on(
+        config: &Config,
+        backends: Backends,
+        roles: BTreeSet<Role>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let metrics = pulse_http::install_metrics_recorder();
         let ops = OpsState {
             checks: backends.health_checks(),
             check_timeout: Duration::from_secs(config.backend_timeout_secs),

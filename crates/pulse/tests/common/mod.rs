@@ -7,7 +7,9 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pulse::backends::Backends;
 use pulse::{Application, Config};
+use pulse_conformance::faults::FaultyLog;
 use pulse_conformance::services;
 use pulse_core::log::EventLog;
 use pulse_runtime::{CancellationToken, Role};
@@ -50,6 +52,17 @@ impl TestApp {
         roles: &[Role],
         configure: impl FnOnce(&mut Config),
     ) -> Self {
+        Self::spawn_wrapped(data_dir, roles, configure, |backends| backends).await
+    }
+
+    /// An application whose backends pass through `wrap` first (to put a fault-injecting
+    /// adapter of `pulse_conformance::faults` in front of a real one).
+    pub async fn spawn_wrapped(
+        data_dir: &std::path::Path,
+        roles: &[Role],
+        configure: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(Backends) -> Backends,
+    ) -> Self {
         let mut config = Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: data_dir.to_owned(),
@@ -60,9 +73,15 @@ impl TestApp {
         config.log_format = pulse::config::LogFormat::Pretty;
         pulse::telemetry::init(&config).expect("telemetry");
         let shutdown = CancellationToken::new();
-        let app = Application::build(&config, roles.iter().copied().collect(), shutdown.clone())
-            .await
-            .expect("application builds");
+        let backends = wrap(Backends::open(&config).await.expect("backends open"));
+        let app = Application::build_on(
+            &config,
+            backends,
+            roles.iter().copied().collect(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("application builds");
         let base = format!("http://127.0.0.1:{}", app.port());
         let log = app.backends().log.clone();
         let running = tokio::spawn(app.run_until_stopped());
@@ -185,10 +204,23 @@ pub async fn seed_cell(
     drivers: usize,
     orders: usize,
 ) -> Vec<Value> {
+    seed_cell_with_ids(apps, lat, lng, drivers, orders).await.1
+}
+
+/// [`seed_cell`], also returning the drivers' ids: the keys of their pings on the log, as
+/// order ids are the keys of the orders' events.
+pub async fn seed_cell_with_ids(
+    apps: &[&TestApp],
+    lat: f64,
+    lng: f64,
+    drivers: usize,
+    orders: usize,
+) -> (Vec<String>, Vec<Value>) {
     let run = uuid::Uuid::new_v4().simple().to_string();
-    for driver in 0..drivers {
-        let app = apps[driver % apps.len()];
-        let path = format!("/api/v1/drivers/d-{run}-{driver}/location");
+    let driver_ids: Vec<String> = (0..drivers).map(|n| format!("d-{run}-{n}")).collect();
+    for (n, driver) in driver_ids.iter().enumerate() {
+        let app = apps[n % apps.len()];
+        let path = format!("/api/v1/drivers/{driver}/location");
         let body = serde_json::json!({ "lat": lat, "lng": lng, "available": true });
         let (status, answer) = app.post_json(&path, &body).await;
         assert_eq!(status, 202, "{answer}");
@@ -206,7 +238,49 @@ pub async fn seed_cell(
         assert_eq!(order["status"], "PENDING");
         placed.push(order);
     }
-    placed
+    (driver_ids, placed)
+}
+
+/// The log keys of `orders`' events: their order ids.
+pub fn order_ids(orders: &[Value]) -> Vec<String> {
+    orders
+        .iter()
+        .map(|order| order["order_id"].as_str().expect("an order id").to_owned())
+        .collect()
+}
+
+/// Waits (60 s at most) until `condition` holds, polling every 50 ms; panics naming `what`.
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the surge engine was handed a record with each of `keys` and committed every
+/// delivery of them: their effects are in the cache and the multiplier derived from them is
+/// published (the engine publishes before it commits). "It stays at X" is checked after this,
+/// not after a sleep.
+pub async fn wait_until_engine_settled(log: &FaultyLog, keys: &[String]) {
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    wait_until(
+        "the engine committed every delivery of the test's records",
+        || log.group(pulse_surge::engine::GROUP).settled(&keys),
+    )
+    .await;
+}
+
+/// The multiplier quoted at a point now.
+pub async fn multiplier_at(app: &TestApp, lat: f64, lng: f64) -> Value {
+    let (status, quote) = app
+        .get_json(&format!("/api/v1/quote?lat={lat}&lng={lng}"))
+        .await;
+    assert_eq!(status, 200, "{quote}");
+    quote["multiplier"].clone()
 }
 
 /// A free loopback port.

@@ -1,0 +1,151 @@
+//! The surge engine's promises under faults, through HTTP and the real backends with one fault
+//! injected (`pulse_conformance::faults`): a redelivered order counts once, and a batch whose
+//! cache write fails is neither committed nor lost, and applies once when the cache returns.
+//! Each case runs on the in-process cache and on Redis, whose guards are different code.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{
+    multiplier_at, order_ids, seed_cell_with_ids, unique_point, wait_until,
+    wait_until_engine_settled, TestApp,
+};
+use pulse_conformance::faults::{FaultyCache, FaultyLog, Redelivery, WriteFault};
+use pulse_conformance::services;
+use pulse_core::clock::{Clock, SystemClock};
+use pulse_core::log::OutgoingRecord;
+use pulse_proto::v1::OrderCreatedEvent;
+use pulse_proto::Message;
+use pulse_runtime::Role;
+use pulse_surge::engine::{DEMAND_TOPIC, GROUP};
+use pulse_surge::geo::Point;
+use serde_json::json;
+
+fn on_redis(config: &mut pulse::Config) {
+    config.cache_url = services::redis_url();
+}
+
+/// Every batch the engine polls is handed to it twice, as a rebalance does with records it had
+/// not committed yet. 2 orders and 4 drivers make 1.5; counting each order twice would make 2.0.
+async fn a_redelivered_order_counts_once(configure: fn(&mut pulse::Config)) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut faulty = None;
+    let app = TestApp::spawn_wrapped(dir.path(), &Role::ALL, configure, |mut backends| {
+        let log = FaultyLog::wrap(backends.log.clone());
+        log.redeliver(Redelivery::EveryBatchTwice);
+        backends.log = Arc::new(log.clone());
+        faulty = Some(log);
+        backends
+    })
+    .await;
+    let log = faulty.expect("the log was wrapped");
+    let (lat, lng) = unique_point();
+    let (drivers, orders) = seed_cell_with_ids(&[&app], lat, lng, 4, 2).await;
+    let orders = order_ids(&orders);
+    let keys: Vec<String> = drivers.iter().chain(&orders).cloned().collect();
+    wait_until_engine_settled(&log, &keys).await;
+    let group = log.group(GROUP);
+    for order in &orders {
+        assert!(
+            group.deliveries_of(order) >= 2,
+            "order {order} was delivered twice"
+        );
+    }
+    assert_eq!(multiplier_at(&app, lat, lng).await, json!(1.5));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_order_counts_once_in_the_memory_cache() {
+    a_redelivered_order_counts_once(|_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_order_counts_once_in_redis() {
+    a_redelivered_order_counts_once(on_redis).await;
+}
+
+/// Two orders reach the engine in one batch while the cache fails every write, the guarded
+/// demand batch half-way through. Until the cache returns the engine must not commit them
+/// (a commit would lose them for good); once it returns each counts exactly once: 1.5 with 4
+/// drivers (1.25 if one was lost, 2.0 if the half applied before the failure counted again).
+async fn a_batch_whose_cache_write_fails_is_held_and_applies_once(
+    configure: fn(&mut pulse::Config),
+) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut wrapped = None;
+    let app = TestApp::spawn_wrapped(dir.path(), &Role::ALL, configure, |mut backends| {
+        let log = FaultyLog::wrap(backends.log.clone());
+        let cache = FaultyCache::wrap(backends.cache.clone());
+        backends.log = Arc::new(log.clone());
+        backends.cache = Arc::new(cache.clone());
+        wrapped = Some((log, cache));
+        backends
+    })
+    .await;
+    let (log, cache) = wrapped.expect("the backends were wrapped");
+    let (lat, lng) = unique_point();
+    let (drivers, _) = seed_cell_with_ids(&[&app], lat, lng, 4, 0).await;
+    wait_until_engine_settled(&log, &drivers).await;
+
+    // Both orders in one append, so the engine polls them in one batch and the guarded demand
+    // write fails after the first.
+    cache.fail_writes(WriteFault::FailMidBatch);
+    let cell = Point::new(lat, lng)
+        .expect("a valid point")
+        .cell()
+        .to_string();
+    let orders: Vec<String> = (0..2).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    let records = orders
+        .iter()
+        .map(|order_id| {
+            let event = OrderCreatedEvent {
+                order_id: order_id.clone(),
+                pickup_h3: cell.clone(),
+                user_id: format!("rider-{order_id}"),
+                timestamp: SystemClock.now_ms(),
+            };
+            OutgoingRecord::keyed(order_id.clone(), event.encode_to_vec())
+        })
+        .collect();
+    app.log
+        .append(DEMAND_TOPIC, records)
+        .await
+        .expect("append the orders");
+    wait_until("the engine was handed both orders", || {
+        let group = log.group(GROUP);
+        orders.iter().all(|order| group.deliveries_of(order) > 0)
+    })
+    .await;
+    let failed_when_delivered = cache.failed_writes();
+    wait_until("the engine retried the batch", || {
+        cache.failed_writes() >= failed_when_delivered + 2
+    })
+    .await;
+    let group = log.group(GROUP);
+    for (key, position) in &group.delivered {
+        let is_order = key
+            .as_deref()
+            .is_some_and(|key| orders.iter().any(|order| order.as_bytes() == key));
+        assert!(
+            !(is_order && group.is_committed(position)),
+            "the engine committed {position:?} although its cache write failed"
+        );
+    }
+
+    cache.heal();
+    wait_until_engine_settled(&log, &orders).await;
+    assert_eq!(multiplier_at(&app, lat, lng).await, json!(1.5));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_cache_write_fails_is_held_and_applies_once_in_the_memory_cache() {
+    a_batch_whose_cache_write_fails_is_held_and_applies_once(|_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_cache_write_fails_is_held_and_applies_once_in_redis() {
+    a_batch_whose_cache_write_fails_is_held_and_applies_once(on_redis).await;
+}
