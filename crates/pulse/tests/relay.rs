@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pulse_conformance::faults::{AppendFault, FaultyLog};
 use pulse_conformance::{services, unique_name};
 use pulse_core::clock::{ManualClock, SystemClock};
 use pulse_core::log::EventLog;
@@ -90,10 +91,14 @@ async fn racing_relays_keep_per_aggregate_order(db: Database, log: Arc<dyn Event
     assert_eq!(db.backlog().await.expect("backlog"), 0);
 }
 
-/// Reads every event of `topic` from its beginning and checks that each aggregate's events
-/// arrived keyed by the aggregate, in order, once each.
-async fn assert_each_aggregate_in_order_once(log: &dyn EventLog, topic: &str, aggregates: &[Uuid]) {
-    let total = AGGREGATES * EVENTS_PER_AGGREGATE;
+/// Reads `topic` from its beginning until `at_least` events arrived and a short poll finds no
+/// more; returns each aggregate's sequence numbers in arrival order, checking every event is
+/// keyed by its aggregate.
+async fn read_per_aggregate(
+    log: &dyn EventLog,
+    topic: &str,
+    at_least: usize,
+) -> BTreeMap<String, Vec<usize>> {
     let mut consumer = log
         .consumer(&unique_name("g"), &[topic])
         .await
@@ -101,16 +106,20 @@ async fn assert_each_aggregate_in_order_once(log: &dyn EventLog, topic: &str, ag
     let mut seen: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     let mut received = 0;
     let started = Instant::now();
-    while received < total {
+    loop {
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "only {received} of {total} arrived"
+            "only {received} of {at_least} arrived"
         );
-        for record in consumer
-            .poll(total, Duration::from_millis(200))
+        let wait = if received < at_least { 200 } else { 500 };
+        let batch = consumer
+            .poll(at_least.max(1), Duration::from_millis(wait))
             .await
-            .expect("poll")
-        {
+            .expect("poll");
+        if batch.is_empty() && received >= at_least {
+            return seen;
+        }
+        for record in batch {
             let text = String::from_utf8(record.payload.to_vec()).expect("utf-8");
             let (aggregate, seq) = text.split_once(':').expect("payload shape");
             assert_eq!(
@@ -124,12 +133,32 @@ async fn assert_each_aggregate_in_order_once(log: &dyn EventLog, topic: &str, ag
             received += 1;
         }
     }
+}
+
+/// Reads every event of `topic` from its beginning and checks that each aggregate's events
+/// arrived keyed by the aggregate, in order, once each (and nothing more).
+async fn assert_each_aggregate_in_order_once(log: &dyn EventLog, topic: &str, aggregates: &[Uuid]) {
+    let seen = read_per_aggregate(log, topic, AGGREGATES * EVENTS_PER_AGGREGATE).await;
     let expected: Vec<usize> = (0..EVENTS_PER_AGGREGATE).collect();
     let keys: BTreeSet<String> = aggregates.iter().map(Uuid::to_string).collect();
     assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), keys);
     for (aggregate, seqs) in seen {
         assert_eq!(seqs, expected, "events of {aggregate} in order, once each");
     }
+}
+
+/// A migrated PostgreSQL store (a fresh database) and the shared Kafka.
+async fn distributed() -> (Database, Arc<dyn EventLog>) {
+    let url = services::fresh_postgres_database().await;
+    let db = Database::connect(&url, &StoreOptions::default())
+        .await
+        .expect("postgres");
+    db.migrate().await.expect("migrate");
+    let kafka_url = services::kafka_url();
+    let log = KafkaLog::connect(&kafka_url, KafkaOptions::default())
+        .await
+        .unwrap_or_else(|err| services::missing("Kafka", &kafka_url, err));
+    (db, Arc::new(log))
 }
 
 /// A migrated SQLite store and an embedded log in `dir`.
@@ -154,16 +183,8 @@ async fn sqlite_outbox_to_embedded_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outbox_to_kafka() {
-    let url = services::fresh_postgres_database().await;
-    let db = Database::connect(&url, &StoreOptions::default())
-        .await
-        .expect("postgres");
-    db.migrate().await.expect("migrate");
-    let kafka_url = services::kafka_url();
-    let log = KafkaLog::connect(&kafka_url, KafkaOptions::default())
-        .await
-        .unwrap_or_else(|err| services::missing("Kafka", &kafka_url, err));
-    racing_relays_keep_per_aggregate_order(db, Arc::new(log)).await;
+    let (db, log) = distributed().await;
+    racing_relays_keep_per_aggregate_order(db, log).await;
 }
 
 /// A batch claimed ahead is sent only while most of its lease is left: once half is gone (a
@@ -205,4 +226,151 @@ async fn a_batch_claimed_ahead_is_let_go_when_half_its_lease_is_gone() {
     }
     assert_eq!(moved, total, "every event sent once");
     assert_each_aggregate_in_order_once(log.as_ref(), &topic, &aggregates).await;
+}
+
+/// A relay on `db` and `log` driven by hand, with time that moves only when the test says.
+fn hand_driven_relay(
+    id: &str,
+    db: &Database,
+    log: Arc<dyn EventLog>,
+    clock: &ManualClock,
+) -> Relay {
+    let settings = RelaySettings {
+        batch_size: AGGREGATES / 2,
+        lease: Duration::from_secs(30),
+        append_timeout: Duration::from_millis(300),
+        ..RelaySettings::default()
+    };
+    Relay::new(
+        id.into(),
+        Arc::new(db.clone()),
+        log,
+        Arc::new(clock.clone()),
+        settings,
+    )
+}
+
+/// Drives `relay` until the outbox is empty, moving the clock past a lease whenever a round
+/// finds nothing claimable (rows leased by a relay that failed or died).
+async fn relay_until_empty(relay: &mut Relay, db: &Database, clock: &ManualClock) {
+    let started = Instant::now();
+    while db.backlog().await.expect("backlog") > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the outbox never drained"
+        );
+        match relay.relay_once().await {
+            Ok(0) => clock.advance(Duration::from_secs(31)),
+            Ok(_) => {}
+            Err(stage) => panic!("relay round failed at {stage} with the log healthy"),
+        }
+    }
+}
+
+/// An append that fails (`Fail`) or never answers (`Hang`) leaves every row pending and nothing
+/// on the log; once the log is back each event arrives once, in order.
+async fn rows_stay_pending_through_an_append_fault(
+    db: Database,
+    inner: Arc<dyn EventLog>,
+    fault: AppendFault,
+) {
+    let topic = unique_name("relay");
+    inner.create_topic(&topic, 3).await.expect("topic");
+    let aggregates = fill_outbox(&db, &topic).await;
+    let total = (AGGREGATES * EVENTS_PER_AGGREGATE) as u64;
+    let log = FaultyLog::wrap(inner.clone());
+    log.inject(fault, 2);
+    let clock = ManualClock::new(1_700_000_000_000);
+    let mut relay = hand_driven_relay("relay-faulted", &db, Arc::new(log.clone()), &clock);
+
+    for _ in 0..2 {
+        assert_eq!(relay.relay_once().await, Err("append"));
+        assert_eq!(
+            db.backlog().await.expect("backlog"),
+            total,
+            "every row pending"
+        );
+        clock.advance(Duration::from_secs(31));
+    }
+    assert_eq!(log.faults_injected(), 2);
+    assert_eq!(log.appends_written(), 0, "nothing reached the log");
+    relay_until_empty(&mut relay, &db, &clock).await;
+    assert_each_aggregate_in_order_once(inner.as_ref(), &topic, &aggregates).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_rows_stay_pending_after_a_failed_append_and_arrive_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (db, log) = embedded(dir.path()).await;
+    rows_stay_pending_through_an_append_fault(db, log, AppendFault::Fail).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_rows_stay_pending_after_a_hung_append_and_arrive_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (db, log) = embedded(dir.path()).await;
+    rows_stay_pending_through_an_append_fault(db, log, AppendFault::Hang).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_rows_stay_pending_after_a_failed_or_hung_append_and_arrive_once() {
+    for fault in [AppendFault::Fail, AppendFault::Hang] {
+        let (db, log) = distributed().await;
+        rows_stay_pending_through_an_append_fault(db, log, fault).await;
+    }
+}
+
+/// A relay dies after the log took its batch and before it marked the rows sent. Another relay
+/// sends them again once their lease lapses: nothing is lost, and each aggregate's events still
+/// arrive in order (some twice, which consumers absorb), never an event before an earlier one.
+async fn a_crash_between_append_and_mark_resends_in_order(db: Database, inner: Arc<dyn EventLog>) {
+    let topic = unique_name("relay");
+    inner.create_topic(&topic, 3).await.expect("topic");
+    let aggregates = fill_outbox(&db, &topic).await;
+    let log = FaultyLog::wrap(inner.clone());
+    log.inject(AppendFault::LoseAck, 1);
+    let clock = ManualClock::new(1_700_000_000_000);
+    let mut doomed = hand_driven_relay("relay-doomed", &db, Arc::new(log.clone()), &clock);
+    // The relay times out waiting for the lost acknowledgement; dropping it there is the crash.
+    assert_eq!(doomed.relay_once().await, Err("append"));
+    assert_eq!(log.appends_written(), 1, "the batch reached the log");
+    drop(doomed);
+
+    clock.advance(Duration::from_secs(31));
+    let mut successor = hand_driven_relay("relay-successor", &db, inner.clone(), &clock);
+    relay_until_empty(&mut successor, &db, &clock).await;
+
+    let per_aggregate =
+        read_per_aggregate(inner.as_ref(), &topic, AGGREGATES * EVENTS_PER_AGGREGATE).await;
+    let expected: Vec<usize> = (0..EVENTS_PER_AGGREGATE).collect();
+    let mut resent = 0;
+    for aggregate in &aggregates {
+        let seqs = &per_aggregate[&aggregate.to_string()];
+        assert!(
+            seqs.windows(2).all(|pair| pair[0] <= pair[1]),
+            "events of {aggregate} in order: {seqs:?}"
+        );
+        let mut distinct = seqs.clone();
+        distinct.dedup();
+        assert_eq!(distinct, expected, "every event of {aggregate} arrived");
+        resent += seqs.len() - distinct.len();
+    }
+    assert_eq!(
+        resent,
+        AGGREGATES / 2,
+        "the lost batch, and only it, went out twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_a_crash_between_append_and_mark_resends_in_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (db, log) = embedded(dir.path()).await;
+    a_crash_between_append_and_mark_resends_in_order(db, log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_a_crash_between_append_and_mark_resends_in_order() {
+    let (db, log) = distributed().await;
+    a_crash_between_append_and_mark_resends_in_order(db, log).await;
 }
