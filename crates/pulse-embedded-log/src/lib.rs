@@ -55,6 +55,59 @@ pub struct EmbeddedLogOptions {
     pub retention_interval: Duration,
     /// Source of record timestamps and of "now" for retention.
     pub clock: SharedClock,
+    /// Asked by SQLite just before each append transaction commits; `false` turns the commit
+    /// into a rollback. Unset in production: fault-injection tests use it to make a commit fail
+    /// after every write of its transaction succeeded.
+    pub commit_gate: Option<CommitGate>,
+}
+
+/// See [`EmbeddedLogOptions::commit_gate`].
+#[derive(Clone)]
+pub struct CommitGate(pub Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for CommitGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitGate")
+    }
+}
+
+/// The durability settings SQLite reports on the writer's open connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Durability {
+    /// `PRAGMA journal_mode`: `wal` when appends go through the write-ahead log.
+    pub journal_mode: String,
+    /// `PRAGMA synchronous`: `full` when every commit is fsynced before it returns.
+    pub synchronous: String,
+}
+
+impl Durability {
+    /// Reads the settings in force on `conn`.
+    pub(crate) async fn of(conn: &mut sqlx::SqliteConnection) -> PortResult<Self> {
+        let journal_mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(storage_error)?;
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(storage_error)?;
+        let synchronous = match synchronous {
+            0 => "off",
+            1 => "normal",
+            2 => "full",
+            3 => "extra",
+            _ => "unknown",
+        };
+        Ok(Self {
+            journal_mode: journal_mode.to_ascii_lowercase(),
+            synchronous: synchronous.to_owned(),
+        })
+    }
+
+    /// Whether a commit is on disk when it returns: WAL with `synchronous` FULL (or EXTRA).
+    pub fn is_durable(&self) -> bool {
+        self.journal_mode == "wal" && matches!(self.synchronous.as_str(), "full" | "extra")
+    }
 }
 
 impl Default for EmbeddedLogOptions {
@@ -63,6 +116,7 @@ impl Default for EmbeddedLogOptions {
             retention: Duration::from_secs(7 * 24 * 3600),
             retention_interval: Duration::from_secs(60),
             clock: Arc::new(SystemClock),
+            commit_gate: None,
         }
     }
 }
@@ -96,6 +150,7 @@ impl Shared {
 pub struct EmbeddedLog {
     shared: Arc<Shared>,
     writer: mpsc::Sender<AppendRequest>,
+    durability_questions: mpsc::Sender<writer::DurabilityQuestion>,
     retention: Duration,
     path: PathBuf,
 }
@@ -122,6 +177,24 @@ impl EmbeddedLog {
             .busy_timeout(Duration::from_secs(10))
             .pragma("temp_store", "memory");
         let mut writer_conn = connect.connect().await.map_err(storage_error)?;
+        let durability = Durability::of(&mut writer_conn).await?;
+        if !durability.is_durable() {
+            return Err(PortError::Invalid(format!(
+                "SQLite opened {} with journal_mode={} and synchronous={}; the embedded log \
+                 needs wal and full to survive a crash (is the file system one that supports \
+                 WAL?)",
+                path.display(),
+                durability.journal_mode,
+                durability.synchronous
+            )));
+        }
+        if let Some(CommitGate(gate)) = options.commit_gate.clone() {
+            writer_conn
+                .lock_handle()
+                .await
+                .map_err(storage_error)?
+                .set_commit_hook(move || gate());
+        }
         schema::ensure(&mut writer_conn).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -137,6 +210,7 @@ impl EmbeddedLog {
             _dir_lock: dir_lock,
         });
         let (requests, inbox) = mpsc::channel(4096);
+        let (durability_questions, questions_inbox) = mpsc::channel(4);
         let writer = Writer::new(writer_conn, options.clock.clone(), appended);
         // The writer gets a thread and a current-thread runtime of its own: its future is not
         // `Send` in rustc's eyes (sqlx's higher-ranked `Executor` impls, rust-lang/rust#102211),
@@ -147,7 +221,7 @@ impl EmbeddedLog {
             .map_err(|err| PortError::unavailable(BACKEND, err))?;
         std::thread::Builder::new()
             .name("pulse-log-writer".into())
-            .spawn(move || runtime.block_on(writer.run(inbox)))
+            .spawn(move || runtime.block_on(writer.run(inbox, questions_inbox)))
             .map_err(|err| PortError::unavailable(BACKEND, err))?;
         tokio::spawn(retention_loop(
             Arc::downgrade(&shared),
@@ -158,9 +232,21 @@ impl EmbeddedLog {
         Ok(Self {
             shared,
             writer: requests,
+            durability_questions,
             retention: options.retention,
             path,
         })
+    }
+
+    /// The durability settings in force on the writer's connection now, as SQLite reports them.
+    pub async fn durability(&self) -> PortResult<Durability> {
+        let (reply, answer) = oneshot::channel();
+        let closed = || PortError::unavailable(BACKEND, "the log writer has stopped");
+        self.durability_questions
+            .send(reply)
+            .await
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     /// The database file.

@@ -10,6 +10,7 @@ use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::schema::{encode_headers, storage_error};
+use crate::Durability;
 
 /// Rows per INSERT statement (7 parameters each, far below SQLite's 32,766-parameter limit).
 const ROWS_PER_INSERT: usize = 256;
@@ -22,6 +23,9 @@ pub(crate) struct AppendRequest {
     pub(crate) records: Vec<OutgoingRecord>,
     pub(crate) reply: oneshot::Sender<PortResult<Vec<RecordPosition>>>,
 }
+
+/// Where the writer answers [`crate::EmbeddedLog::durability`].
+pub(crate) type DurabilityQuestion = oneshot::Sender<PortResult<Durability>>;
 
 pub(crate) struct Writer {
     conn: SqliteConnection,
@@ -51,15 +55,26 @@ impl Writer {
         }
     }
 
-    /// Serves append requests until every sender is gone.
-    pub(crate) async fn run(mut self, mut requests: mpsc::Receiver<AppendRequest>) {
+    /// Serves append requests (and questions about its connection) until every append sender
+    /// is gone.
+    pub(crate) async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<AppendRequest>,
+        mut questions: mpsc::Receiver<DurabilityQuestion>,
+    ) {
         let mut batch = Vec::with_capacity(MAX_REQUESTS_PER_COMMIT);
-        while requests
-            .recv_many(&mut batch, MAX_REQUESTS_PER_COMMIT)
-            .await
-            > 0
-        {
-            self.commit_batch(std::mem::take(&mut batch)).await;
+        loop {
+            tokio::select! {
+                received = requests.recv_many(&mut batch, MAX_REQUESTS_PER_COMMIT) => {
+                    if received == 0 {
+                        break;
+                    }
+                    self.commit_batch(std::mem::take(&mut batch)).await;
+                }
+                Some(reply) = questions.recv() => {
+                    let _ = reply.send(Durability::of(&mut self.conn).await);
+                }
+            }
         }
         let _ = self.conn.close().await;
     }

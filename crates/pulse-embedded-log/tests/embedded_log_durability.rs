@@ -9,7 +9,7 @@ use std::time::Duration;
 use pulse_conformance::event_log::poll_exactly;
 use pulse_core::clock::ManualClock;
 use pulse_core::log::{EventLog, OutgoingRecord};
-use pulse_embedded_log::{EmbeddedLog, EmbeddedLogOptions};
+use pulse_embedded_log::{CommitGate, EmbeddedLog, EmbeddedLogOptions};
 
 const CHILD_DIR_VAR: &str = "PULSE_CRASH_TEST_CHILD_DIR";
 const TOPIC: &str = "crash.test";
@@ -221,4 +221,69 @@ async fn bad_topics_and_oversized_records_are_refused() {
     log.create_topic("big", 1).await.expect("create");
     let huge = OutgoingRecord::keyed("k", vec![0u8; pulse_embedded_log::MAX_PAYLOAD_BYTES + 1]);
     assert!(log.append("big", vec![huge]).await.is_err());
+}
+
+/// `kill -9` keeps the page cache, so only the settings SQLite reports can show that a commit
+/// is fsynced: WAL with `synchronous = FULL` on the writer's own connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_connection_is_in_wal_mode_with_synchronous_full() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = open(dir.path()).await;
+    let durability = log.durability().await.expect("durability settings");
+    assert_eq!(
+        (
+            durability.journal_mode.as_str(),
+            durability.synchronous.as_str()
+        ),
+        ("wal", "full"),
+        "{durability:?}"
+    );
+}
+
+/// An append whose transaction does not commit (every write of it succeeded, the commit itself
+/// fails) is answered with an error, its records are never read, and its offsets are not used
+/// up: nothing is acknowledged before it is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_whose_commit_fails_is_not_acknowledged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = refuse.clone();
+    let options = EmbeddedLogOptions {
+        commit_gate: Some(CommitGate(Arc::new(move || {
+            !gate.load(std::sync::atomic::Ordering::SeqCst)
+        }))),
+        ..EmbeddedLogOptions::default()
+    };
+    let log = EmbeddedLog::open(dir.path(), options)
+        .await
+        .expect("open embedded log");
+    log.create_topic(TOPIC, 1).await.expect("create topic");
+    let first = log
+        .append(TOPIC, vec![OutgoingRecord::keyed("k", "committed")])
+        .await
+        .expect("a committed append");
+    assert_eq!(first[0].offset, 0);
+
+    refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = log
+        .append(TOPIC, vec![OutgoingRecord::keyed("k", "rolled back")])
+        .await;
+    assert!(
+        refused.is_err(),
+        "an append whose commit failed was acknowledged: {refused:?}"
+    );
+
+    refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    let next = log
+        .append(TOPIC, vec![OutgoingRecord::keyed("k", "after")])
+        .await
+        .expect("an append after the failed one");
+    assert_eq!(next[0].offset, 1, "the failed commit used up no offset");
+    let mut consumer = log.consumer("reader", &[TOPIC]).await.expect("consumer");
+    let payloads: Vec<Vec<u8>> = poll_exactly(consumer.as_mut(), 2)
+        .await
+        .into_iter()
+        .map(|record| record.payload.to_vec())
+        .collect();
+    assert_eq!(payloads, vec![b"committed".to_vec(), b"after".to_vec()]);
 }

@@ -5,31 +5,38 @@ mod common;
 
 use std::time::Duration;
 
-use common::{distributed, free_port, seed_cell, unique_point, wait_for_quote, OwnRedis, TestApp};
+use common::{
+    distributed, free_port, multiplier_at, order_ids, seed_cell, seed_cell_with_ids, unique_point,
+    wait_for_quote, wait_until_engine_settled, OwnRedis, TestApp,
+};
 use pulse_conformance::{services, unique_name};
 use pulse_core::log::OutgoingRecord;
+use serde_json::json;
 
 /// 3 orders and 4 drivers: 1.75. Counting an order twice would give 2.5; losing one, 1.5.
 async fn place_three_orders_and_four_drivers(app: &TestApp, lat: f64, lng: f64) {
     seed_cell(&[app], lat, lng, 4, 3).await;
 }
 
+/// The first process consumes, publishes and commits everything before it stops; the second
+/// reads the last window again at start-up (always on the in-process cache, by configuration on
+/// Redis), so every record reaches an engine twice and must count once.
 async fn restart_loses_nothing_and_counts_once(configure: impl Fn(&mut pulse::Config) + Clone) {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let (lat, lng) = unique_point();
-    let first = TestApp::spawn_in(data_dir.path(), configure.clone()).await;
-    place_three_orders_and_four_drivers(&first, lat, lng).await;
-    // Stop at once: the relay and engine may be anywhere in their work.
+    let (first, watched) = TestApp::spawn_watched(data_dir.path(), configure.clone()).await;
+    let (drivers, orders) = seed_cell_with_ids(&[&first], lat, lng, 4, 3).await;
+    let keys: Vec<String> = drivers.into_iter().chain(order_ids(&orders)).collect();
+    wait_until_engine_settled(&watched, &keys).await;
+    assert_eq!(multiplier_at(&first, lat, lng).await, json!(1.75));
     first.stop().await;
-    let second = TestApp::spawn_in(data_dir.path(), configure).await;
-    // Every order arrives (a lost one would keep it below 1.75)…
-    wait_for_quote(&second, lat, lng, |quote| quote["multiplier"] == 1.75).await;
-    // …and none is counted again once everything has caught up (that would lift it to 2.0+).
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (_, settled) = second
-        .get_json(&format!("/api/v1/quote?lat={lat}&lng={lng}"))
-        .await;
-    assert_eq!(settled["multiplier"], 1.75, "{settled}");
+    // The watcher holds the first process's log open (and the embedded log's directory lock).
+    drop(watched);
+
+    let (second, watched) = TestApp::spawn_watched(data_dir.path(), configure).await;
+    // Every record reaches the new engine again and is committed; its effects stay counted once.
+    wait_until_engine_settled(&watched, &keys).await;
+    assert_eq!(multiplier_at(&second, lat, lng).await, json!(1.75));
     second.stop().await;
 }
 
@@ -174,18 +181,19 @@ async fn orders_accepted_while_kafka_is_down_all_arrive_once_it_is_back() {
     let kafka = OwnKafka::start();
     let store_url = services::fresh_postgres_database().await;
     let log_url = kafka.url();
-    let app = TestApp::spawn(|config| {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let (app, watched) = TestApp::spawn_watched(data_dir.path(), |config| {
         distributed(config, store_url);
         config.log_url = log_url;
     })
     .await;
     let (lat, lng) = unique_point();
-    place_three_orders_and_four_drivers(&app, lat, lng).await;
+    let (drivers, first_orders) = seed_cell_with_ids(&[&app], lat, lng, 4, 3).await;
     wait_for_quote(&app, lat, lng, |quote| quote["multiplier"] == 1.75).await;
 
     kafka.services("down");
     // Orders are still accepted: they wait in the outbox.
-    seed_cell(&[&app], lat, lng, 0, 3).await;
+    let (_, held_orders) = seed_cell_with_ids(&[&app], lat, lng, 0, 3).await;
     // A driver location needs the log: refused within the request deadline, not after Kafka's
     // 30 s delivery timeout. (The producer may still deliver it once Kafka is back, as with any
     // timed-out request, so it reports from another cell than the one measured here.)
@@ -196,7 +204,11 @@ async fn orders_accepted_while_kafka_is_down_all_arrive_once_it_is_back() {
             &serde_json::json!({ "lat": lat + 1.0, "lng": lng, "available": true }),
         )
         .await;
-    assert_eq!(status, 503, "{answer}");
+    assert_eq!(
+        (status, answer["error"]["code"].clone()),
+        (503, json!("unavailable")),
+        "{answer}"
+    );
     assert!(
         asked.elapsed() < Duration::from_secs(10),
         "{:?}",
@@ -218,12 +230,13 @@ async fn orders_accepted_while_kafka_is_down_all_arrive_once_it_is_back() {
 
     kafka.services("up");
     // 6 orders and 4 drivers: 2.5. A lost order would leave 2.25; one counted twice, 2.75.
-    wait_for_quote(&app, lat, lng, |quote| quote["multiplier"] == 2.5).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_, settled) = app
-        .get_json(&format!("/api/v1/quote?lat={lat}&lng={lng}"))
-        .await;
-    assert_eq!(settled["multiplier"], 2.5, "{settled}");
+    let keys: Vec<String> = drivers
+        .into_iter()
+        .chain(order_ids(&first_orders))
+        .chain(order_ids(&held_orders))
+        .collect();
+    wait_until_engine_settled(&watched, &keys).await;
+    assert_eq!(multiplier_at(&app, lat, lng).await, json!(2.5));
     let (status, _) = app.get_json("/readyz").await;
     assert_eq!(status, 200, "ready again");
     app.stop().await;

@@ -55,6 +55,23 @@ impl TestApp {
         Self::spawn_wrapped(data_dir, roles, configure, |backends| backends).await
     }
 
+    /// An application on `data_dir` whose log reports what the engine is handed and commits
+    /// (see [`wait_until_engine_settled`]).
+    pub async fn spawn_watched(
+        data_dir: &std::path::Path,
+        configure: impl FnOnce(&mut Config),
+    ) -> (Self, FaultyLog) {
+        let mut watched = None;
+        let app = Self::spawn_wrapped(data_dir, &Role::ALL, configure, |mut backends| {
+            let log = FaultyLog::wrap(backends.log.clone());
+            backends.log = std::sync::Arc::new(log.clone());
+            watched = Some(log);
+            backends
+        })
+        .await;
+        (app, watched.expect("the log was wrapped"))
+    }
+
     /// An application whose backends pass through `wrap` first (to put a fault-injecting
     /// adapter of `pulse_conformance::faults` in front of a real one).
     pub async fn spawn_wrapped(
