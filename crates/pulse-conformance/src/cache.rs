@@ -362,34 +362,53 @@ pub async fn index_ranges_by_score<C: Cache + ?Sized>(cache: &C) {
     );
 }
 
-/// Index writes take part in guarded batches like any other write.
+/// Index writes take part in guarded batches like any other write: the first attempt applies
+/// them, a second attempt under the same guard changes nothing.
 pub async fn index_writes_apply_under_a_guard<C: Cache + ?Sized>(cache: &C) {
     let (index, guard) = (key("guarded-index"), key("guarded-index-guard"));
-    for _ in 0..2 {
-        cache
-            .apply_if_absent(
-                &guard,
-                Duration::from_secs(60),
-                vec![
-                    index_add(&index, "kept", 7),
-                    index_add(&index, "trimmed", 1),
-                    CacheWrite::IndexTrim {
-                        key: index.clone(),
-                        below: 5,
-                    },
-                    index_add(&index, "removed", 9),
-                    CacheWrite::IndexRemove {
-                        key: index.clone(),
-                        member: "removed".into(),
-                    },
-                ],
-            )
-            .await
-            .expect("guarded");
-    }
+    let first = vec![
+        index_add(&index, "kept", 7),
+        index_add(&index, "other", 6),
+        index_add(&index, "trimmed", 1),
+        CacheWrite::IndexTrim {
+            key: index.clone(),
+            below: 5,
+        },
+        index_add(&index, "removed", 9),
+        CacheWrite::IndexRemove {
+            key: index.clone(),
+            member: "removed".into(),
+        },
+    ];
+    assert!(cache
+        .apply_if_absent(&guard, Duration::from_secs(60), first)
+        .await
+        .expect("first"));
+    let after_first = vec![("kept".to_owned(), 7), ("other".to_owned(), 6)];
     assert_eq!(
         cache.index_range(&index, 0, 10).await.expect("range"),
-        vec![("kept".to_owned(), 7)]
+        after_first
+    );
+    // Each of these writes alone would show in the index.
+    let second = vec![
+        index_add(&index, "added", 20),
+        CacheWrite::IndexRemove {
+            key: index.clone(),
+            member: "kept".into(),
+        },
+        CacheWrite::IndexTrim {
+            key: index.clone(),
+            below: 7,
+        },
+    ];
+    assert!(!cache
+        .apply_if_absent(&guard, Duration::from_secs(60), second)
+        .await
+        .expect("second"));
+    assert_eq!(
+        cache.index_range(&index, 0, 10).await.expect("range"),
+        after_first,
+        "the second attempt under the guard changed the index"
     );
 }
 
