@@ -107,6 +107,21 @@ async fn idempotency_keys_replay_the_original_order_and_refuse_a_different_body(
     app.stop().await;
 }
 
+/// Checks an answer is a 400 `invalid_request` whose message says what was wrong (`names`).
+fn refused_as_invalid(status: u16, answer: &Value, names: &str) {
+    assert_eq!(
+        (status, answer["error"]["code"].clone()),
+        (400, json!("invalid_request")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains(names)),
+        "the message names {names}: {answer}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_json_400() {
     let app = TestApp::spawn(|_| {}).await;
@@ -134,15 +149,15 @@ async fn bad_input_gets_a_json_400() {
         (status, answer["error"]["code"].clone()),
         (400, json!("invalid_request"))
     );
-    let (status, _) = app.get_json("/api/v1/quote?lng=0").await;
-    assert_eq!(status, 400);
+    let (status, answer) = app.get_json("/api/v1/quote?lng=0").await;
+    refused_as_invalid(status, &answer, "missing field `lat`");
     let (status, answer) = app
         .post_json(
             "/api/v1/drivers/bad%20id/location",
             &json!({ "lat": 0.0, "lng": 0.0, "available": true }),
         )
         .await;
-    assert_eq!(status, 400, "{answer}");
+    refused_as_invalid(status, &answer, "driver_id");
     let (status, answer) = app
         .post_json("/api/v1/orders", &json!({ "user_id": "u", "pickup": { "lat": 0.0, "lng": 0.0 }, "dropoff": { "lat": 0.0, "lng": 0.0 }, "quote_id": uuid::Uuid::new_v4() }))
         .await;
