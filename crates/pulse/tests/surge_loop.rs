@@ -82,12 +82,45 @@ async fn idempotency_keys_replay_the_original_order_and_refuse_a_different_body(
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.expect("json");
     assert_eq!(again["order_id"], first["order_id"]);
-    let mut different = body.clone();
-    different["pickup"]["lat"] = json!(2.0);
-    let conflict = place(different).await.expect("conflict");
-    assert_eq!(conflict.status().as_u16(), 422);
-    let conflict: Value = conflict.json().await.expect("json");
-    assert_eq!(conflict["error"]["code"], "idempotency_key_reused");
+    // A difference in any part of what is ordered makes it another request, refused under the
+    // same key.
+    let changed = |change: fn(&mut Value)| {
+        let mut different = body.clone();
+        change(&mut different);
+        different
+    };
+    let differences = [
+        (
+            "pickup.lat",
+            changed(|body| body["pickup"]["lat"] = json!(2.0)),
+        ),
+        (
+            "pickup.lng",
+            changed(|body| body["pickup"]["lng"] = json!(2.0)),
+        ),
+        (
+            "dropoff.lat",
+            changed(|body| body["dropoff"]["lat"] = json!(2.0)),
+        ),
+        (
+            "dropoff.lng",
+            changed(|body| body["dropoff"]["lng"] = json!(2.0)),
+        ),
+        (
+            "quote_id",
+            changed(|body| body["quote_id"] = json!(uuid::Uuid::new_v4())),
+        ),
+    ];
+    for (field, different) in differences {
+        let conflict = place(different).await.expect("conflict");
+        let status = conflict.status().as_u16();
+        let conflict: Value = conflict.json().await.expect("json");
+        assert_eq!(
+            (status, conflict["error"]["code"].clone()),
+            (422, json!("idempotency_key_reused")),
+            "a body differing in {field} under the same key: {conflict}"
+        );
+    }
 
     let (status, order) = app
         .get_json(&format!(
