@@ -205,13 +205,30 @@ async fn bad_input_gets_a_json_400() {
 async fn an_order_placed_with_a_quote_pays_the_quoted_price() {
     let app = TestApp::spawn(|_| {}).await;
     let (lat, lng) = unique_point();
-    let (_, quote) = app
-        .get_json(&format!(
-            "/api/v1/quote?lat={lat}&lng={lng}&dropoff_lat={}&dropoff_lng={lng}",
-            lat + 0.05
-        ))
-        .await;
+    let quote_path = format!(
+        "/api/v1/quote?lat={lat}&lng={lng}&dropoff_lat={}&dropoff_lng={lng}",
+        lat + 0.05
+    );
+    let live_at = |multiplier: f64| {
+        move |quote: &Value| quote["surge"]["source"] == "live" && quote["multiplier"] == multiplier
+    };
+    // 2 orders for 4 drivers: 1 + 2/4.
+    seed_cell(&[&app], lat, lng, 4, 2).await;
+    wait_for_quote(&app, lat, lng, live_at(1.5)).await;
+    let (status, quote) = app.get_json(&quote_path).await;
+    assert_eq!(status, 200, "{quote}");
+    assert_eq!(quote["multiplier"], 1.5, "quoted under the surge: {quote}");
     let quote_id = quote["quote_id"].as_str().expect("a quote id").to_owned();
+
+    // 4 more orders for the same drivers: 1 + 6/4.
+    seed_cell(&[&app], lat, lng, 0, 4).await;
+    wait_for_quote(&app, lat, lng, live_at(2.5)).await;
+    let (_, fresh) = app.get_json(&quote_path).await;
+    assert_ne!(
+        fresh["price"]["total"], quote["price"]["total"],
+        "the surge moved, so a fresh quote tells the prices apart: {fresh} vs {quote}"
+    );
+
     let (status, order) = app
         .post_json(
             "/api/v1/orders",
@@ -219,8 +236,16 @@ async fn an_order_placed_with_a_quote_pays_the_quoted_price() {
         )
         .await;
     assert_eq!(status, 201, "{order}");
-    assert_eq!(order["price"]["total"], quote["price"]["total"]);
     assert_eq!(order["quote_id"], json!(quote_id));
+    assert_eq!(
+        order["price"],
+        json!({
+            "total": quote["price"]["total"],
+            "currency": quote["price"]["currency"],
+            "multiplier": quote["multiplier"],
+        }),
+        "the order pays its quote {quote}, not the surge of the moment {fresh}"
+    );
     app.stop().await;
 }
 
