@@ -12,6 +12,25 @@ fn key(name: &str) -> String {
     format!("{}:{name}", unique_name("conformance"))
 }
 
+/// A TTL short enough to wait for. Cases only ever wait for such an entry to disappear, never
+/// read it back before expiry: on a loaded machine two requests may be further apart than this.
+const SHORT_TTL: Duration = Duration::from_millis(300);
+
+/// How long an entry under [`SHORT_TTL`] may take to disappear before the case fails.
+const EXPIRY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Polls until `key` reads as missing, failing after [`EXPIRY_DEADLINE`].
+async fn wait_until_gone<C: Cache + ?Sized>(cache: &C, key: &str) {
+    let started = std::time::Instant::now();
+    while cache.get(key).await.expect("get").is_some() {
+        assert!(
+            started.elapsed() < EXPIRY_DEADLINE,
+            "{key} still there {EXPIRY_DEADLINE:?} after it was written with a TTL of {SHORT_TTL:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Values can be written, read back and removed.
 pub async fn set_get_delete_round_trip<C: Cache + ?Sized>(cache: &C) {
     let k = key("a");
@@ -33,21 +52,35 @@ pub async fn set_get_delete_round_trip<C: Cache + ?Sized>(cache: &C) {
     cache.ping().await.expect("ping");
 }
 
-/// An entry is gone once its TTL has passed.
+/// An entry is gone once its TTL has passed, and only that entry.
 pub async fn entries_expire_after_their_ttl<C: Cache + ?Sized>(cache: &C) {
-    let k = key("ttl");
+    let (lasting, fleeting) = (key("ttl-lasting"), key("ttl-fleeting"));
     cache
         .set(
-            &k,
+            &lasting,
             Bytes::from_static(b"1"),
-            Some(Duration::from_millis(300)),
+            Some(Duration::from_secs(60)),
         )
         .await
         .expect("set");
-    assert!(cache.get(&k).await.expect("get").is_some());
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(cache.get(&k).await.expect("get"), None);
-    assert_eq!(cache.get_many(&[k]).await.expect("get_many"), vec![None]);
+    cache
+        .set(&fleeting, Bytes::from_static(b"2"), Some(SHORT_TTL))
+        .await
+        .expect("set");
+    assert_eq!(
+        cache.get(&lasting).await.expect("get").as_deref(),
+        Some(&b"1"[..]),
+        "an entry with a TTL reads back before it expires"
+    );
+    wait_until_gone(cache, &fleeting).await;
+    assert_eq!(
+        cache
+            .get_many(&[fleeting, lasting])
+            .await
+            .expect("get_many"),
+        vec![None, Some(Bytes::from_static(b"1"))],
+        "expiry takes only the entry whose TTL passed"
+    );
 }
 
 /// `ttl` distinguishes missing keys, keys without expiry and keys with one.
@@ -99,18 +132,34 @@ pub async fn incr_by_is_atomic_under_concurrency<C: Cache + ?Sized>(cache: &C) {
 
 /// An increment with a TTL makes the counter expire.
 pub async fn incr_by_sets_the_ttl<C: Cache + ?Sized>(cache: &C) {
-    let k = key("window");
+    let (lasting, fleeting) = (key("window-lasting"), key("window-fleeting"));
     assert_eq!(
         cache
-            .incr_by(&k, 5, Some(Duration::from_millis(300)))
+            .incr_by(&lasting, 5, Some(Duration::from_secs(60)))
             .await
             .expect("incr"),
         5
     );
-    assert!(cache.ttl(&k).await.expect("ttl").flatten().is_some());
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let remaining = cache
+        .ttl(&lasting)
+        .await
+        .expect("ttl")
+        .flatten()
+        .expect("the increment set a TTL");
+    assert!(
+        remaining > Duration::from_secs(55) && remaining <= Duration::from_secs(60),
+        "{remaining:?}"
+    );
     assert_eq!(
-        cache.incr_by(&k, 1, None).await.expect("incr"),
+        cache
+            .incr_by(&fleeting, 5, Some(SHORT_TTL))
+            .await
+            .expect("incr"),
+        5
+    );
+    wait_until_gone(cache, &fleeting).await;
+    assert_eq!(
+        cache.incr_by(&fleeting, 1, None).await.expect("incr"),
         1,
         "restarts after expiry"
     );
@@ -362,34 +411,53 @@ pub async fn index_ranges_by_score<C: Cache + ?Sized>(cache: &C) {
     );
 }
 
-/// Index writes take part in guarded batches like any other write.
+/// Index writes take part in guarded batches like any other write: the first attempt applies
+/// them, a second attempt under the same guard changes nothing.
 pub async fn index_writes_apply_under_a_guard<C: Cache + ?Sized>(cache: &C) {
     let (index, guard) = (key("guarded-index"), key("guarded-index-guard"));
-    for _ in 0..2 {
-        cache
-            .apply_if_absent(
-                &guard,
-                Duration::from_secs(60),
-                vec![
-                    index_add(&index, "kept", 7),
-                    index_add(&index, "trimmed", 1),
-                    CacheWrite::IndexTrim {
-                        key: index.clone(),
-                        below: 5,
-                    },
-                    index_add(&index, "removed", 9),
-                    CacheWrite::IndexRemove {
-                        key: index.clone(),
-                        member: "removed".into(),
-                    },
-                ],
-            )
-            .await
-            .expect("guarded");
-    }
+    let first = vec![
+        index_add(&index, "kept", 7),
+        index_add(&index, "other", 6),
+        index_add(&index, "trimmed", 1),
+        CacheWrite::IndexTrim {
+            key: index.clone(),
+            below: 5,
+        },
+        index_add(&index, "removed", 9),
+        CacheWrite::IndexRemove {
+            key: index.clone(),
+            member: "removed".into(),
+        },
+    ];
+    assert!(cache
+        .apply_if_absent(&guard, Duration::from_secs(60), first)
+        .await
+        .expect("first"));
+    let after_first = vec![("kept".to_owned(), 7), ("other".to_owned(), 6)];
     assert_eq!(
         cache.index_range(&index, 0, 10).await.expect("range"),
-        vec![("kept".to_owned(), 7)]
+        after_first
+    );
+    // Each of these writes alone would show in the index.
+    let second = vec![
+        index_add(&index, "added", 20),
+        CacheWrite::IndexRemove {
+            key: index.clone(),
+            member: "kept".into(),
+        },
+        CacheWrite::IndexTrim {
+            key: index.clone(),
+            below: 7,
+        },
+    ];
+    assert!(!cache
+        .apply_if_absent(&guard, Duration::from_secs(60), second)
+        .await
+        .expect("second"));
+    assert_eq!(
+        cache.index_range(&index, 0, 10).await.expect("range"),
+        after_first,
+        "the second attempt under the guard changed the index"
     );
 }
 

@@ -24,7 +24,9 @@ fn record(key: &str, payload: &str) -> OutgoingRecord {
     OutgoingRecord::keyed(key.to_owned(), payload.to_owned())
 }
 
-/// Polls until `count` records arrived (failing after [`ARRIVAL_DEADLINE`]).
+/// Polls until `count` records arrived (failing after [`ARRIVAL_DEADLINE`]), then once more
+/// for [`POLL`], failing if anything beyond them arrives (a duplicate delivery, a record that
+/// should not be there).
 pub async fn poll_exactly(consumer: &mut dyn LogConsumer, count: usize) -> Vec<ConsumedRecord> {
     let started = Instant::now();
     let mut records = Vec::new();
@@ -41,7 +43,16 @@ pub async fn poll_exactly(consumer: &mut dyn LogConsumer, count: usize) -> Vec<C
                 .expect("poll"),
         );
     }
-    assert_eq!(records.len(), count, "more records than expected arrived");
+    let extra = consumer.poll(count.max(1), POLL).await.expect("poll");
+    assert!(
+        extra.is_empty(),
+        "{} records beyond the expected {count} arrived: {:?}",
+        extra.len(),
+        extra
+            .iter()
+            .map(|record| (&record.position, String::from_utf8_lossy(&record.payload)))
+            .collect::<Vec<_>>()
+    );
     records
 }
 
@@ -252,6 +263,12 @@ pub async fn members_of_one_group_share_partitions<L: EventLog + ?Sized>(log: &L
             for payload in payloads(&consumer.poll(40, POLL).await.expect("poll")) {
                 *got.entry(payload).or_default() += 1;
             }
+        }
+    }
+    // Once more, so a record delivered again after the last one arrived counts too.
+    for consumer in [&mut a, &mut b] {
+        for payload in payloads(&consumer.poll(40, POLL).await.expect("poll")) {
+            *got.entry(payload).or_default() += 1;
         }
     }
     assert_eq!(got.len(), 40, "every record arrives");

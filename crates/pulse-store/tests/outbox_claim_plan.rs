@@ -32,6 +32,11 @@ async fn the_claim_walks_the_pending_index_when_statistics_call_the_outbox_empty
     .execute(pool)
     .await
     .expect("backlog");
+    assert_eq!(
+        db.backlog().await.expect("backlog"),
+        5000,
+        "the plan below is for a real backlog"
+    );
 
     let mut tx = pool.begin().await.expect("begin");
     sqlx::query(POSTGRES_CLAIM_PLANNER_SETTINGS)
@@ -79,23 +84,50 @@ async fn the_relay_statements_are_planned_at_each_execution_not_cached() {
         .await
         .unwrap_or_else(|err| services::missing("PostgreSQL", &url, err));
     db.migrate().await.expect("migrate");
-    // More executions than PostgreSQL's five custom plans before it settles on a generic one,
-    // all against the empty outbox of a new deployment.
-    for _ in 0..8 {
-        assert!(db
-            .claim("relay-1", 500, 30_000, 1)
-            .await
-            .expect("claim")
-            .is_empty());
-        db.mark_sent(&[uuid::Uuid::now_v7()], 1)
-            .await
-            .expect("mark");
-        assert_eq!(db.backlog().await.expect("backlog"), 0);
-        db.purge_sent(0).await.expect("purge");
-    }
     let Database::Postgres(pool) = &db else {
         unreachable!("a postgres:// URL opens PostgreSQL")
     };
+    // More executions than PostgreSQL's five custom plans before it settles on a generic one,
+    // all against the (all but) empty outbox of a new deployment: one event at a time, each
+    // claimed, sent and purged, so every statement has a row to find.
+    for round in 0..8_i64 {
+        let id = uuid::Uuid::now_v7();
+        // Not prepared either, so the check below sees only the relay's statements.
+        sqlx::query(
+            "INSERT INTO outbox_events (id, aggregate_id, aggregate_type, payload, topic,
+                 created_at, status, created_at_ms)
+             VALUES ($1, gen_random_uuid(), 'ORDER', '\\x00', 'demand.orders', now(),
+                 'PENDING', $2)",
+        )
+        .persistent(false)
+        .bind(id)
+        .bind(round)
+        .execute(pool)
+        .await
+        .expect("one pending event");
+        assert_eq!(db.backlog().await.expect("backlog"), 1, "round {round}");
+        let claimed = db
+            .claim("relay-1", 500, 30_000, round)
+            .await
+            .expect("claim");
+        assert_eq!(
+            claimed.iter().map(|event| event.id).collect::<Vec<_>>(),
+            [id],
+            "round {round}"
+        );
+        assert_eq!(
+            db.backlog().await.expect("backlog"),
+            1,
+            "round {round}: a claimed event is not sent yet"
+        );
+        db.mark_sent(&[id], round).await.expect("mark");
+        assert_eq!(db.backlog().await.expect("backlog"), 0, "round {round}");
+        assert_eq!(
+            db.purge_sent(round + 1).await.expect("purge"),
+            1,
+            "round {round}"
+        );
+    }
     let cached: Vec<String> = sqlx::query_scalar(
         "SELECT statement FROM pg_prepared_statements
          WHERE statement LIKE '%outbox_events%' AND statement NOT LIKE '%pg_prepared_statements%'",

@@ -1,6 +1,8 @@
 //! The `pulse` binary as a user runs it: start, probe, SIGTERM, and the failures a user meets
 //! first (bad flags, unknown schemes, unreachable backends, a data directory in use).
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -225,6 +227,29 @@ fn migrate_applies_the_schema_and_exits() {
     assert!(data_dir.path().join("pulse.db").exists());
 }
 
+/// Waits until the Pulse on `port` has placed an order (the simulator is driving it).
+async fn wait_for_placed_orders(port: u16) {
+    let started = Instant::now();
+    loop {
+        let page = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
+        if common::metric_sum(&page, "orders_placed_total", &[]).is_some_and(|placed| placed > 0.0)
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the simulator placed no order within 60 s; orders_placed_total: {:?}",
+            common::metric_sum(&page, "orders_placed_total", &[])
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_pulse_with_the_simulator_and_stops_with_a_summary_on_ctrl_c() {
     let data_dir = tempfile::tempdir().expect("temp dir");
@@ -253,7 +278,7 @@ async fn demo_runs_pulse_with_the_simulator_and_stops_with_a_summary_on_ctrl_c()
         .await
         .expect("map page");
     assert_eq!(page.status(), 200);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for_placed_orders(port).await;
     signal(&child, "INT");
     let output = wait_with_deadline(child, Duration::from_secs(30));
     let (stdout, stderr) = (

@@ -82,12 +82,45 @@ async fn idempotency_keys_replay_the_original_order_and_refuse_a_different_body(
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.expect("json");
     assert_eq!(again["order_id"], first["order_id"]);
-    let mut different = body.clone();
-    different["pickup"]["lat"] = json!(2.0);
-    let conflict = place(different).await.expect("conflict");
-    assert_eq!(conflict.status().as_u16(), 422);
-    let conflict: Value = conflict.json().await.expect("json");
-    assert_eq!(conflict["error"]["code"], "idempotency_key_reused");
+    // A difference in any part of what is ordered makes it another request, refused under the
+    // same key.
+    let changed = |change: fn(&mut Value)| {
+        let mut different = body.clone();
+        change(&mut different);
+        different
+    };
+    let differences = [
+        (
+            "pickup.lat",
+            changed(|body| body["pickup"]["lat"] = json!(2.0)),
+        ),
+        (
+            "pickup.lng",
+            changed(|body| body["pickup"]["lng"] = json!(2.0)),
+        ),
+        (
+            "dropoff.lat",
+            changed(|body| body["dropoff"]["lat"] = json!(2.0)),
+        ),
+        (
+            "dropoff.lng",
+            changed(|body| body["dropoff"]["lng"] = json!(2.0)),
+        ),
+        (
+            "quote_id",
+            changed(|body| body["quote_id"] = json!(uuid::Uuid::new_v4())),
+        ),
+    ];
+    for (field, different) in differences {
+        let conflict = place(different).await.expect("conflict");
+        let status = conflict.status().as_u16();
+        let conflict: Value = conflict.json().await.expect("json");
+        assert_eq!(
+            (status, conflict["error"]["code"].clone()),
+            (422, json!("idempotency_key_reused")),
+            "a body differing in {field} under the same key: {conflict}"
+        );
+    }
 
     let (status, order) = app
         .get_json(&format!(
@@ -105,6 +138,21 @@ async fn idempotency_keys_replay_the_original_order_and_refuse_a_different_body(
         (404, json!("not_found"))
     );
     app.stop().await;
+}
+
+/// Checks an answer is a 400 `invalid_request` whose message says what was wrong (`names`).
+fn refused_as_invalid(status: u16, answer: &Value, names: &str) {
+    assert_eq!(
+        (status, answer["error"]["code"].clone()),
+        (400, json!("invalid_request")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains(names)),
+        "the message names {names}: {answer}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,15 +182,15 @@ async fn bad_input_gets_a_json_400() {
         (status, answer["error"]["code"].clone()),
         (400, json!("invalid_request"))
     );
-    let (status, _) = app.get_json("/api/v1/quote?lng=0").await;
-    assert_eq!(status, 400);
+    let (status, answer) = app.get_json("/api/v1/quote?lng=0").await;
+    refused_as_invalid(status, &answer, "missing field `lat`");
     let (status, answer) = app
         .post_json(
             "/api/v1/drivers/bad%20id/location",
             &json!({ "lat": 0.0, "lng": 0.0, "available": true }),
         )
         .await;
-    assert_eq!(status, 400, "{answer}");
+    refused_as_invalid(status, &answer, "driver_id");
     let (status, answer) = app
         .post_json("/api/v1/orders", &json!({ "user_id": "u", "pickup": { "lat": 0.0, "lng": 0.0 }, "dropoff": { "lat": 0.0, "lng": 0.0 }, "quote_id": uuid::Uuid::new_v4() }))
         .await;
@@ -157,13 +205,30 @@ async fn bad_input_gets_a_json_400() {
 async fn an_order_placed_with_a_quote_pays_the_quoted_price() {
     let app = TestApp::spawn(|_| {}).await;
     let (lat, lng) = unique_point();
-    let (_, quote) = app
-        .get_json(&format!(
-            "/api/v1/quote?lat={lat}&lng={lng}&dropoff_lat={}&dropoff_lng={lng}",
-            lat + 0.05
-        ))
-        .await;
+    let quote_path = format!(
+        "/api/v1/quote?lat={lat}&lng={lng}&dropoff_lat={}&dropoff_lng={lng}",
+        lat + 0.05
+    );
+    let live_at = |multiplier: f64| {
+        move |quote: &Value| quote["surge"]["source"] == "live" && quote["multiplier"] == multiplier
+    };
+    // 2 orders for 4 drivers: 1 + 2/4.
+    seed_cell(&[&app], lat, lng, 4, 2).await;
+    wait_for_quote(&app, lat, lng, live_at(1.5)).await;
+    let (status, quote) = app.get_json(&quote_path).await;
+    assert_eq!(status, 200, "{quote}");
+    assert_eq!(quote["multiplier"], 1.5, "quoted under the surge: {quote}");
     let quote_id = quote["quote_id"].as_str().expect("a quote id").to_owned();
+
+    // 4 more orders for the same drivers: 1 + 6/4.
+    seed_cell(&[&app], lat, lng, 0, 4).await;
+    wait_for_quote(&app, lat, lng, live_at(2.5)).await;
+    let (_, fresh) = app.get_json(&quote_path).await;
+    assert_ne!(
+        fresh["price"]["total"], quote["price"]["total"],
+        "the surge moved, so a fresh quote tells the prices apart: {fresh} vs {quote}"
+    );
+
     let (status, order) = app
         .post_json(
             "/api/v1/orders",
@@ -171,8 +236,16 @@ async fn an_order_placed_with_a_quote_pays_the_quoted_price() {
         )
         .await;
     assert_eq!(status, 201, "{order}");
-    assert_eq!(order["price"]["total"], quote["price"]["total"]);
     assert_eq!(order["quote_id"], json!(quote_id));
+    assert_eq!(
+        order["price"],
+        json!({
+            "total": quote["price"]["total"],
+            "currency": quote["price"]["currency"],
+            "multiplier": quote["multiplier"],
+        }),
+        "the order pays its quote {quote}, not the surge of the moment {fresh}"
+    );
     app.stop().await;
 }
 

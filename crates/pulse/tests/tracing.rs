@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{client, distributed, unique_point, TestApp};
-use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use pulse::Config;
 use pulse_conformance::services;
@@ -167,6 +167,35 @@ async fn a_request_without_traceparent_starts_a_trace_and_names_it() {
     let trace = pulse_trace::TraceContext::from_headers(|_| Some(traceparent.as_str()))
         .expect("a well-formed traceparent");
     assert!(trace.is_sampled());
+    let trace_id = TraceId::from_hex(trace.trace_id()).expect("a hex trace id");
+    let started = Instant::now();
+    let server = loop {
+        if let Some(span) = finished_spans(trace_id)
+            .into_iter()
+            .find(|span| span.span_kind == SpanKind::Server)
+        {
+            break span;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no server span exported for trace {trace_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        server.name, "GET /api/v1/quote",
+        "named by method and route"
+    );
+    assert_eq!(
+        server.parent_span_id,
+        SpanId::INVALID,
+        "the server span is the trace's root"
+    );
+    assert_eq!(
+        traceparent,
+        format!("00-{trace_id}-{}-01", server.span_context.span_id()),
+        "the response names the server span"
+    );
     // Probes and scrapes are not traced.
     let health = client()
         .get(format!("{}/healthz", app.base))
