@@ -194,6 +194,26 @@ impl Database {
         result.map_err(|err| PortError::unavailable("store", err))
     }
 
+    /// On SQLite, `(journal_mode, synchronous)` as SQLite reports them on a connection of the
+    /// pool (`synchronous`: 0 off, 1 normal, 2 full, 3 extra); `None` on PostgreSQL, whose
+    /// durability is the server's.
+    pub async fn sqlite_durability(&self) -> PortResult<Option<(String, i64)>> {
+        let Self::Sqlite(pool) = self else {
+            return Ok(None);
+        };
+        let unavailable = |err| PortError::unavailable("store", err);
+        let mut conn = pool.acquire().await.map_err(unavailable)?;
+        let journal_mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(Some((journal_mode.to_ascii_lowercase(), synchronous)))
+    }
+
     /// Closes every connection, waiting for checked-out ones to come back.
     pub async fn close(&self) {
         match self {

@@ -17,6 +17,20 @@ mod sqlite {
     }
 
     pulse_conformance::store_suite!(sqlite());
+
+    /// `kill -9` keeps the page cache, so only the settings SQLite reports show that a commit
+    /// is fsynced: every connection of the pool (several are checked out at once) is in WAL
+    /// mode with `synchronous = FULL`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_connection_is_in_wal_mode_with_synchronous_full() {
+        let fixture = sqlite().await;
+        let db = &fixture.port;
+        let settings = futures::future::join_all((0..4).map(|_| db.sqlite_durability())).await;
+        for reported in settings {
+            let reported = reported.expect("durability settings");
+            assert_eq!(reported, Some(("wal".to_owned(), 2)), "WAL and FULL (2)");
+        }
+    }
 }
 
 mod postgres {
