@@ -391,6 +391,8 @@ struct CachePlan {
     /// While set, every write fails this way.
     failing: Option<WriteFault>,
     failed_writes: u64,
+    /// Guarded batches that applied their first half before failing.
+    half_applied_batches: u64,
 }
 
 /// A [`Cache`] around a real one whose writes fail on demand. Reads always pass through.
@@ -422,6 +424,12 @@ impl FaultyCache {
     /// Writes failed so far.
     pub fn failed_writes(&self) -> u64 {
         lock(&self.plan).failed_writes
+    }
+
+    /// Guarded batches that applied their first half and then failed
+    /// ([`WriteFault::FailMidBatch`] on a batch of two items or more).
+    pub fn half_applied_batches(&self) -> u64 {
+        lock(&self.plan).half_applied_batches
     }
 
     fn fault(&self) -> Option<WriteFault> {
@@ -487,6 +495,7 @@ impl Cache for FaultyCache {
                 items.truncate(items.len() / 2);
                 if !items.is_empty() {
                     self.inner.apply_if_absent_many(items).await?;
+                    lock(&self.plan).half_applied_batches += 1;
                 }
                 Err(injected_cache())
             }

@@ -123,6 +123,10 @@ async fn a_batch_whose_cache_write_fails_is_held_and_applies_once(
         cache.failed_writes() >= failed_when_delivered + 2
     })
     .await;
+    assert!(
+        cache.half_applied_batches() > 0,
+        "the cache failed half-way through a batch of both orders"
+    );
     let group = log.group(GROUP);
     for (key, position) in &group.delivered {
         let is_order = key
