@@ -25,38 +25,43 @@ async fn fill_outbox(db: &Database, topic: &str) -> Vec<Uuid> {
     let aggregates: Vec<Uuid> = (0..AGGREGATES).map(|_| Uuid::now_v7()).collect();
     for seq in 0..EVENTS_PER_AGGREGATE {
         for aggregate in &aggregates {
-            let payload = format!("{aggregate}:{seq}").into_bytes();
-            let id = Uuid::now_v7();
-            let written = match db {
-                Database::Postgres(pool) => sqlx::query(
-                    "INSERT INTO outbox_events (id, aggregate_id, aggregate_type, payload, topic,
-                         created_at, status, created_at_ms)
-                     VALUES ($1, $2, 'TEST', $3, $4, now(), 'PENDING', 0)",
-                )
-                .bind(id)
-                .bind(aggregate)
-                .bind(payload)
-                .bind(topic)
-                .execute(pool)
-                .await
-                .map(|_| ()),
-                Database::Sqlite(pool) => sqlx::query(
-                    "INSERT INTO outbox_events (id, aggregate_id, aggregate_type, payload, topic,
-                         created_at, status, created_at_ms)
-                     VALUES (?1, ?2, 'TEST', ?3, ?4, datetime('now'), 'PENDING', 0)",
-                )
-                .bind(id.to_string())
-                .bind(aggregate.to_string())
-                .bind(payload)
-                .bind(topic)
-                .execute(pool)
-                .await
-                .map(|_| ()),
-            };
-            written.expect("insert outbox row");
+            insert_event(db, topic, *aggregate, seq).await;
         }
     }
     aggregates
+}
+
+/// Writes one pending event of `aggregate` with payload `{aggregate}:{seq}`.
+async fn insert_event(db: &Database, topic: &str, aggregate: Uuid, seq: usize) {
+    let payload = format!("{aggregate}:{seq}").into_bytes();
+    let id = Uuid::now_v7();
+    let written = match db {
+        Database::Postgres(pool) => sqlx::query(
+            "INSERT INTO outbox_events (id, aggregate_id, aggregate_type, payload, topic,
+                 created_at, status, created_at_ms)
+             VALUES ($1, $2, 'TEST', $3, $4, now(), 'PENDING', 0)",
+        )
+        .bind(id)
+        .bind(aggregate)
+        .bind(payload)
+        .bind(topic)
+        .execute(pool)
+        .await
+        .map(|_| ()),
+        Database::Sqlite(pool) => sqlx::query(
+            "INSERT INTO outbox_events (id, aggregate_id, aggregate_type, payload, topic,
+                 created_at, status, created_at_ms)
+             VALUES (?1, ?2, 'TEST', ?3, ?4, datetime('now'), 'PENDING', 0)",
+        )
+        .bind(id.to_string())
+        .bind(aggregate.to_string())
+        .bind(payload)
+        .bind(topic)
+        .execute(pool)
+        .await
+        .map(|_| ()),
+    };
+    written.expect("insert outbox row");
 }
 
 async fn racing_relays_keep_per_aggregate_order(db: Database, log: Arc<dyn EventLog>) {
@@ -375,4 +380,87 @@ async fn embedded_a_crash_between_append_and_mark_resends_in_order() {
 async fn distributed_a_crash_between_append_and_mark_resends_in_order() {
     let (db, log) = distributed().await;
     a_crash_between_append_and_mark_resends_in_order(db, log).await;
+}
+
+/// Rows in the outbox, sent or not (SQLite).
+async fn outbox_rows(db: &Database) -> i64 {
+    let Database::Sqlite(pool) = db else {
+        panic!("an SQLite store");
+    };
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox_events")
+        .fetch_one(pool)
+        .await
+        .expect("count outbox rows")
+}
+
+/// Sent rows are kept for `sent_retention` and deleted after it, by the running relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sent_rows_are_kept_for_their_retention_then_purged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (db, log) = embedded(dir.path()).await;
+    let topic = unique_name("relay");
+    log.create_topic(&topic, 3).await.expect("topic");
+    fill_outbox(&db, &topic).await;
+    let total = (AGGREGATES * EVENTS_PER_AGGREGATE) as i64;
+    let clock = ManualClock::new(1_700_000_000_000);
+    relay_until_empty(
+        &mut hand_driven_relay("relay-first", &db, log.clone(), &clock),
+        &db,
+        &clock,
+    )
+    .await;
+
+    let retention = Duration::from_secs(24 * 3600);
+    clock.advance(retention / 2);
+    let settings = RelaySettings {
+        sent_retention: retention,
+        housekeeping_every: Duration::from_millis(10),
+        idle_poll: Duration::from_millis(10),
+        ..RelaySettings::default()
+    };
+    let relay = Relay::new(
+        "relay-keeper".into(),
+        Arc::new(db.clone()),
+        log.clone(),
+        Arc::new(clock.clone()),
+        settings,
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    // A round runs after each housekeeping: once a new row is sent, the relay has looked at the
+    // old ones half-way through their retention.
+    insert_event(&db, &topic, Uuid::now_v7(), 0).await;
+    eventually("the new row is sent", || async {
+        db.backlog().await.expect("backlog") == 0
+    })
+    .await;
+    assert_eq!(
+        outbox_rows(&db).await,
+        total + 1,
+        "sent rows kept within their retention"
+    );
+
+    clock.advance(retention / 2 + Duration::from_secs(1));
+    eventually("the old rows are purged", || async {
+        outbox_rows(&db).await == 1
+    })
+    .await;
+    shutdown.cancel();
+    running.await.expect("relay stops");
+}
+
+/// Waits (30 s at most) until `condition` holds.
+async fn eventually<F, Fut>(what: &str, condition: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !condition().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
