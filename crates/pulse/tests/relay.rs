@@ -464,3 +464,44 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// While the log refuses every append the relay retries with growing pauses, not in a busy
+/// loop (and its rows stay pending). Leases of 1 ms make every round claim and append again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_log_is_retried_with_backoff() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (db, inner) = embedded(dir.path()).await;
+    let topic = unique_name("relay");
+    inner.create_topic(&topic, 3).await.expect("topic");
+    fill_outbox(&db, &topic).await;
+    let log = FaultyLog::wrap(inner.clone());
+    log.fail_appends_when(|_, _| true);
+    let settings = RelaySettings {
+        lease: Duration::from_millis(1),
+        idle_poll: Duration::from_millis(1),
+        ..RelaySettings::default()
+    };
+    let relay = Relay::new(
+        "relay-backing-off".into(),
+        Arc::new(db.clone()),
+        Arc::new(log.clone()),
+        Arc::new(SystemClock),
+        settings,
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    // Pauses from 100 ms, doubling (with jitter): a handful of attempts in 1.5 s, where a
+    // relay without backoff makes hundreds.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    shutdown.cancel();
+    running.await.expect("relay stops");
+    let attempts = log.faults_injected();
+    assert!(
+        (2..=12).contains(&attempts),
+        "{attempts} appends in 1.5 s: retried, with backoff"
+    );
+    assert_eq!(
+        db.backlog().await.expect("backlog"),
+        (AGGREGATES * EVENTS_PER_AGGREGATE) as u64
+    );
+}
