@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{
-    multiplier_at, order_ids, seed_cell_with_ids, unique_point, wait_until,
+    metric_sum, multiplier_at, order_ids, seed_cell_with_ids, unique_point, wait_until,
     wait_until_engine_settled, TestApp,
 };
 use pulse_conformance::faults::{FaultyCache, FaultyLog, Redelivery, WriteFault};
@@ -18,7 +18,7 @@ use pulse_core::log::OutgoingRecord;
 use pulse_proto::v1::OrderCreatedEvent;
 use pulse_proto::Message;
 use pulse_runtime::Role;
-use pulse_surge::engine::{DEMAND_TOPIC, GROUP};
+use pulse_surge::engine::{DEMAND_TOPIC, GROUP, SUPPLY_TOPIC};
 use pulse_surge::geo::Point;
 use serde_json::json;
 
@@ -40,6 +40,7 @@ async fn a_redelivered_order_counts_once(configure: fn(&mut pulse::Config)) {
     })
     .await;
     let log = faulty.expect("the log was wrapped");
+    let outcomes_before = engine_outcomes(&app).await;
     let (lat, lng) = unique_point();
     let (drivers, orders) = seed_cell_with_ids(&[&app], lat, lng, 4, 2).await;
     let orders = order_ids(&orders);
@@ -53,7 +54,34 @@ async fn a_redelivered_order_counts_once(configure: fn(&mut pulse::Config)) {
         );
     }
     assert_eq!(multiplier_at(&app, lat, lng).await, json!(1.5));
+    // Operators see the redeliveries for what they are (other tests of this binary only add).
+    let outcomes = engine_outcomes(&app).await;
+    let grew = |index: usize| outcomes[index] - outcomes_before[index];
+    assert!(grew(0) >= 2.0, "orders applied: {outcomes:?}");
+    assert!(
+        grew(1) >= 2.0,
+        "redelivered orders reported as duplicates: {outcomes:?}"
+    );
+    assert!(
+        grew(2) >= 4.0,
+        "redelivered pings reported as stale: {outcomes:?}"
+    );
     app.stop().await;
+}
+
+/// `pulse_engine_records_total` for (orders applied, orders duplicate, pings stale).
+async fn engine_outcomes(app: &TestApp) -> [f64; 3] {
+    let (_, page) = app.get("/metrics").await;
+    let count = |topic: &str, outcome: &str| {
+        let topic = format!("topic=\"{topic}\"");
+        let outcome = format!("outcome=\"{outcome}\"");
+        metric_sum(&page, "pulse_engine_records_total", &[&topic, &outcome]).unwrap_or(0.0)
+    };
+    [
+        count(DEMAND_TOPIC, "applied"),
+        count(DEMAND_TOPIC, "duplicate"),
+        count(SUPPLY_TOPIC, "stale"),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -263,3 +263,41 @@ async fn two_engines_in_one_group_agree_with_the_formula() {
     first.stop().await;
     second.stop().await;
 }
+
+/// A driver's latest ping decides where it counts: one that moves to another cell or goes off
+/// duty stops counting where it was, at once. 2 orders: 2 drivers → 2.0, 1 → 3.0, none → 3.5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_who_moves_or_goes_off_duty_stops_counting_where_it_was() {
+    let app = TestApp::spawn(|_| {}).await;
+    let (lat, lng) = unique_point();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let ping = |driver: &str, lat: f64, available: bool| {
+        let path = format!("/api/v1/drivers/{driver}-{run}/location");
+        let body = json!({ "lat": lat, "lng": lng, "available": available });
+        let app = &app;
+        async move {
+            let (status, answer) = app.post_json(&path, &body).await;
+            assert_eq!(status, 202, "{answer}");
+        }
+    };
+    ping("mover", lat, true).await;
+    ping("stayer", lat, true).await;
+    seed_cell(&[&app], lat, lng, 0, 2).await;
+    wait_for_quote(&app, lat, lng, |quote| quote["multiplier"] == 2.0).await;
+
+    // About 1.1 km north: another H3 cell at resolution 9.
+    ping("mover", lat + 0.01, true).await;
+    wait_for_quote(&app, lat, lng, |quote| quote["multiplier"] == 3.0).await;
+    let elsewhere = wait_for_quote(&app, lat + 0.01, lng, |quote| {
+        quote["surge"]["source"] == "live"
+    })
+    .await;
+    assert_eq!(
+        elsewhere["multiplier"], 1.0,
+        "a driver and no demand: {elsewhere}"
+    );
+
+    ping("stayer", lat, false).await;
+    wait_for_quote(&app, lat, lng, |quote| quote["multiplier"] == 3.5).await;
+    app.stop().await;
+}
