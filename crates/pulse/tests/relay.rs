@@ -220,6 +220,11 @@ async fn a_batch_claimed_ahead_is_let_go_when_half_its_lease_is_gone() {
         settings,
     );
     assert_eq!(relay.relay_once().await.expect("round"), AGGREGATES / 2);
+    assert_eq!(
+        pending_leased_by(&db, "relay-ahead").await,
+        (AGGREGATES / 2) as i64,
+        "the next batch was claimed while the first was sent"
+    );
     // The batch claimed ahead outlives its lease (a stalled broker would do this): sending it
     // now would race the claim that takes its rows again.
     clock.advance(Duration::from_secs(31));
@@ -504,4 +509,18 @@ async fn a_refusing_log_is_retried_with_backoff() {
         db.backlog().await.expect("backlog"),
         (AGGREGATES * EVENTS_PER_AGGREGATE) as u64
     );
+}
+
+/// Pending rows leased by `relay` (SQLite).
+async fn pending_leased_by(db: &Database, relay: &str) -> i64 {
+    let Database::Sqlite(pool) = db else {
+        panic!("an SQLite store");
+    };
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outbox_events WHERE status = 'PENDING' AND claimed_by = ?1",
+    )
+    .bind(relay)
+    .fetch_one(pool)
+    .await
+    .expect("count leased rows")
 }
