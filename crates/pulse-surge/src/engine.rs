@@ -864,6 +864,23 @@ mod pending_commits_tests {
     }
 
     #[tokio::test]
+    async fn commits_fall_due_once_the_interval_has_passed_since_the_last_one() {
+        let mut member = owning(&[0]);
+        let mut pending = PendingCommits::default();
+        assert!(
+            !pending.due(Duration::from_secs(3600)),
+            "not due right away"
+        );
+        assert!(pending.due(Duration::ZERO));
+        pending.applied(&[record(0, 1)]);
+        pending.commit(&mut member).await;
+        assert!(
+            !pending.due(Duration::from_secs(3600)),
+            "a commit starts the interval again"
+        );
+    }
+
+    #[tokio::test]
     async fn the_latest_position_of_each_partition_is_committed_once() {
         let mut member = owning(&[0, 1]);
         let mut pending = PendingCommits::default();

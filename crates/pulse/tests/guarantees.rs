@@ -1,18 +1,19 @@
 //! The surge engine's promises under faults, through HTTP and the real backends with one fault
 //! injected (`pulse_conformance::faults`): a redelivered order counts once, and a batch whose
 //! cache write fails is neither committed nor lost, and applies once when the cache returns.
-//! Each case runs on the in-process cache and on Redis, whose guards are different code.
+//! Each case runs on the in-process cache and on Redis, whose guards are different code. A poison
+//! record is dead-lettered without blocking what follows it.
 
 mod common;
 
 use std::sync::Arc;
 
 use common::{
-    metric_sum, multiplier_at, order_ids, seed_cell_with_ids, unique_point, wait_until,
-    wait_until_engine_settled, TestApp,
+    metric_sum, multiplier_at, order_ids, seed_cell_with_ids, unique_point, wait_for_quote,
+    wait_until, wait_until_engine_settled, TestApp,
 };
 use pulse_conformance::faults::{FaultyCache, FaultyLog, Redelivery, WriteFault};
-use pulse_conformance::services;
+use pulse_conformance::{services, unique_name};
 use pulse_core::clock::{Clock, SystemClock};
 use pulse_core::log::OutgoingRecord;
 use pulse_proto::v1::OrderCreatedEvent;
@@ -180,4 +181,64 @@ async fn a_batch_whose_cache_write_fails_is_held_and_applies_once_in_the_memory_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_whose_cache_write_fails_is_held_and_applies_once_in_redis() {
     a_batch_whose_cache_write_fails_is_held_and_applies_once(on_redis).await;
+}
+
+/// A record that cannot be decoded goes to the dead-letter topic with its reason and headers,
+/// and the orders behind it are still counted (rule 4: a poison message never blocks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_is_dead_lettered_and_does_not_stall_its_partition() {
+    let app = TestApp::spawn(|_| {}).await;
+    let dead_lettered = |page: &str| {
+        metric_sum(
+            page,
+            "pulse_engine_records_total",
+            &["topic=\"demand.orders\"", "outcome=\"dead_lettered\""],
+        )
+        .unwrap_or(0.0)
+    };
+    let before = dead_lettered(&app.get("/metrics").await.1);
+    let poison = OutgoingRecord::keyed("poison", vec![0xff, 0xff, 0xff, 0xff]).with_header(
+        "traceparent",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    );
+    app.log
+        .append(pulse_surge::engine::DEMAND_TOPIC, vec![poison])
+        .await
+        .expect("append poison");
+    let (lat, lng) = unique_point();
+    seed_cell_with_ids(&[&app], lat, lng, 4, 3).await;
+    // 3 orders and 4 drivers, behind the poison record on the same topic.
+    wait_for_quote(&app, lat, lng, |quote| quote["multiplier"] == 1.75).await;
+
+    let mut letters = app
+        .log
+        .consumer(
+            &unique_name("dlq-reader"),
+            &[pulse_surge::engine::DEAD_LETTER_TOPIC],
+        )
+        .await
+        .expect("consumer");
+    let letter = pulse_conformance::event_log::poll_exactly(letters.as_mut(), 1)
+        .await
+        .remove(0);
+    assert_eq!(letter.payload.as_ref(), &[0xff, 0xff, 0xff, 0xff]);
+    let reason = letter.header("pulse.dlq.reason").expect("reason");
+    assert!(
+        String::from_utf8_lossy(reason).contains("OrderCreatedEvent"),
+        "{reason:?}"
+    );
+    assert_eq!(
+        letter.header("pulse.dlq.topic").map(|v| v.as_ref()),
+        Some(&b"demand.orders"[..])
+    );
+    assert!(
+        letter.header("traceparent").is_some(),
+        "original headers kept"
+    );
+    let after = dead_lettered(&app.get("/metrics").await.1);
+    assert!(
+        after - before >= 1.0,
+        "reported as dead-lettered: {before} → {after}"
+    );
+    app.stop().await;
 }

@@ -83,49 +83,6 @@ async fn quotes_fall_back_while_redis_is_down_and_go_live_when_it_is_back() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_record_is_dead_lettered_and_does_not_stall_its_partition() {
-    let app = TestApp::spawn(|_| {}).await;
-    let poison = OutgoingRecord::keyed("poison", vec![0xff, 0xff, 0xff, 0xff]).with_header(
-        "traceparent",
-        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-    );
-    app.log
-        .append(pulse_surge::engine::DEMAND_TOPIC, vec![poison])
-        .await
-        .expect("append poison");
-    let (lat, lng) = unique_point();
-    place_three_orders_and_four_drivers(&app, lat, lng).await;
-    wait_for_quote(&app, lat, lng, |quote| quote["multiplier"] == 1.75).await;
-
-    let mut letters = app
-        .log
-        .consumer(
-            &unique_name("dlq-reader"),
-            &[pulse_surge::engine::DEAD_LETTER_TOPIC],
-        )
-        .await
-        .expect("consumer");
-    let letter = pulse_conformance::event_log::poll_exactly(letters.as_mut(), 1)
-        .await
-        .remove(0);
-    assert_eq!(letter.payload.as_ref(), &[0xff, 0xff, 0xff, 0xff]);
-    let reason = letter.header("pulse.dlq.reason").expect("reason");
-    assert!(
-        String::from_utf8_lossy(reason).contains("OrderCreatedEvent"),
-        "{reason:?}"
-    );
-    assert_eq!(
-        letter.header("pulse.dlq.topic").map(|v| v.as_ref()),
-        Some(&b"demand.orders"[..])
-    );
-    assert!(
-        letter.header("traceparent").is_some(),
-        "original headers kept"
-    );
-    app.stop().await;
-}
-
 /// A Kafka broker of this test's own (through `scripts/services`, in its own state directory),
 /// so stopping it disturbs no other test.
 struct OwnKafka {
