@@ -913,3 +913,96 @@ mod pending_commits_tests {
         assert_eq!(member.committed, vec![vec![position(0, 6)]]);
     }
 }
+
+#[cfg(test)]
+mod window_tests {
+    use async_trait::async_trait;
+    use pulse_core::clock::{Clock, ManualClock};
+    use pulse_memory::MemoryCache;
+
+    use super::*;
+    use crate::geo::Point;
+
+    /// The engine's log is used only to dead-letter; these batches hold no poison.
+    #[derive(Debug)]
+    struct UnusedLog;
+
+    #[async_trait]
+    impl EventLog for UnusedLog {
+        async fn create_topic(&self, _: &str, _: u32) -> PortResult<()> {
+            Err(PortError::Invalid("no log in this test".into()))
+        }
+        async fn partition_count(&self, _: &str) -> PortResult<u32> {
+            Err(PortError::Invalid("no log in this test".into()))
+        }
+        async fn append(&self, _: &str, _: Vec<OutgoingRecord>) -> PortResult<Vec<RecordPosition>> {
+            Err(PortError::Invalid("no log in this test".into()))
+        }
+        async fn consumer(&self, _: &str, _: &[&str]) -> PortResult<Box<dyn LogConsumer>> {
+            Err(PortError::Invalid("no log in this test".into()))
+        }
+        async fn ping(&self) -> PortResult<()> {
+            Ok(())
+        }
+    }
+
+    fn cell(offset: f64) -> CellIndex {
+        Point::new(52.52 + offset, 13.405).expect("point").cell()
+    }
+
+    fn ping(driver: &str, cell: CellIndex, at_ms: i64, offset: i64) -> ConsumedRecord {
+        let ping = DriverLocationUpdated {
+            driver_id: driver.into(),
+            h3: cell.to_string(),
+            available: true,
+            timestamp: at_ms,
+            lat: 52.52,
+            lng: 13.405,
+        };
+        ConsumedRecord {
+            position: RecordPosition {
+                topic: SUPPLY_TOPIC.into(),
+                partition: 0,
+                offset,
+            },
+            key: Some(Bytes::from(driver.to_owned())),
+            payload: Bytes::from(ping.encode_to_vec()),
+            headers: Vec::new(),
+            timestamp_ms: at_ms,
+        }
+    }
+
+    /// A driver whose previous ping sits in the oldest bucket of the window still counts there
+    /// until it moves; when it moves, it stops counting there at once.
+    #[tokio::test]
+    async fn a_driver_moving_at_the_window_edge_leaves_its_old_cell() {
+        let clock = ManualClock::new(1_700_000_000_000);
+        let cache = MemoryCache::new(Arc::new(clock.clone()), 1_000);
+        let settings = EngineSettings::default();
+        let mut engine = SurgeEngine::new(
+            Arc::new(UnusedLog),
+            Arc::new(cache),
+            Arc::new(clock.clone()),
+            settings.clone(),
+        );
+        let (here, there) = (cell(0.0), cell(0.01));
+        engine
+            .handle_batch(&[ping("d1", here, clock.now_ms(), 0)])
+            .await
+            .expect("first ping");
+        assert_eq!(
+            engine.window_totals(&[here]).await.expect("totals"),
+            [(0, 1)]
+        );
+
+        clock.advance(settings.window - settings.bucket);
+        engine
+            .handle_batch(&[ping("d1", there, clock.now_ms(), 1)])
+            .await
+            .expect("second ping");
+        assert_eq!(
+            engine.window_totals(&[here, there]).await.expect("totals"),
+            [(0, 0), (0, 1)]
+        );
+    }
+}
