@@ -71,6 +71,17 @@ impl std::fmt::Debug for CommitGate {
     }
 }
 
+/// The name of a `PRAGMA synchronous` level.
+fn synchronous_name(level: i64) -> &'static str {
+    match level {
+        0 => "off",
+        1 => "normal",
+        2 => "full",
+        3 => "extra",
+        _ => "unknown",
+    }
+}
+
 /// The durability settings SQLite reports on the writer's open connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Durability {
@@ -91,16 +102,9 @@ impl Durability {
             .fetch_one(&mut *conn)
             .await
             .map_err(storage_error)?;
-        let synchronous = match synchronous {
-            0 => "off",
-            1 => "normal",
-            2 => "full",
-            3 => "extra",
-            _ => "unknown",
-        };
         Ok(Self {
             journal_mode: journal_mode.to_ascii_lowercase(),
-            synchronous: synchronous.to_owned(),
+            synchronous: synchronous_name(synchronous).to_owned(),
         })
     }
 
@@ -419,5 +423,35 @@ impl EventLog for EmbeddedLog {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod durability_tests {
+    use super::*;
+
+    fn settings(journal_mode: &str, synchronous: i64) -> Durability {
+        Durability {
+            journal_mode: journal_mode.into(),
+            synchronous: synchronous_name(synchronous).into(),
+        }
+    }
+
+    #[test]
+    fn synchronous_levels_are_named_as_sqlite_documents_them() {
+        let names: Vec<&str> = (0..=4).map(synchronous_name).collect();
+        assert_eq!(names, ["off", "normal", "full", "extra", "unknown"]);
+    }
+
+    #[test]
+    fn only_wal_with_full_or_extra_is_durable() {
+        assert!(settings("wal", 2).is_durable());
+        assert!(settings("wal", 3).is_durable());
+        assert!(
+            !settings("wal", 1).is_durable(),
+            "normal may lose the last commits"
+        );
+        assert!(!settings("wal", 0).is_durable());
+        assert!(!settings("delete", 2).is_durable(), "not in WAL mode");
     }
 }

@@ -219,6 +219,10 @@ async fn bad_topics_and_oversized_records_are_refused() {
         .expect_err("no topic");
     assert!(err.to_string().contains("not found"), "{err}");
     log.create_topic("big", 1).await.expect("create");
+    let largest = OutgoingRecord::keyed("k", vec![0u8; pulse_embedded_log::MAX_PAYLOAD_BYTES]);
+    log.append("big", vec![largest])
+        .await
+        .expect("a record of exactly the limit is accepted");
     let huge = OutgoingRecord::keyed("k", vec![0u8; pulse_embedded_log::MAX_PAYLOAD_BYTES + 1]);
     assert!(log.append("big", vec![huge]).await.is_err());
 }
