@@ -70,8 +70,9 @@ async fn a_redelivered_order_counts_once(configure: fn(&mut pulse::Config)) {
     app.stop().await;
 }
 
-/// `pulse_engine_records_total` for (orders applied, orders duplicate, pings stale).
-async fn engine_outcomes(app: &TestApp) -> [f64; 3] {
+/// `pulse_engine_records_total` for (orders applied, orders duplicate, pings stale, pings
+/// applied).
+async fn engine_outcomes(app: &TestApp) -> [f64; 4] {
     let (_, page) = app.get("/metrics").await;
     let count = |topic: &str, outcome: &str| {
         let topic = format!("topic=\"{topic}\"");
@@ -82,6 +83,7 @@ async fn engine_outcomes(app: &TestApp) -> [f64; 3] {
         count(DEMAND_TOPIC, "applied"),
         count(DEMAND_TOPIC, "duplicate"),
         count(SUPPLY_TOPIC, "stale"),
+        count(SUPPLY_TOPIC, "applied"),
     ]
 }
 
