@@ -213,3 +213,29 @@ pub struct OutboxEvent {
     /// W3C `tracestate` that came with it.
     pub tracestate: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_reads_back_as_stored() {
+        for status in [OrderStatus::Pending, OrderStatus::Completed] {
+            assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(OrderStatus::parse("pending"), None);
+    }
+
+    #[test]
+    fn idempotency_keys_are_1_to_200_printable_ascii_characters() {
+        let longest = "k".repeat(MAX_IDEMPOTENCY_KEY_CHARS);
+        for good in ["a", "order-42_retry:1", longest.as_str()] {
+            let key = IdempotencyKey::parse(good).expect("a valid key");
+            assert_eq!(key.as_str(), good);
+        }
+        let too_long = "k".repeat(MAX_IDEMPOTENCY_KEY_CHARS + 1);
+        for bad in ["", too_long.as_str(), "with space", "tab\there", "clé"] {
+            assert!(IdempotencyKey::parse(bad).is_err(), "{bad:?} refused");
+        }
+    }
+}

@@ -82,6 +82,23 @@ async fn idempotency_keys_replay_the_original_order_and_refuse_a_different_body(
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.expect("json");
     assert_eq!(again["order_id"], first["order_id"]);
+    // Keys are scoped per user: another key of the same user, or the same key of another user,
+    // is another order.
+    for (key, user) in [("key-2", "u-idem"), ("key-1", "u-idem-other")] {
+        let mut other = body.clone();
+        other["user_id"] = json!(user);
+        let placed = client
+            .post(format!("{}/api/v1/orders", app.base))
+            .header("Idempotency-Key", key)
+            .json(&other)
+            .send()
+            .await
+            .expect("another order");
+        assert_eq!(placed.status().as_u16(), 201);
+        assert!(placed.headers().get("idempotent-replayed").is_none());
+        let placed: Value = placed.json().await.expect("json");
+        assert_ne!(placed["order_id"], first["order_id"], "{key} of {user}");
+    }
     // A difference in any part of what is ordered makes it another request, refused under the
     // same key.
     let changed = |change: fn(&mut Value)| {
