@@ -225,9 +225,19 @@ mod tests {
         assert_eq!((quote.multiplier, quote.source), (2.5, SurgeSource::Live));
         assert_eq!(quote.price.total, 625);
         let id = quote.quote_id.expect("locked");
-        assert_eq!(quotes.locked(&id).await.unwrap(), Some(quote));
-        clock.advance(Duration::from_secs(121));
-        assert_eq!(quotes.locked(&id).await.unwrap(), None, "expired");
+        assert_eq!(quotes.locked(&id).await.unwrap(), Some(quote.clone()));
+        clock.advance(Duration::from_millis(119_999));
+        assert_eq!(
+            quotes.locked(&id).await.unwrap(),
+            Some(quote),
+            "locked until its last millisecond"
+        );
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(
+            quotes.locked(&id).await.unwrap(),
+            None,
+            "expired at expires_at"
+        );
         assert_eq!(
             quotes.locked(&Uuid::new_v4()).await.unwrap(),
             None,

@@ -263,6 +263,14 @@ async fn an_order_placed_with_a_quote_pays_the_quoted_price() {
         }),
         "the order pays its quote {quote}, not the surge of the moment {fresh}"
     );
+    let path = format!("/api/v1/orders/{}", order["order_id"].as_str().expect("id"));
+    let (status, stored) = app.get_json(&path).await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(
+        (&stored["price"], &stored["quote_id"]),
+        (&order["price"], &order["quote_id"]),
+        "the stored order keeps its price"
+    );
     app.stop().await;
 }
 
