@@ -62,6 +62,8 @@ struct LogPlan {
     /// Every append of a topic matching this fails (after the queued faults).
     failing_when: Option<AppendPredicate>,
     redelivery: Redelivery,
+    /// The next this many `consumer` calls fail with a retryable error.
+    failing_joins: usize,
     faults_injected: u64,
     /// Appends that reached the inner log and were acknowledged by it.
     appends_written: u64,
@@ -195,12 +197,18 @@ impl FaultyLog {
             .send_modify(|generation| *generation += 1);
     }
 
+    /// The next `count` calls to [`EventLog::consumer`] fail with a retryable error, as joining
+    /// a group does while the broker or its coordinator is away.
+    pub fn fail_joins(&self, count: usize) {
+        lock(&self.state.plan).failing_joins += count;
+    }
+
     /// How consumers created from now on redeliver.
     pub fn redeliver(&self, redelivery: Redelivery) {
         lock(&self.state.plan).redelivery = redelivery;
     }
 
-    /// Faults injected so far (failed, hung and unacknowledged appends).
+    /// Faults injected so far (failed, hung and unacknowledged appends, refused joins).
     pub fn faults_injected(&self) -> u64 {
         lock(&self.state.plan).faults_injected
     }
@@ -280,8 +288,16 @@ impl EventLog for FaultyLog {
     }
 
     async fn consumer(&self, group: &str, topics: &[&str]) -> PortResult<Box<dyn LogConsumer>> {
+        let redelivery = {
+            let mut plan = lock(&self.state.plan);
+            if plan.failing_joins > 0 {
+                plan.failing_joins -= 1;
+                plan.faults_injected += 1;
+                return Err(injected("group join refused"));
+            }
+            plan.redelivery
+        };
         let inner = self.inner.consumer(group, topics).await?;
-        let redelivery = lock(&self.state.plan).redelivery;
         Ok(Box::new(WatchedConsumer {
             inner,
             group: group.to_owned(),

@@ -244,3 +244,32 @@ async fn a_poison_record_is_dead_lettered_and_does_not_stall_its_partition() {
     );
     app.stop().await;
 }
+
+/// An engine whose group join fails (the broker or its coordinator away) keeps trying, and
+/// counts what was placed meanwhile once it is in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_cannot_join_its_group_yet_retries_and_catches_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut faulty = None;
+    let app = TestApp::spawn_wrapped(
+        dir.path(),
+        &Role::ALL,
+        |_| {},
+        |mut backends| {
+            let log = FaultyLog::wrap(backends.log.clone());
+            log.fail_joins(2);
+            backends.log = Arc::new(log.clone());
+            faulty = Some(log);
+            backends
+        },
+    )
+    .await;
+    let log = faulty.expect("the log was wrapped");
+    let (lat, lng) = unique_point();
+    let (drivers, orders) = seed_cell_with_ids(&[&app], lat, lng, 4, 2).await;
+    let keys: Vec<String> = drivers.into_iter().chain(order_ids(&orders)).collect();
+    wait_until_engine_settled(&log, &keys).await;
+    assert_eq!(log.faults_injected(), 2, "both refused joins were retried");
+    assert_eq!(multiplier_at(&app, lat, lng).await, json!(1.5));
+    app.stop().await;
+}
