@@ -64,6 +64,8 @@ struct LogPlan {
     redelivery: Redelivery,
     /// The next this many `consumer` calls fail with a retryable error.
     failing_joins: usize,
+    /// From now on every `consumer` call fails with an error retrying cannot mend.
+    refusing_joins: bool,
     faults_injected: u64,
     /// Appends that reached the inner log and were acknowledged by it.
     appends_written: u64,
@@ -203,6 +205,12 @@ impl FaultyLog {
         lock(&self.state.plan).failing_joins += count;
     }
 
+    /// Every call to [`EventLog::consumer`] from now on fails with an error that retrying cannot
+    /// mend (a topic or group the broker will never accept).
+    pub fn refuse_joins(&self) {
+        lock(&self.state.plan).refusing_joins = true;
+    }
+
     /// How consumers created from now on redeliver.
     pub fn redeliver(&self, redelivery: Redelivery) {
         lock(&self.state.plan).redelivery = redelivery;
@@ -290,6 +298,12 @@ impl EventLog for FaultyLog {
     async fn consumer(&self, group: &str, topics: &[&str]) -> PortResult<Box<dyn LogConsumer>> {
         let redelivery = {
             let mut plan = lock(&self.state.plan);
+            if plan.refusing_joins {
+                plan.faults_injected += 1;
+                return Err(PortError::Invalid(
+                    "injected fault: group join refused for good".into(),
+                ));
+            }
             if plan.failing_joins > 0 {
                 plan.failing_joins -= 1;
                 plan.faults_injected += 1;

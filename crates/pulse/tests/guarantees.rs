@@ -273,3 +273,28 @@ async fn an_engine_that_cannot_join_its_group_yet_retries_and_catches_up() {
     assert_eq!(multiplier_at(&app, lat, lng).await, json!(1.5));
     app.stop().await;
 }
+
+/// A join error that retrying cannot mend stops the process with it, instead of an engine that
+/// silently retries forever while nothing is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_refused_its_group_for_good_stops_the_process_with_the_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let app = TestApp::spawn_wrapped(
+        dir.path(),
+        &Role::ALL,
+        |_| {},
+        |mut backends| {
+            let log = FaultyLog::wrap(backends.log.clone());
+            log.refuse_joins();
+            backends.log = Arc::new(log);
+            backends
+        },
+    )
+    .await;
+    let ended = app.stopped_by_itself().await;
+    let err = ended.expect_err("the process ends with the engine's error");
+    assert!(
+        format!("{err:#}").contains("refused for good"),
+        "the error names the cause: {err:#}"
+    );
+}

@@ -144,6 +144,14 @@ impl TestApp {
         )
     }
 
+    /// Waits (30 s at most) for the application to stop by itself, and returns how it ended.
+    pub async fn stopped_by_itself(self) -> anyhow::Result<()> {
+        tokio::time::timeout(Duration::from_secs(30), self.running)
+            .await
+            .expect("the application stops by itself within 30 s")
+            .expect("task joins")
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(10), self.running)
