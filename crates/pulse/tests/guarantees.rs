@@ -31,16 +31,10 @@ fn on_redis(config: &mut pulse::Config) {
 /// not committed yet. 2 orders and 4 drivers make 1.5; counting each order twice would make 2.0.
 async fn a_redelivered_order_counts_once(configure: fn(&mut pulse::Config)) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut faulty = None;
-    let app = TestApp::spawn_wrapped(dir.path(), &Role::ALL, configure, |mut backends| {
-        let log = FaultyLog::wrap(backends.log.clone());
-        log.redeliver(Redelivery::EveryBatchTwice);
-        backends.log = Arc::new(log.clone());
-        faulty = Some(log);
-        backends
+    let (app, log) = TestApp::spawn_watched_armed(dir.path(), configure, |log| {
+        log.redeliver(Redelivery::EveryBatchTwice)
     })
     .await;
-    let log = faulty.expect("the log was wrapped");
     let outcomes_before = engine_outcomes(&app).await;
     let (lat, lng) = unique_point();
     let (drivers, orders) = seed_cell_with_ids(&[&app], lat, lng, 4, 2).await;
@@ -250,21 +244,8 @@ async fn a_poison_record_is_dead_lettered_and_does_not_stall_its_partition() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_that_cannot_join_its_group_yet_retries_and_catches_up() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut faulty = None;
-    let app = TestApp::spawn_wrapped(
-        dir.path(),
-        &Role::ALL,
-        |_| {},
-        |mut backends| {
-            let log = FaultyLog::wrap(backends.log.clone());
-            log.fail_joins(2);
-            backends.log = Arc::new(log.clone());
-            faulty = Some(log);
-            backends
-        },
-    )
-    .await;
-    let log = faulty.expect("the log was wrapped");
+    let (app, log) =
+        TestApp::spawn_watched_armed(dir.path(), |_| {}, |log| log.fail_joins(2)).await;
     let (lat, lng) = unique_point();
     let (drivers, orders) = seed_cell_with_ids(&[&app], lat, lng, 4, 2).await;
     let keys: Vec<String> = drivers.into_iter().chain(order_ids(&orders)).collect();
@@ -279,18 +260,7 @@ async fn an_engine_that_cannot_join_its_group_yet_retries_and_catches_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_refused_its_group_for_good_stops_the_process_with_the_error() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let app = TestApp::spawn_wrapped(
-        dir.path(),
-        &Role::ALL,
-        |_| {},
-        |mut backends| {
-            let log = FaultyLog::wrap(backends.log.clone());
-            log.refuse_joins();
-            backends.log = Arc::new(log);
-            backends
-        },
-    )
-    .await;
+    let (app, _) = TestApp::spawn_watched_armed(dir.path(), |_| {}, |log| log.refuse_joins()).await;
     let ended = app.stopped_by_itself().await;
     let err = ended.expect_err("the process ends with the engine's error");
     assert!(

@@ -61,9 +61,20 @@ impl TestApp {
         data_dir: &std::path::Path,
         configure: impl FnOnce(&mut Config),
     ) -> (Self, FaultyLog) {
+        Self::spawn_watched_armed(data_dir, configure, |_| {}).await
+    }
+
+    /// [`TestApp::spawn_watched`], with faults armed on the log by `arm` before any role starts
+    /// (so the engine's first join or first poll already meets them).
+    pub async fn spawn_watched_armed(
+        data_dir: &std::path::Path,
+        configure: impl FnOnce(&mut Config),
+        arm: impl FnOnce(&FaultyLog),
+    ) -> (Self, FaultyLog) {
         let mut watched = None;
         let app = Self::spawn_wrapped(data_dir, &Role::ALL, configure, |mut backends| {
             let log = FaultyLog::wrap(backends.log.clone());
+            arm(&log);
             backends.log = std::sync::Arc::new(log.clone());
             watched = Some(log);
             backends
