@@ -2,11 +2,11 @@
 //! with its outbox on every backend.
 
 use bytes::Bytes;
+use pulse_geo::Point;
 use pulse_orders::{
     CreateOutcome, IdempotencyKey, Order, OrderStatus, OrderStore, Outbox, OutboxEvent,
 };
 use pulse_store::Database;
-use pulse_surge::geo::Point;
 use sqlx::Connection;
 use uuid::Uuid;
 

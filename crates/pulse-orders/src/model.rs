@@ -1,7 +1,7 @@
 //! Orders and outbox events.
 
 use bytes::Bytes;
-use pulse_surge::geo::Point;
+use pulse_geo::Point;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

@@ -2,11 +2,11 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pulse_geo::Point;
 use pulse_orders::{
     CreateOutcome, IdempotencyKey, Order, OrderPrice, OrderStatus, OrderStore, Outbox, OutboxEvent,
     StoreError,
 };
-use pulse_surge::geo::Point;
 use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 

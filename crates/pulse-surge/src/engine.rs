@@ -35,9 +35,9 @@ use pulse_trace::TraceContext;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::geo::parse_cell;
 use crate::pricing::{multiplier, round_multiplier};
 use crate::{keys, SurgeValue};
+use pulse_geo::parse_cell;
 
 /// Consumer group of the engine (seed contract).
 pub const GROUP: &str = "pulse-engine-group";
@@ -921,7 +921,7 @@ mod window_tests {
     use pulse_memory::MemoryCache;
 
     use super::*;
-    use crate::geo::Point;
+    use pulse_geo::Point;
 
     /// The engine's log is used only to dead-letter; these batches hold no poison.
     #[derive(Debug)]

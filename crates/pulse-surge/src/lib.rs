@@ -1,4 +1,4 @@
-//! Surge pricing domain: coordinates → H3 cells, sliding windows of demand and supply per cell,
+//! Surge pricing domain: sliding windows of demand and supply per cell,
 //! the multiplier `1 + min(2.5, demand / (supply × elasticity))`, and quotes priced with it.
 //!
 //! Everything goes through ports: the engine reads the log through [`pulse_core::log`] and keeps
@@ -12,7 +12,6 @@
 //! * money is integer minor units.
 
 pub mod engine;
-pub mod geo;
 pub mod keys;
 pub mod map;
 pub mod pricing;

@@ -22,8 +22,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::DriverState;
-use crate::geo::parse_cell;
 use crate::{keys, SurgeValue};
+use pulse_geo::parse_cell;
 
 /// Subscribers to the surge feed (open map streams).
 pub const FEED_SUBSCRIBERS: &str = "pulse_surge_feed_subscribers";
@@ -384,7 +384,7 @@ mod tests {
     use pulse_memory::MemoryCache;
 
     use super::*;
-    use crate::geo::Point;
+    use pulse_geo::Point;
 
     fn berlin(offset: f64) -> CellIndex {
         Point::new(52.52 + offset, 13.405).expect("point").cell()

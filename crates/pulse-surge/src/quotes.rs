@@ -12,9 +12,9 @@ use pulse_core::{PortError, PortResult};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::geo::Point;
 use crate::pricing::{Price, Tariff};
 use crate::{keys, SurgeValue};
+use pulse_geo::Point;
 
 /// Quotes answered, by surge source.
 pub const QUOTES_TOTAL: &str = "pulse_quotes_total";

@@ -13,6 +13,7 @@ use pulse::{Application, Config};
 use pulse_conformance::{services, unique_name};
 use pulse_core::clock::SystemClock;
 use pulse_core::log::OutgoingRecord;
+use pulse_geo::Point;
 use pulse_orders::relay::{Relay, RelaySettings};
 use pulse_orders::{NewOrder, OrderService, Outbox};
 use pulse_proto::v1::DriverLocationUpdated;
@@ -21,7 +22,6 @@ use pulse_runtime::{CancellationToken, Role};
 use pulse_surge::engine::{
     EngineSettings, PendingCommits, SurgeEngine, DEMAND_TOPIC, SUPPLY_TOPIC,
 };
-use pulse_surge::geo::Point;
 use pulse_surge::pricing::Tariff;
 use pulse_surge::quotes::{QuoteService, QuoteSettings};
 

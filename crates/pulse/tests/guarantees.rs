@@ -16,11 +16,11 @@ use pulse_conformance::faults::{FaultyCache, FaultyLog, Redelivery, WriteFault};
 use pulse_conformance::{services, unique_name};
 use pulse_core::clock::{Clock, SystemClock};
 use pulse_core::log::OutgoingRecord;
+use pulse_geo::Point;
 use pulse_proto::v1::OrderCreatedEvent;
 use pulse_proto::Message;
 use pulse_runtime::Role;
 use pulse_surge::engine::{DEMAND_TOPIC, GROUP, SUPPLY_TOPIC};
-use pulse_surge::geo::Point;
 use serde_json::json;
 
 fn on_redis(config: &mut pulse::Config) {

@@ -1,6 +1,12 @@
-//! Coordinates, H3 cells (resolution 9) and distances.
+//! Geography shared by every domain: validated WGS84 points, the H3 cells (resolution 9) events
+//! and cache keys name, and great-circle distances.
+//!
+//! Invariants: a [`Point`] is always inside [-90, 90] × [-180, 180]; every cell Pulse writes or
+//! accepts is resolution 9 ([`parse_cell`] refuses others). Re-exports [`CellIndex`] so callers
+//! need not depend on `h3o` themselves.
 
-use h3o::{CellIndex, LatLng, Resolution};
+pub use h3o::CellIndex;
+use h3o::{LatLng, Resolution};
 
 /// The H3 resolution of every cell Pulse uses (~0.1 km² hexagons).
 pub const RESOLUTION: Resolution = Resolution::Nine;
