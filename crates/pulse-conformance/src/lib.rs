@@ -17,6 +17,7 @@
 pub mod cache;
 pub mod event_log;
 pub mod faults;
+pub mod outbox;
 pub mod services;
 pub mod store;
 
@@ -124,8 +125,27 @@ macro_rules! store_suite {
                 seed_tables_accept_seed_rows,
                 rolled_back_transactions_leave_nothing,
                 concurrent_transactions_all_commit,
+                a_failing_unit_rolls_back_alone_among_concurrent_ones,
                 an_order_and_its_outbox_row_land_together_once_per_key,
                 ping_answers,
+            );
+        }
+    };
+}
+
+/// Stamps out the outbox suite (claims, leases, per-aggregate order) in a module
+/// `outbox_conformance`, for a factory of migrated [`pulse_store::Database`]s.
+#[macro_export]
+macro_rules! outbox_suite {
+    ($factory:expr) => {
+        mod outbox_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__stamp_cases!(outbox, $factory;
+                a_claimed_row_is_leased_to_one_relay,
+                a_lapsed_lease_is_claimed_again,
+                events_of_an_aggregate_stay_in_order_across_relays,
+                a_batch_let_go_is_claimed_again_only_after_its_lease,
             );
         }
     };

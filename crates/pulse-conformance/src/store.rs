@@ -1,13 +1,16 @@
-//! The relational store suite: migrations, the seed tables, transactions, and the orders store
-//! with its outbox on every backend.
+//! The relational store suite: migrations, the seed tables, the unit of work (all or nothing, a
+//! failing unit alone rolled back, every caller answered after the commit), and the orders store
+//! with its outbox on every backend. Everything goes through the store's API — units of work,
+//! one SQL body per statement — not through a dialect's pool.
+
+use std::time::Duration;
 
 use bytes::Bytes;
+use pulse_core::PortError;
 use pulse_geo::Point;
-use pulse_orders::{
-    CreateOutcome, IdempotencyKey, Order, OrderStatus, OrderStore, Outbox, OutboxEvent,
-};
-use pulse_store::Database;
-use sqlx::Connection;
+use pulse_orders::{CreateOutcome, IdempotencyKey, Order, OrderStatus, OrderStore};
+use pulse_outbox::{Outbox, OutboxEvent};
+use pulse_store::{Database, Sql};
 use uuid::Uuid;
 
 /// Running the migrations again changes nothing and fails nothing.
@@ -18,132 +21,168 @@ pub async fn migrations_are_idempotent(db: &Database) {
 
 /// The seed's `orders` and `outbox_events` tables take rows with the seed's columns.
 pub async fn seed_tables_accept_seed_rows(db: &Database) {
-    let order_id = uuid::Uuid::now_v7();
-    let event_id = uuid::Uuid::now_v7();
-    let status: String = match db {
-        Database::Postgres(pool) => {
-            sqlx::query(
-                "INSERT INTO orders (id, user_id, pickup_h3, dropoff_h3, status, created_at)
-                 VALUES ($1, 'user-1', '8928308280fffff', '8928308280bffff', 'PENDING', now())",
-            )
-            .bind(order_id)
-            .execute(pool)
-            .await
-            .expect("insert order");
-            sqlx::query(
-                "INSERT INTO outbox_events (id, aggregate_id, aggregate_type, payload, topic, created_at)
-                 VALUES ($1, $2, 'ORDER', $3, 'demand.orders', now())",
-            )
-            .bind(event_id)
-            .bind(order_id)
-            .bind(&b"\x0a\x01x"[..])
-            .execute(pool)
-            .await
-            .expect("insert outbox event");
-            sqlx::query_scalar("SELECT status FROM outbox_events WHERE id = $1")
-                .bind(event_id)
-                .fetch_one(pool)
-                .await
-                .expect("read outbox event")
-        }
-        Database::Sqlite(pool) => {
-            sqlx::query(
-                "INSERT INTO orders (id, user_id, pickup_h3, dropoff_h3, status, created_at)
-                 VALUES (?1, 'user-1', '8928308280fffff', '8928308280bffff', 'PENDING', datetime('now'))",
-            )
-            .bind(order_id.to_string())
-            .execute(pool)
-            .await
-            .expect("insert order");
-            sqlx::query(
-                "INSERT INTO outbox_events (id, aggregate_id, aggregate_type, payload, topic, created_at)
-                 VALUES (?1, ?2, 'ORDER', ?3, 'demand.orders', datetime('now'))",
-            )
-            .bind(event_id.to_string())
-            .bind(order_id.to_string())
-            .bind(&b"\x0a\x01x"[..])
-            .execute(pool)
-            .await
-            .expect("insert outbox event");
-            sqlx::query_scalar("SELECT status FROM outbox_events WHERE id = ?1")
-                .bind(event_id.to_string())
-                .fetch_one(pool)
-                .await
-                .expect("read outbox event")
-        }
-    };
+    let order_id = Uuid::now_v7();
+    let event_id = Uuid::now_v7();
+    let now = db.backend().timestamp_from_ms("$3");
+    let status = db
+        .write(move |mut tx| {
+            Box::pin(async move {
+                tx.execute(
+                    &Sql::new(format!(
+                        "INSERT INTO orders (id, user_id, pickup_h3, dropoff_h3, status, created_at)
+                         VALUES ($1, $2, '8928308280fffff', '8928308280bffff', 'PENDING', {now})"
+                    ))
+                    .bind(order_id)
+                    .bind("user-1")
+                    .bind(1_700_000_000_000_i64),
+                )
+                .await?;
+                tx.execute(
+                    &Sql::new(format!(
+                        "INSERT INTO outbox_events (id, aggregate_id, aggregate_type, payload,
+                             topic, created_at)
+                         VALUES ($1, $2, 'ORDER', $4, 'demand.orders', {now})"
+                    ))
+                    .bind(event_id)
+                    .bind(order_id)
+                    .bind(1_700_000_000_000_i64)
+                    .bind(&b"\x0a\x01x"[..]),
+                )
+                .await?;
+                let row = tx
+                    .fetch_optional(
+                        &Sql::new("SELECT status FROM outbox_events WHERE id = $1").bind(event_id),
+                    )
+                    .await?;
+                row.expect("the row just written").text(0)
+            })
+        })
+        .await
+        .expect("seed rows");
     assert_eq!(status, "PENDING", "outbox rows start pending");
 }
 
 async fn count_orders_of(db: &Database, user: &str) -> i64 {
-    match db {
-        Database::Postgres(pool) => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE user_id = $1")
-                .bind(user)
-                .fetch_one(pool)
-                .await
-                .expect("count")
-        }
-        Database::Sqlite(pool) => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE user_id = ?1")
-                .bind(user)
-                .fetch_one(pool)
-                .await
-                .expect("count")
-        }
-    }
+    let row = db
+        .fetch_optional(&Sql::new("SELECT COUNT(*) FROM orders WHERE user_id = $1").bind(user))
+        .await
+        .expect("count");
+    row.expect("a count").i64(0).expect("an integer")
 }
 
-async fn insert_order_in_transaction(db: &Database, user: &str, commit: bool) {
-    let id = uuid::Uuid::now_v7();
-    match db {
-        Database::Postgres(pool) => {
-            let mut conn = pool.acquire().await.expect("acquire");
-            let mut tx = conn.begin().await.expect("begin");
-            sqlx::query("INSERT INTO orders (id, user_id, status) VALUES ($1, $2, 'PENDING')")
-                .bind(id)
-                .bind(user)
-                .execute(&mut *tx)
-                .await
-                .expect("insert");
-            if commit {
-                tx.commit().await.expect("commit")
-            } else {
-                tx.rollback().await.expect("rollback")
-            }
-        }
-        Database::Sqlite(pool) => {
-            let mut tx = pool.begin().await.expect("begin");
-            sqlx::query("INSERT INTO orders (id, user_id, status) VALUES (?1, ?2, 'PENDING')")
-                .bind(id.to_string())
-                .bind(user)
-                .execute(&mut *tx)
-                .await
-                .expect("insert");
-            if commit {
-                tx.commit().await.expect("commit")
-            } else {
-                tx.rollback().await.expect("rollback")
-            }
-        }
-    }
+fn insert_order(id: Uuid, user: &str) -> Sql {
+    Sql::new("INSERT INTO orders (id, user_id, status) VALUES ($1, $2, 'PENDING')")
+        .bind(id)
+        .bind(user)
 }
 
-/// A rolled-back transaction leaves no row; a committed one does.
+/// A unit that fails leaves none of its writes; one that succeeds leaves all.
 pub async fn rolled_back_transactions_leave_nothing(db: &Database) {
     let user = crate::unique_name("u");
-    insert_order_in_transaction(db, &user, false).await;
-    assert_eq!(count_orders_of(db, &user).await, 0);
-    insert_order_in_transaction(db, &user, true).await;
-    assert_eq!(count_orders_of(db, &user).await, 1);
+    let (first, second) = (
+        insert_order(Uuid::now_v7(), &user),
+        insert_order(Uuid::now_v7(), &user),
+    );
+    let failed = db
+        .write(move |mut tx| {
+            Box::pin(async move {
+                tx.execute(&first).await?;
+                tx.execute(&second).await?;
+                Err::<(), _>(PortError::Invalid("the caller changed its mind".into()))
+            })
+        })
+        .await;
+    assert!(matches!(failed, Err(PortError::Invalid(_))), "{failed:?}");
+    assert_eq!(
+        count_orders_of(db, &user).await,
+        0,
+        "nothing of a failed unit"
+    );
+    let (first, second) = (
+        insert_order(Uuid::now_v7(), &user),
+        insert_order(Uuid::now_v7(), &user),
+    );
+    db.write(move |mut tx| {
+        Box::pin(async move {
+            tx.execute(&first).await?;
+            tx.execute(&second).await
+        })
+    })
+    .await
+    .expect("a unit that succeeds");
+    assert_eq!(
+        count_orders_of(db, &user).await,
+        2,
+        "all of a committed unit"
+    );
 }
 
-/// Many transactions at once through the pool all land.
+/// Many units at once all land.
 pub async fn concurrent_transactions_all_commit(db: &Database) {
     let user = crate::unique_name("u");
-    let writes = (0..32).map(|_| insert_order_in_transaction(db, &user, true));
-    futures::future::join_all(writes).await;
-    assert_eq!(count_orders_of(db, &user).await, 32);
+    let writes = (0..64).map(|_| db.execute(insert_order(Uuid::now_v7(), &user)));
+    for written in futures::future::join_all(writes).await {
+        assert_eq!(written.expect("insert"), 1);
+    }
+    assert_eq!(count_orders_of(db, &user).await, 64);
+}
+
+/// Units queued together — behind one that holds the writer for a while, so on SQLite they
+/// share one commit — each stand alone: those whose second insert breaks the primary key get a
+/// conflict and leave nothing (not even their first insert), the others all land.
+pub async fn a_failing_unit_rolls_back_alone_among_concurrent_ones(db: &Database) {
+    let user = crate::unique_name("u");
+    let taken = Uuid::now_v7();
+    db.execute(insert_order(taken, &user))
+        .await
+        .expect("the taken id");
+    let commits_before = db.group_commits();
+    let slow = {
+        let sql = insert_order(Uuid::now_v7(), &user);
+        db.write(move |mut tx| {
+            Box::pin(async move {
+                tx.execute(&sql).await?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(())
+            })
+        })
+    };
+    let units = (0..16).map(|n| {
+        let own = insert_order(Uuid::now_v7(), &user);
+        let clash = insert_order(if n % 2 == 1 { taken } else { Uuid::now_v7() }, &user);
+        async move {
+            // Queued while the slow unit runs.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            db.write(move |mut tx| {
+                Box::pin(async move {
+                    tx.execute(&own).await?;
+                    tx.execute(&clash).await
+                })
+            })
+            .await
+        }
+    });
+    let (slow, outcomes) = tokio::join!(slow, futures::future::join_all(units));
+    slow.expect("the slow unit");
+    for (n, outcome) in outcomes.iter().enumerate() {
+        if n % 2 == 1 {
+            assert!(
+                matches!(outcome, Err(PortError::Conflict(_))),
+                "unit {n}: {outcome:?}"
+            );
+        } else {
+            assert!(matches!(outcome, Ok(1)), "unit {n}: {outcome:?}");
+        }
+    }
+    // The taken row, the slow unit's, and two rows of each of the eight good units.
+    assert_eq!(count_orders_of(db, &user).await, 1 + 1 + 8 * 2);
+    if let (Some(before), Some(after)) = (commits_before, db.group_commits()) {
+        assert!(
+            after - before <= 4,
+            "17 units queued together share commits: {} commits",
+            after - before
+        );
+    }
 }
 
 /// A new order of `user` at `at_ms`, with the outbox row announcing it.
@@ -162,16 +201,13 @@ fn order_with_event(user: &str, at_ms: i64) -> (Order, OutboxEvent) {
         quote_id: None,
         price: None,
     };
-    let event = OutboxEvent {
-        id: Uuid::now_v7(),
-        aggregate_id: order.id,
-        aggregate_type: "ORDER".to_owned(),
-        topic: "demand.orders".to_owned(),
-        payload: Bytes::from_static(b"order created"),
-        created_at_ms: at_ms,
-        traceparent: None,
-        tracestate: None,
-    };
+    let event = OutboxEvent::new(
+        "demand.orders",
+        "ORDER",
+        order.id,
+        Bytes::from_static(b"order created"),
+        at_ms,
+    );
     (order, event)
 }
 

@@ -30,6 +30,10 @@ pub enum PortError {
     /// A resource the caller named does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The write conflicts with stored data (a unique or foreign key constraint); retrying the
+    /// same write cannot succeed.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// Stored data could not be interpreted (e.g. a cache value that is not an integer).
     #[error("corrupt data: {0}")]
     Corrupt(String),

@@ -2,7 +2,7 @@
 //!
 //! This crate defines the *ports* every other crate talks through — the event log
 //! ([`log::EventLog`]), the cache/state store ([`cache::Cache`]) and time ([`clock::Clock`]) — plus
-//! the error type they share. It performs no I/O of its own: adapters (embedded log, Kafka, Redis,
+//! the error type they share and the [`TenantId`] every per-tenant port stores. It performs no I/O of its own: adapters (embedded log, Kafka, Redis,
 //! in-process memory) implement these traits, domain crates consume them, and only the `pulse`
 //! binary wires one to the other.
 //!
@@ -18,5 +18,7 @@ pub mod error;
 pub mod health;
 pub mod log;
 pub mod retry;
+pub mod tenant;
 
 pub use error::{PortError, PortResult};
+pub use tenant::TenantId;

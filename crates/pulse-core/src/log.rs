@@ -58,6 +58,22 @@ impl OutgoingRecord {
     }
 }
 
+/// A topic a domain declares (it writes to it, or owns it), created at start-up when missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Topic name, before any deployment prefix.
+    pub name: &'static str,
+    /// What it carries, for operators.
+    pub carries: &'static str,
+}
+
+impl TopicSpec {
+    /// The name this deployment uses: `prefix` + the contract name.
+    pub fn named(&self, prefix: &str) -> String {
+        format!("{prefix}{}", self.name)
+    }
+}
+
 /// A topic partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicPartition {

@@ -49,6 +49,11 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// 500 `internal`: a failure a retry will not cure (corrupt data, a bug).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status

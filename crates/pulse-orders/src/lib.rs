@@ -1,24 +1,48 @@
-//! Orders domain: placing an order durably with an idempotency key, and the transactional outbox
-//! that carries its `OrderCreatedEvent` to the log.
+//! Orders domain: placing an order durably with an idempotency key, announced on the log through
+//! the shared transactional outbox (`pulse-outbox`).
 //!
-//! This crate defines its storage ports ([`OrderStore`], [`Outbox`]); `pulse-store` implements
-//! them for PostgreSQL and SQLite. Invariants:
+//! This crate defines its ports ([`OrderStore`], [`PriceLocks`]); `pulse-store` implements the
+//! store for PostgreSQL and SQLite, and the binary adapts the surge domain's quotes as the price
+//! locks. Invariants:
 //! * the order row and its outbox row are written in **one** transaction, and the client hears
 //!   about the order only after that commit;
 //! * `(user_id, idempotency key)` identifies one order forever: a retry with the same body gets the
-//!   original order back, a different body is refused;
-//! * the relay marks an outbox row sent only after the log acknowledged it, and never publishes an
-//!   aggregate's event while an earlier event of the same aggregate is still pending, so events of
-//!   one order are never reordered, whatever the number of relays.
+//!   original order back, a different body is refused.
 
 mod model;
 mod ports;
-pub mod relay;
 mod service;
 
+use pulse_core::log::TopicSpec;
+
 pub use model::{
-    IdempotencyKey, NewOrder, Order, OrderPrice, OrderStatus, OutboxEvent, ValidationError,
+    IdempotencyKey, NewOrder, Order, OrderPrice, OrderStatus, ValidationError,
     MAX_IDEMPOTENCY_KEY_CHARS, MAX_USER_ID_CHARS,
 };
-pub use ports::{CreateOutcome, OrderStore, Outbox, StoreError};
-pub use service::{OrderError, OrderService, Placed, ORDERS_PLACED_TOTAL};
+pub use ports::{CreateOutcome, LockedPrice, OrderStore, PriceLocks};
+pub use service::{OrderError, OrderService, Placed, AGGREGATE_TYPE, ORDERS_PLACED_TOTAL};
+
+/// `OrderCreatedEvent`s, one per accepted order, keyed by order id (the seed's contract).
+pub const ORDER_CREATED: TopicSpec = TopicSpec {
+    name: "demand.orders",
+    carries: "OrderCreatedEvent, one per accepted order, keyed by order id",
+};
+
+/// The topics the orders domain writes to.
+pub const TOPICS: &[TopicSpec] = &[ORDER_CREATED];
+
+/// The topic names of one deployment (prefix applied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderTopics {
+    /// Where [`ORDER_CREATED`] goes.
+    pub created: String,
+}
+
+impl OrderTopics {
+    /// The topics under `prefix` (empty: the contract names).
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            created: ORDER_CREATED.named(prefix),
+        }
+    }
+}

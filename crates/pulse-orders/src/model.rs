@@ -1,6 +1,5 @@
-//! Orders and outbox events.
+//! Orders and their requests.
 
-use bytes::Bytes;
 use pulse_geo::Point;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -175,43 +174,6 @@ impl Order {
             && self.dropoff == request.dropoff
             && self.quote_id == request.quote_id
     }
-}
-
-impl OutboxEvent {
-    /// The trace context the row was written in, if any.
-    pub fn trace(&self) -> Option<pulse_trace::TraceContext> {
-        let headers = [
-            (pulse_trace::TRACEPARENT, self.traceparent.as_deref()),
-            (pulse_trace::TRACESTATE, self.tracestate.as_deref()),
-        ];
-        pulse_trace::TraceContext::from_headers(|name| {
-            headers
-                .iter()
-                .find(|(key, _)| *key == name)
-                .and_then(|(_, value)| *value)
-        })
-    }
-}
-
-/// A row of the outbox: an event waiting to be appended to the log.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutboxEvent {
-    /// Event id.
-    pub id: Uuid,
-    /// The entity the event is about; also the log key, so its events stay in order.
-    pub aggregate_id: Uuid,
-    /// e.g. `ORDER`.
-    pub aggregate_type: String,
-    /// Destination topic.
-    pub topic: String,
-    /// Encoded event (protobuf).
-    pub payload: Bytes,
-    /// When it was written, Unix milliseconds.
-    pub created_at_ms: i64,
-    /// W3C `traceparent` of the request that wrote it (the trace its relay and consumers join).
-    pub traceparent: Option<String>,
-    /// W3C `tracestate` that came with it.
-    pub tracestate: Option<String>,
 }
 
 #[cfg(test)]

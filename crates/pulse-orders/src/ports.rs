@@ -1,20 +1,12 @@
-//! Storage ports of the orders domain.
+//! The ports of the orders domain: where orders are stored, and where locked quote prices are
+//! looked up.
 
 use async_trait::async_trait;
+use pulse_core::PortResult;
+use pulse_outbox::OutboxEvent;
 use uuid::Uuid;
 
-use crate::model::{IdempotencyKey, Order, OutboxEvent};
-
-/// A storage failure.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database is down or timed out; retrying later may work.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// A stored row could not be read back.
-    #[error("corrupt row: {0}")]
-    Corrupt(String),
-}
+use crate::model::{IdempotencyKey, Order, OrderPrice};
 
 /// Result of [`OrderStore::create`].
 #[derive(Debug, Clone, PartialEq)]
@@ -35,39 +27,31 @@ pub trait OrderStore: Send + Sync + std::fmt::Debug {
         order: &Order,
         key: Option<&IdempotencyKey>,
         event: &OutboxEvent,
-    ) -> Result<CreateOutcome, StoreError>;
+    ) -> PortResult<CreateOutcome>;
 
     /// The order `user_id` placed with idempotency key `key`, if any.
     async fn find_by_idempotency_key(
         &self,
         user_id: &str,
         key: &IdempotencyKey,
-    ) -> Result<Option<Order>, StoreError>;
+    ) -> PortResult<Option<Order>>;
 
     /// The order with `id`.
-    async fn get(&self, id: Uuid) -> Result<Option<Order>, StoreError>;
+    async fn get(&self, id: Uuid) -> PortResult<Option<Order>>;
 }
 
-/// The outbox, as the relay sees it.
+/// A price locked by a quote, as an order pays it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockedPrice {
+    /// The pickup cell the quote was given for.
+    pub h3: String,
+    /// What the order pays.
+    pub price: OrderPrice,
+}
+
+/// Where prices locked by quotes are looked up (the surge domain's quotes, in the binary).
 #[async_trait]
-pub trait Outbox: Send + Sync + std::fmt::Debug {
-    /// Leases up to `limit` pending events to `relay` for `lease_ms`, oldest first. An event is
-    /// leased only if it is the oldest pending event of its aggregate and no live lease holds it,
-    /// so a crashed relay's events are retried after the lease and never overtaken.
-    async fn claim(
-        &self,
-        relay: &str,
-        limit: usize,
-        lease_ms: i64,
-        now_ms: i64,
-    ) -> Result<Vec<OutboxEvent>, StoreError>;
-
-    /// Marks events sent (after the log acknowledged them).
-    async fn mark_sent(&self, ids: &[Uuid], now_ms: i64) -> Result<(), StoreError>;
-
-    /// Number of events not yet sent.
-    async fn backlog(&self) -> Result<u64, StoreError>;
-
-    /// Deletes sent events older than `before_ms`; returns how many.
-    async fn purge_sent(&self, before_ms: i64) -> Result<u64, StoreError>;
+pub trait PriceLocks: Send + Sync + std::fmt::Debug {
+    /// The price `quote_id` locked, unless it is unknown or expired.
+    async fn locked(&self, quote_id: &Uuid) -> PortResult<Option<LockedPrice>>;
 }

@@ -4,15 +4,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pulse_core::clock::SharedClock;
+use pulse_core::PortError;
+use pulse_outbox::OutboxEvent;
 use pulse_proto::v1::OrderCreatedEvent;
 use pulse_proto::Message;
-use pulse_surge::engine::DEMAND_TOPIC;
-use pulse_surge::quotes::QuoteService;
-use pulse_trace::TraceContext;
 use uuid::Uuid;
 
-use crate::model::{IdempotencyKey, NewOrder, Order, OrderPrice, OrderStatus, OutboxEvent};
-use crate::ports::{CreateOutcome, OrderStore, StoreError};
+use crate::model::{IdempotencyKey, NewOrder, Order, OrderStatus};
+use crate::ports::{CreateOutcome, OrderStore, PriceLocks};
+use crate::OrderTopics;
+
+/// The aggregate type of order events (`pulse.aggregate_type`).
+pub const AGGREGATE_TYPE: &str = "ORDER";
 
 /// Orders accepted (seed metric name).
 pub const ORDERS_PLACED_TOTAL: &str = "orders_placed_total";
@@ -36,15 +39,9 @@ pub enum OrderError {
     /// The idempotency key was used with a different request.
     #[error("Idempotency-Key {0:?} was already used with a different request")]
     IdempotencyConflict(String),
-    /// A backend failed.
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-impl From<StoreError> for OrderError {
-    fn from(err: StoreError) -> Self {
-        OrderError::Unavailable(err.to_string())
-    }
+    /// A backend failed; [`PortError::is_retryable`] tells whether a retry may succeed.
+    #[error(transparent)]
+    Backend(#[from] PortError),
 }
 
 /// A placed order and whether it was placed earlier under the same idempotency key.
@@ -60,17 +57,25 @@ pub struct Placed {
 #[derive(Debug, Clone)]
 pub struct OrderService {
     store: Arc<dyn OrderStore>,
-    quotes: QuoteService,
+    prices: Arc<dyn PriceLocks>,
     clock: SharedClock,
+    topics: OrderTopics,
 }
 
 impl OrderService {
-    /// A service over `store`, honouring quotes locked by `quotes`.
-    pub fn new(store: Arc<dyn OrderStore>, quotes: QuoteService, clock: SharedClock) -> Self {
+    /// A service over `store`, honouring the prices `prices` locked, announcing orders on
+    /// `topics`.
+    pub fn new(
+        store: Arc<dyn OrderStore>,
+        prices: Arc<dyn PriceLocks>,
+        clock: SharedClock,
+        topics: OrderTopics,
+    ) -> Self {
         Self {
             store,
-            quotes,
+            prices,
             clock,
+            topics,
         }
     }
 
@@ -96,24 +101,19 @@ impl OrderService {
         let pickup_h3 = request.pickup.cell().to_string();
         let price = match request.quote_id {
             Some(quote_id) => {
-                let quote = self
-                    .quotes
+                let locked = self
+                    .prices
                     .locked(&quote_id)
-                    .await
-                    .map_err(|err| OrderError::Unavailable(err.to_string()))?
+                    .await?
                     .ok_or(OrderError::QuoteUnavailable(quote_id))?;
-                if quote.h3 != pickup_h3 {
+                if locked.h3 != pickup_h3 {
                     return Err(OrderError::QuoteMismatch {
                         quote_id,
-                        quoted: quote.h3,
+                        quoted: locked.h3,
                         requested: pickup_h3,
                     });
                 }
-                Some(OrderPrice {
-                    total: quote.price.total,
-                    currency: quote.price.currency,
-                    multiplier_milli: (quote.multiplier * 1_000.0).round() as i32,
-                })
+                Some(locked.price)
             }
             None => None,
         };
@@ -135,17 +135,13 @@ impl OrderService {
             user_id: order.user_id.clone(),
             timestamp: order.created_at_ms,
         };
-        let trace = TraceContext::current();
-        let outbox = OutboxEvent {
-            id: Uuid::now_v7(),
-            aggregate_id: order.id,
-            aggregate_type: "ORDER".to_owned(),
-            topic: DEMAND_TOPIC.to_owned(),
-            payload: Bytes::from(event.encode_to_vec()),
-            created_at_ms: order.created_at_ms,
-            traceparent: trace.as_ref().map(|trace| trace.traceparent.clone()),
-            tracestate: trace.and_then(|trace| trace.tracestate),
-        };
+        let outbox = OutboxEvent::new(
+            self.topics.created.clone(),
+            AGGREGATE_TYPE,
+            order.id,
+            Bytes::from(event.encode_to_vec()),
+            order.created_at_ms,
+        );
         match self.store.create(&order, key.as_ref(), &outbox).await? {
             CreateOutcome::Created => {
                 metrics::counter!(ORDERS_PLACED_TOTAL).increment(1);

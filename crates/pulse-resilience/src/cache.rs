@@ -39,6 +39,7 @@ fn error_kind(err: &PortError) -> &'static str {
         PortError::Timeout { .. } => "timeout",
         PortError::Invalid(_) => "invalid",
         PortError::NotFound(_) => "not_found",
+        PortError::Conflict(_) => "conflict",
         PortError::Corrupt(_) => "corrupt",
     }
 }

@@ -1,17 +1,30 @@
-//! Relational store of Pulse: a PostgreSQL or SQLite connection pool chosen by URL, with the
-//! schema migrations for both.
+//! Relational store of Pulse: PostgreSQL or SQLite chosen by URL, the schema migrations for both,
+//! the unit of work every domain writes through, and the domains' repositories on it.
 //!
-//! sqlx already abstracts pools and transactions, so this crate does not wrap them in another
-//! trait: [`Database`] is an enum over the two pools, and each domain repository implements its
-//! queries for both arms (placeholders and types differ between the dialects). Invariants:
+//! * [`Database::write`] runs a closure over a [`Tx`]: its own transaction on PostgreSQL; on
+//!   SQLite, one writer task group-commits the units of concurrent callers (see
+//!   [`unit_of_work`]).
+//! * Statements are written once with `$N` placeholders ([`sql::Sql`]); per-dialect text only
+//!   where the engines differ (`SKIP LOCKED`, `= ANY`, timestamps).
+//! * [`outbox::enqueue`] is the one way any domain writes its outbox rows, inside its unit.
+//! * Errors are [`PortError`]s that keep their retryability up to the caller.
+//!
+//! Invariants:
 //! * SQLite runs in WAL mode with `synchronous = FULL`: a commit is on disk when it returns;
 //! * migrations are embedded in the binary and applied in order, once, under sqlx's lock;
 //! * every pool has an acquire timeout, so a dead database surfaces as an error, not a hang.
 
 mod orders;
+pub mod outbox;
+pub mod sql;
+pub mod unit_of_work;
 
 #[doc(hidden)]
-pub use orders::{POSTGRES_CLAIM, POSTGRES_CLAIM_PLANNER_SETTINGS};
+pub use outbox::{POSTGRES_CLAIM, POSTGRES_CLAIM_PLANNER_SETTINGS};
+pub use sql::{Sql, SqlRow};
+pub use unit_of_work::{CommitGate, GroupCommitSettings, Tx, UnitFuture};
+
+use unit_of_work::GroupCommit;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -21,7 +34,7 @@ use pulse_core::health::HealthCheck;
 use pulse_core::{PortError, PortResult};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{ConnectOptions, PgPool, SqlitePool};
 
 /// Which database engine a [`Database`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +52,8 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How long a query waits for a free connection (and for the first connect).
     pub acquire_timeout: Duration,
+    /// How the SQLite writer groups concurrent units of work.
+    pub group_commit: GroupCommitSettings,
 }
 
 impl Default for StoreOptions {
@@ -46,6 +61,7 @@ impl Default for StoreOptions {
         Self {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
+            group_commit: GroupCommitSettings::default(),
         }
     }
 }
@@ -79,13 +95,20 @@ pub enum StoreError {
     },
 }
 
-/// A pool on one of the supported databases. Cheap to clone.
+/// One of the supported databases. Cheap to clone.
 #[derive(Debug, Clone)]
-pub enum Database {
-    /// PostgreSQL pool.
+pub struct Database {
+    pools: Pools,
+}
+
+#[derive(Debug, Clone)]
+enum Pools {
     Postgres(PgPool),
-    /// SQLite pool.
-    Sqlite(SqlitePool),
+    /// Readers share the pool; every write goes through the one writer.
+    Sqlite {
+        pool: SqlitePool,
+        writer: GroupCommit,
+    },
 }
 
 /// Runs the PostgreSQL migrations on one connection without the pool's statement timeouts: a
@@ -141,7 +164,9 @@ impl Database {
                     backend: Backend::Postgres,
                     source,
                 })?;
-            Ok(Self::Postgres(pool))
+            Ok(Self {
+                pools: Pools::Postgres(pool),
+            })
         } else if url.starts_with("sqlite:") {
             let connect = SqliteConnectOptions::from_str(url)
                 .map_err(|err| StoreError::InvalidUrl(err.to_string()))?
@@ -150,16 +175,23 @@ impl Database {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
+            let connect_error = |source| StoreError::Connect {
+                backend: Backend::Sqlite,
+                source,
+            };
             let pool = SqlitePoolOptions::new()
                 .max_connections(options.max_connections)
                 .acquire_timeout(options.acquire_timeout)
-                .connect_with(connect)
+                .connect_with(connect.clone())
                 .await
-                .map_err(|source| StoreError::Connect {
-                    backend: Backend::Sqlite,
-                    source,
-                })?;
-            Ok(Self::Sqlite(pool))
+                .map_err(connect_error)?;
+            let writer = connect.connect().await.map_err(connect_error)?;
+            let writer = GroupCommit::start(writer, options.group_commit.clone())
+                .await
+                .map_err(connect_error)?;
+            Ok(Self {
+                pools: Pools::Sqlite { pool, writer },
+            })
         } else {
             Err(StoreError::UnsupportedUrl(url.to_owned()))
         }
@@ -167,18 +199,97 @@ impl Database {
 
     /// The engine behind this pool.
     pub fn backend(&self) -> Backend {
-        match self {
-            Self::Postgres(_) => Backend::Postgres,
-            Self::Sqlite(_) => Backend::Sqlite,
+        match self.pools {
+            Pools::Postgres(_) => Backend::Postgres,
+            Pools::Sqlite { .. } => Backend::Sqlite,
         }
+    }
+
+    /// The PostgreSQL pool, for tests and tools that inspect the server (plans, statistics).
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match &self.pools {
+            Pools::Postgres(pool) => Some(pool),
+            Pools::Sqlite { .. } => None,
+        }
+    }
+
+    /// The SQLite readers' pool, for tests and tools that inspect the file.
+    pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
+        match &self.pools {
+            Pools::Sqlite { pool, .. } => Some(pool),
+            Pools::Postgres(_) => None,
+        }
+    }
+
+    /// Runs `work` as one unit: all its statements commit together or none does, and the
+    /// answer comes after the commit. On SQLite the unit may share its commit with units of
+    /// other callers, each under its own savepoint; a failing unit rolls back alone.
+    pub async fn write<T, F>(&self, work: F) -> PortResult<T>
+    where
+        F: for<'t> FnOnce(Tx<'t>) -> UnitFuture<'t, T> + Send + 'static,
+        T: Send + 'static,
+    {
+        match &self.pools {
+            Pools::Postgres(pool) => unit_of_work::on_postgres(pool, work).await,
+            Pools::Sqlite { writer, .. } => writer.write(work).await,
+        }
+    }
+
+    /// On SQLite, how many shared transactions the writer has committed (or tried to): fewer
+    /// than the units written when the group commit grouped them. `None` on PostgreSQL.
+    pub fn group_commits(&self) -> Option<u64> {
+        match &self.pools {
+            Pools::Sqlite { writer, .. } => Some(writer.commits()),
+            Pools::Postgres(_) => None,
+        }
+    }
+
+    /// Runs one statement as a unit of its own.
+    pub async fn execute(&self, sql: Sql) -> PortResult<u64> {
+        self.write(move |mut tx| Box::pin(async move { tx.execute(&sql).await }))
+            .await
+    }
+
+    /// Runs a read-only statement on a pooled connection; returns every row.
+    pub async fn fetch_all(&self, sql: &Sql) -> PortResult<Vec<SqlRow>> {
+        let rows = match &self.pools {
+            Pools::Postgres(pool) => sql
+                .postgres()?
+                .fetch_all(pool)
+                .await
+                .map(|rows| rows.into_iter().map(SqlRow::Postgres).collect()),
+            Pools::Sqlite { pool, .. } => sql
+                .sqlite()?
+                .fetch_all(pool)
+                .await
+                .map(|rows| rows.into_iter().map(SqlRow::Sqlite).collect()),
+        };
+        rows.map_err(sql::port_error)
+    }
+
+    /// Runs a read-only statement on a pooled connection; returns its first row, if any.
+    pub async fn fetch_optional(&self, sql: &Sql) -> PortResult<Option<SqlRow>> {
+        let row = match &self.pools {
+            Pools::Postgres(pool) => sql
+                .postgres()?
+                .fetch_optional(pool)
+                .await
+                .map(|row| row.map(SqlRow::Postgres)),
+            Pools::Sqlite { pool, .. } => sql
+                .sqlite()?
+                .fetch_optional(pool)
+                .await
+                .map(|row| row.map(SqlRow::Sqlite)),
+        };
+        row.map_err(sql::port_error)
     }
 
     /// Applies every migration not yet applied. Safe to run concurrently from several processes.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let backend = self.backend();
-        let result = match self {
-            Self::Postgres(pool) => migrate_postgres(pool).await,
-            Self::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await,
+        let result = match &self.pools {
+            Pools::Postgres(pool) => migrate_postgres(pool).await,
+            Pools::Sqlite { pool, .. } => sqlx::migrate!("./migrations/sqlite").run(pool).await,
         };
         result.map_err(|source| StoreError::Migrate { backend, source })?;
         tracing::info!(?backend, "store migrations applied");
@@ -187,38 +298,42 @@ impl Database {
 
     /// Succeeds when the database answers `SELECT 1`.
     pub async fn ping(&self) -> PortResult<()> {
-        let result = match self {
-            Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
-            Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
-        };
-        result.map_err(|err| PortError::unavailable("store", err))
+        self.fetch_optional(&Sql::new("SELECT 1")).await.map(|_| ())
     }
 
-    /// On SQLite, `(journal_mode, synchronous)` as SQLite reports them on a connection of the
-    /// pool (`synchronous`: 0 off, 1 normal, 2 full, 3 extra); `None` on PostgreSQL, whose
-    /// durability is the server's.
+    /// On SQLite, `(journal_mode, synchronous)` as SQLite reports them on the writer's
+    /// connection, the one that commits (`synchronous`: 0 off, 1 normal, 2 full, 3 extra);
+    /// `None` on PostgreSQL, whose durability is the server's.
     pub async fn sqlite_durability(&self) -> PortResult<Option<(String, i64)>> {
-        let Self::Sqlite(pool) = self else {
+        if self.backend() != Backend::Sqlite {
             return Ok(None);
-        };
-        let unavailable = |err| PortError::unavailable("store", err);
-        let mut conn = pool.acquire().await.map_err(unavailable)?;
-        let journal_mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(Some((journal_mode.to_ascii_lowercase(), synchronous)))
+        }
+        let settings = self
+            .write(|mut tx| {
+                Box::pin(async move {
+                    let mode = tx.fetch_optional(&Sql::new("PRAGMA journal_mode")).await?;
+                    let sync = tx.fetch_optional(&Sql::new("PRAGMA synchronous")).await?;
+                    match (mode, sync) {
+                        (Some(mode), Some(sync)) => {
+                            Ok((mode.text(0)?.to_ascii_lowercase(), sync.i64(0)?))
+                        }
+                        _ => Err(PortError::Corrupt("PRAGMA answered no row".to_owned())),
+                    }
+                })
+            })
+            .await?;
+        Ok(Some(settings))
     }
 
-    /// Closes every connection, waiting for checked-out ones to come back.
+    /// Lets queued writes finish, then closes every connection, waiting for checked-out ones to
+    /// come back.
     pub async fn close(&self) {
-        match self {
-            Self::Postgres(pool) => pool.close().await,
-            Self::Sqlite(pool) => pool.close().await,
+        match &self.pools {
+            Pools::Postgres(pool) => pool.close().await,
+            Pools::Sqlite { pool, writer } => {
+                writer.close().await;
+                pool.close().await;
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //! every claim scan the whole backlog once per claimed row.
 
 use pulse_conformance::services;
-use pulse_orders::Outbox;
+use pulse_outbox::Outbox;
 use pulse_store::{Database, StoreOptions, POSTGRES_CLAIM, POSTGRES_CLAIM_PLANNER_SETTINGS};
 
 #[tokio::test]
@@ -14,9 +14,9 @@ async fn the_claim_walks_the_pending_index_when_statistics_call_the_outbox_empty
         .await
         .unwrap_or_else(|err| services::missing("PostgreSQL", &url, err));
     db.migrate().await.expect("migrate");
-    let Database::Postgres(pool) = &db else {
-        unreachable!("a postgres:// URL opens PostgreSQL")
-    };
+    let pool = db
+        .postgres_pool()
+        .expect("a postgres:// URL opens PostgreSQL");
     sqlx::query("ANALYZE outbox_events")
         .execute(pool)
         .await
@@ -84,9 +84,9 @@ async fn the_relay_statements_are_planned_at_each_execution_not_cached() {
         .await
         .unwrap_or_else(|err| services::missing("PostgreSQL", &url, err));
     db.migrate().await.expect("migrate");
-    let Database::Postgres(pool) = &db else {
-        unreachable!("a postgres:// URL opens PostgreSQL")
-    };
+    let pool = db
+        .postgres_pool()
+        .expect("a postgres:// URL opens PostgreSQL");
     // More executions than PostgreSQL's five custom plans before it settles on a generic one,
     // all against the (all but) empty outbox of a new deployment: one event at a time, each
     // claimed, sent and purged, so every statement has a row to find.

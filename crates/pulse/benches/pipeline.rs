@@ -14,8 +14,9 @@ use pulse_conformance::{services, unique_name};
 use pulse_core::clock::SystemClock;
 use pulse_core::log::OutgoingRecord;
 use pulse_geo::Point;
-use pulse_orders::relay::{Relay, RelaySettings};
-use pulse_orders::{NewOrder, OrderService, Outbox};
+use pulse_orders::NewOrder;
+use pulse_outbox::relay::{Relay, RelaySettings};
+use pulse_outbox::Outbox;
 use pulse_proto::v1::DriverLocationUpdated;
 use pulse_proto::Message;
 use pulse_runtime::{CancellationToken, Role};
@@ -76,7 +77,7 @@ fn main() {
             QuoteSettings { tariff: Tariff::default(), lock: Duration::from_secs(120) },
             clock.clone(),
         );
-        let orders = OrderService::new(Arc::new(backends.store.clone()), quotes, clock.clone());
+        let orders = pulse::wiring::orders::service(&backends.store, quotes, clock.clone(), "");
 
         // Fill the outbox.
         let started = Instant::now();

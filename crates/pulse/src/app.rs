@@ -14,8 +14,7 @@ use std::sync::Arc;
 
 use pulse_core::clock::{SharedClock, SystemClock};
 use pulse_http::api::ApiState;
-use pulse_orders::relay::{Relay, RelaySettings};
-use pulse_orders::OrderService;
+use pulse_outbox::relay::{Relay, RelaySettings};
 use pulse_resilience::{Breaker, BreakerSettings, GuardedCache};
 use pulse_surge::engine::{EngineSettings, SurgeEngine};
 use pulse_surge::map::{MapSettings, SurgeFeed, SurgeMap};
@@ -131,11 +130,8 @@ impl Application {
         // scraped; only the gateway serves the API.
         let mut surge_feed = None;
         let (api, pages) = if roles.contains(&Role::Gateway) {
-            let orders = OrderService::new(
-                Arc::new(backends.store.clone()),
-                quotes.clone(),
-                clock.clone(),
-            );
+            let orders =
+                crate::wiring::orders::service(&backends.store, quotes.clone(), clock.clone(), "");
             let map = SurgeMap::new(
                 Arc::new(GuardedCache::new(
                     backends.cache.clone(),

@@ -9,6 +9,7 @@ pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod telemetry;
+pub mod wiring;
 
 pub use app::Application;
 pub use config::Config;

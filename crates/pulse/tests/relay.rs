@@ -11,10 +11,10 @@ use pulse_core::clock::{ManualClock, SystemClock};
 use pulse_core::log::EventLog;
 use pulse_embedded_log::{EmbeddedLog, EmbeddedLogOptions};
 use pulse_kafka::{KafkaLog, KafkaOptions};
-use pulse_orders::relay::{Relay, RelaySettings};
-use pulse_orders::Outbox;
+use pulse_outbox::relay::{Relay, RelaySettings};
+use pulse_outbox::{Outbox, OutboxEvent};
 use pulse_runtime::CancellationToken;
-use pulse_store::{Database, StoreOptions};
+use pulse_store::{Database, Sql, StoreOptions};
 use uuid::Uuid;
 
 const AGGREGATES: usize = 12;
@@ -34,34 +34,18 @@ async fn fill_outbox(db: &Database, topic: &str) -> Vec<Uuid> {
 /// Writes one pending event of `aggregate` with payload `{aggregate}:{seq}`.
 async fn insert_event(db: &Database, topic: &str, aggregate: Uuid, seq: usize) {
     let payload = format!("{aggregate}:{seq}").into_bytes();
-    let id = Uuid::now_v7();
-    let written = match db {
-        Database::Postgres(pool) => sqlx::query(
-            "INSERT INTO outbox_events (id, aggregate_id, aggregate_type, payload, topic,
-                 created_at, status, created_at_ms)
-             VALUES ($1, $2, 'TEST', $3, $4, now(), 'PENDING', 0)",
-        )
-        .bind(id)
-        .bind(aggregate)
-        .bind(payload)
-        .bind(topic)
-        .execute(pool)
+    let event = OutboxEvent::new(topic, "TEST", aggregate, payload.into(), 0);
+    pulse_conformance::outbox::enqueue(db, vec![event]).await;
+}
+
+/// A count over the outbox.
+async fn count(db: &Database, sql: Sql) -> i64 {
+    db.fetch_optional(&sql)
         .await
-        .map(|_| ()),
-        Database::Sqlite(pool) => sqlx::query(
-            "INSERT INTO outbox_events (id, aggregate_id, aggregate_type, payload, topic,
-                 created_at, status, created_at_ms)
-             VALUES (?1, ?2, 'TEST', ?3, ?4, datetime('now'), 'PENDING', 0)",
-        )
-        .bind(id.to_string())
-        .bind(aggregate.to_string())
-        .bind(payload)
-        .bind(topic)
-        .execute(pool)
-        .await
-        .map(|_| ()),
-    };
-    written.expect("insert outbox row");
+        .expect("count")
+        .expect("a row")
+        .i64(0)
+        .expect("an integer")
 }
 
 async fn racing_relays_keep_per_aggregate_order(db: Database, log: Arc<dyn EventLog>) {
@@ -131,6 +115,11 @@ async fn read_per_aggregate(
                 record.key.as_deref(),
                 Some(aggregate.as_bytes()),
                 "keyed by aggregate"
+            );
+            assert_eq!(
+                record.header("pulse.tenant").map(|value| value.as_ref()),
+                Some(&b"default"[..]),
+                "every record names its tenant"
             );
             seen.entry(aggregate.to_owned())
                 .or_default()
@@ -387,15 +376,9 @@ async fn distributed_a_crash_between_append_and_mark_resends_in_order() {
     a_crash_between_append_and_mark_resends_in_order(db, log).await;
 }
 
-/// Rows in the outbox, sent or not (SQLite).
+/// Rows in the outbox, sent or not.
 async fn outbox_rows(db: &Database) -> i64 {
-    let Database::Sqlite(pool) = db else {
-        panic!("an SQLite store");
-    };
-    sqlx::query_scalar("SELECT COUNT(*) FROM outbox_events")
-        .fetch_one(pool)
-        .await
-        .expect("count outbox rows")
+    count(db, Sql::new("SELECT COUNT(*) FROM outbox_events")).await
 }
 
 /// Sent rows are kept for `sent_retention` and deleted after it, by the running relay.
@@ -511,16 +494,8 @@ async fn a_refusing_log_is_retried_with_backoff() {
     );
 }
 
-/// Pending rows leased by `relay` (SQLite).
+/// Pending rows leased by `relay`.
 async fn pending_leased_by(db: &Database, relay: &str) -> i64 {
-    let Database::Sqlite(pool) = db else {
-        panic!("an SQLite store");
-    };
-    sqlx::query_scalar(
-        "SELECT COUNT(*) FROM outbox_events WHERE status = 'PENDING' AND claimed_by = ?1",
-    )
-    .bind(relay)
-    .fetch_one(pool)
-    .await
-    .expect("count leased rows")
+    let leased = "SELECT COUNT(*) FROM outbox_events WHERE status = 'PENDING' AND claimed_by = $1";
+    count(db, Sql::new(leased).bind(relay)).await
 }

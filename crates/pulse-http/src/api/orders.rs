@@ -77,11 +77,15 @@ impl From<OrderError> for ApiError {
             OrderError::QuoteUnavailable(_) => unprocessable("quote_unavailable"),
             OrderError::QuoteMismatch { .. } => unprocessable("quote_mismatch"),
             OrderError::IdempotencyConflict(_) => unprocessable("idempotency_key_reused"),
-            OrderError::Unavailable(_) => {
+            OrderError::Backend(port) if port.is_retryable() => {
                 tracing::warn!(error = %err, "order backend unavailable");
                 ApiError::unavailable(
                     "orders are temporarily unavailable; retry with the same Idempotency-Key",
                 )
+            }
+            OrderError::Backend(_) => {
+                tracing::error!(error = %err, "order backend failed");
+                ApiError::internal("the order could not be stored; this is a bug on our side")
             }
         }
     }

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use pulse_core::clock::SharedClock;
 use pulse_core::log::{EventLog, OutgoingRecord};
 use pulse_core::retry::backoff;
+use pulse_core::tenant::TENANT_HEADER;
 use pulse_core::PortError;
 use pulse_trace::TraceContext;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::OutboxEvent;
-use crate::ports::Outbox;
+use crate::{Outbox, OutboxEvent};
 
 /// Events appended to the log by the relay.
 pub const RELAY_PUBLISHED_TOTAL: &str = "pulse_relay_published_total";
@@ -77,7 +77,8 @@ pub struct Relay {
 fn to_record(event: &OutboxEvent, span: Option<&tracing::Span>) -> OutgoingRecord {
     let mut record = OutgoingRecord::keyed(event.aggregate_id.to_string(), event.payload.clone())
         .with_header("pulse.event_id", event.id.to_string())
-        .with_header("pulse.aggregate_type", event.aggregate_type.clone());
+        .with_header("pulse.aggregate_type", event.aggregate_type.clone())
+        .with_header(TENANT_HEADER, event.tenant.as_str().to_owned());
     if let Some(trace) = span.and_then(TraceContext::of).or_else(|| event.trace()) {
         for (name, value) in trace.headers() {
             record = record.with_header(name, value.to_owned());

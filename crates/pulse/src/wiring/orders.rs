@@ -1,0 +1,47 @@
+//! The orders domain, wired: its store is the SQL database, and the prices it honours are the
+//! ones the surge domain's quotes locked.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pulse_core::clock::SharedClock;
+use pulse_core::PortResult;
+use pulse_orders::{LockedPrice, OrderPrice, OrderService, OrderTopics, PriceLocks};
+use pulse_store::Database;
+use pulse_surge::quotes::QuoteService;
+use uuid::Uuid;
+
+/// The surge domain's quotes, as the price locks orders pay.
+#[derive(Debug, Clone)]
+pub struct QuotedPrices(pub QuoteService);
+
+#[async_trait]
+impl PriceLocks for QuotedPrices {
+    async fn locked(&self, quote_id: &Uuid) -> PortResult<Option<LockedPrice>> {
+        let quote = self.0.locked(quote_id).await?;
+        Ok(quote.map(|quote| LockedPrice {
+            h3: quote.h3,
+            price: OrderPrice {
+                total: quote.price.total,
+                currency: quote.price.currency,
+                multiplier_milli: (quote.multiplier * 1_000.0).round() as i32,
+            },
+        }))
+    }
+}
+
+/// The order service on `store`, paying prices `quotes` locked, announcing orders on the
+/// topics under `prefix`.
+pub fn service(
+    store: &Database,
+    quotes: QuoteService,
+    clock: SharedClock,
+    prefix: &str,
+) -> OrderService {
+    OrderService::new(
+        Arc::new(store.clone()),
+        Arc::new(QuotedPrices(quotes)),
+        clock,
+        OrderTopics::with_prefix(prefix),
+    )
+}
