@@ -1,11 +1,13 @@
 //! Pulse's process runtime: which roles a process plays, the background tasks that serve them,
-//! and graceful shutdown.
+//! graceful shutdown, and the consumer loop every processor shares ([`processor`]).
 //!
 //! Every long-running piece (HTTP server, relay, consumers) is a named task under one
 //! [`Supervisor`]. The first SIGTERM/SIGINT cancels a shared [`CancellationToken`]: tasks stop taking
 //! new work, finish what is in flight and commit it, and the supervisor waits for them up to a
 //! drain timeout. A second signal exits at once. If any task fails, the others are stopped too, so
 //! a process never limps on with half its roles dead.
+
+pub mod processor;
 
 use std::collections::BTreeSet;
 use std::fmt;

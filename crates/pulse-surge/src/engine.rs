@@ -20,17 +20,16 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use h3o::CellIndex;
 use pulse_core::cache::{Cache, CacheWrite, Guarded};
 use pulse_core::clock::SharedClock;
-use pulse_core::log::{
-    ConsumedRecord, EventLog, LogConsumer, OutgoingRecord, RecordPosition, DEFAULT_POLL_TIMEOUT,
-};
-use pulse_core::retry::backoff;
+use pulse_core::log::{ConsumedRecord, EventLog, LogConsumer, TopicSpec};
 use pulse_core::{PortError, PortResult};
 use pulse_proto::v1::{DriverLocationUpdated, OrderCreatedEvent};
 use pulse_proto::Message;
+use pulse_runtime::processor::{ConsumerSettings, Poison, Processor};
 use pulse_trace::TraceContext;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -39,14 +38,52 @@ use crate::pricing::{multiplier, round_multiplier};
 use crate::{keys, SurgeValue};
 use pulse_geo::parse_cell;
 
-/// Consumer group of the engine (seed contract).
+/// Consumer group of the engine (seed contract), before any deployment prefix.
 pub const GROUP: &str = "pulse-engine-group";
-/// Demand topic (seed contract).
+/// Demand topic the engine reads (seed contract; the orders domain writes it).
 pub const DEMAND_TOPIC: &str = "demand.orders";
-/// Supply topic (seed contract).
+/// Supply topic (seed contract; driver pings, written by the gateway).
 pub const SUPPLY_TOPIC: &str = "supply.updates";
 /// Where undecodable records go, with the reason in headers.
-pub const DEAD_LETTER_TOPIC: &str = "pulse.dead-letter";
+pub const DEAD_LETTER_TOPIC: &str = pulse_runtime::processor::DEAD_LETTER.name;
+
+/// The topics the surge domain owns.
+pub const TOPICS: &[TopicSpec] = &[TopicSpec {
+    name: SUPPLY_TOPIC,
+    carries: "DriverLocationUpdated pings, keyed by driver id",
+}];
+
+/// The log names the engine uses in one deployment: the contract names behind a prefix (empty
+/// by default), so deployments — or test runs — sharing one Kafka stay apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineNames {
+    /// Consumer group.
+    pub group: String,
+    /// Demand topic.
+    pub demand: String,
+    /// Supply topic.
+    pub supply: String,
+    /// Dead-letter topic.
+    pub dead_letter: String,
+}
+
+impl EngineNames {
+    /// The names under `prefix`.
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            group: format!("{prefix}{GROUP}"),
+            demand: format!("{prefix}{DEMAND_TOPIC}"),
+            supply: format!("{prefix}{SUPPLY_TOPIC}"),
+            dead_letter: pulse_runtime::processor::DEAD_LETTER.named(prefix),
+        }
+    }
+}
+
+impl Default for EngineNames {
+    fn default() -> Self {
+        Self::with_prefix("")
+    }
+}
 
 /// A driver ping with its cell, or why it is poison.
 fn decode_ping(record: &ConsumedRecord) -> Result<(CellIndex, DriverLocationUpdated), String> {
@@ -83,16 +120,6 @@ fn consume_span(record: &ConsumedRecord) -> Option<tracing::Span> {
 pub const SURGE_CALCULATION_DURATION: &str = "surge_calculation_duration";
 /// Records consumed, by topic and outcome (`applied`, `duplicate`, `stale`, `dead_lettered`).
 pub const ENGINE_RECORDS_TOTAL: &str = "pulse_engine_records_total";
-/// Batches that failed and were retried (a backend was down).
-pub const ENGINE_BATCH_FAILURES_TOTAL: &str = "pulse_engine_batch_failures_total";
-/// Offset commits that failed (retried with the next commit).
-pub const ENGINE_COMMIT_FAILURES_TOTAL: &str = "pulse_engine_commit_failures_total";
-/// Records between the engine's position and the end of each partition it owns.
-pub const CONSUMER_LAG: &str = "pulse_consumer_lag";
-/// How often the consumer lag is measured.
-const LAG_INTERVAL: Duration = Duration::from_secs(5);
-/// Longest the engine waits for one lag measurement.
-const LAG_BUDGET: Duration = Duration::from_secs(1);
 /// Cells the engine currently keeps fresh.
 pub const ACTIVE_CELLS: &str = "pulse_surge_active_cells";
 /// Distribution of published multipliers.
@@ -124,6 +151,25 @@ pub struct EngineSettings {
     /// (the in-process one after a restart) rebuilds its windows; with a shared cache the replay
     /// is absorbed by the idempotency guards.
     pub replay_window_on_start: bool,
+    /// Group and topic names.
+    pub names: EngineNames,
+}
+
+impl EngineSettings {
+    /// How the shared consumer loop runs the engine.
+    pub fn consumer(&self) -> ConsumerSettings {
+        ConsumerSettings {
+            batch_size: self.batch_size,
+            flush_interval: self.publish_interval,
+            commit_interval: self.commit_interval,
+            tick: self.tick,
+            dead_letter_topic: self.names.dead_letter.clone(),
+            ..ConsumerSettings::new(
+                self.names.group.clone(),
+                vec![self.names.demand.clone(), self.names.supply.clone()],
+            )
+        }
+    }
 }
 
 impl Default for EngineSettings {
@@ -138,95 +184,7 @@ impl Default for EngineSettings {
             publish_interval: Duration::from_millis(100),
             commit_interval: Duration::from_secs(1),
             replay_window_on_start: true,
-        }
-    }
-}
-
-/// Publishes the consumer's lag per partition; partitions it no longer owns drop to 0 (their new
-/// owner reports them).
-async fn report_lag(consumer: &mut dyn LogConsumer, reported: &mut BTreeSet<(String, u32)>) {
-    let lag = match consumer.lag().await {
-        Ok(lag) => lag,
-        Err(err) => {
-            tracing::debug!(error = %err, "cannot measure the consumer lag");
-            return;
-        }
-    };
-    let mut now = BTreeSet::new();
-    for (tp, behind) in lag {
-        metrics::gauge!(CONSUMER_LAG, "group" => GROUP, "topic" => tp.topic.clone(), "partition" => tp.partition.to_string())
-            .set(behind as f64);
-        now.insert((tp.topic, tp.partition));
-    }
-    for (topic, partition) in reported.difference(&now) {
-        metrics::gauge!(CONSUMER_LAG, "group" => GROUP, "topic" => topic.clone(), "partition" => partition.to_string())
-            .set(0.0);
-    }
-    *reported = now;
-}
-
-/// Offsets of records applied to the windows but not yet committed: the latest position per
-/// partition. Committing is a broker round trip, so under load it happens once per interval
-/// rather than once per batch.
-#[derive(Debug)]
-pub struct PendingCommits {
-    latest: HashMap<(String, u32), RecordPosition>,
-    last_commit: Instant,
-}
-
-impl Default for PendingCommits {
-    fn default() -> Self {
-        Self {
-            latest: HashMap::new(),
-            last_commit: Instant::now(),
-        }
-    }
-}
-
-impl PendingCommits {
-    /// Notes `records` (in offset order per partition) as applied.
-    pub fn applied(&mut self, records: &[ConsumedRecord]) {
-        for record in records {
-            let position = &record.position;
-            self.latest.insert(
-                (position.topic.clone(), position.partition),
-                position.clone(),
-            );
-        }
-    }
-
-    /// Whether `interval` has passed since the last commit.
-    pub fn due(&self, interval: Duration) -> bool {
-        self.last_commit.elapsed() >= interval
-    }
-
-    /// Commits the noted positions of the partitions the consumer still owns. A failed commit
-    /// keeps them for the next attempt; until then those records would be redelivered, which the
-    /// windows absorb.
-    pub async fn commit(&mut self, consumer: &mut dyn LogConsumer) {
-        self.last_commit = Instant::now();
-        if self.latest.is_empty() {
-            return;
-        }
-        // A partition that moved to another member since must not be committed from here: its
-        // new owner may be further along, and an older offset would rewind the group.
-        if let Ok(assigned) = consumer.assignment().await {
-            self.latest.retain(|(topic, partition), _| {
-                assigned
-                    .iter()
-                    .any(|tp| tp.partition == *partition && tp.topic == *topic)
-            });
-            if self.latest.is_empty() {
-                return;
-            }
-        }
-        let positions: Vec<RecordPosition> = self.latest.values().cloned().collect();
-        match consumer.commit(&positions).await {
-            Ok(()) => self.latest.clear(),
-            Err(err) => {
-                metrics::counter!(ENGINE_COMMIT_FAILURES_TOTAL).increment(1);
-                tracing::warn!(error = %err, "committing engine offsets failed; will retry");
-            }
+            names: EngineNames::default(),
         }
     }
 }
@@ -307,122 +265,17 @@ impl SurgeEngine {
         self.settings.window + self.settings.bucket * 2
     }
 
-    /// Consumes until `shutdown`, backing off (with jitter) while a backend is down.
-    pub async fn run(mut self, shutdown: CancellationToken) -> PortResult<()> {
-        let mut consumer = loop {
-            match self
-                .log
-                .consumer(GROUP, &[DEMAND_TOPIC, SUPPLY_TOPIC])
-                .await
-            {
-                Ok(consumer) => break consumer,
-                Err(err) if err.is_retryable() => {
-                    tracing::warn!(error = %err, "engine cannot join its group; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-                Err(err) => return Err(err),
-            }
-        };
-        if self.settings.replay_window_on_start {
-            let window_start = self.clock.now_ms()
-                - (self.settings.window + self.settings.bucket).as_millis() as i64;
-            for topic in [DEMAND_TOPIC, SUPPLY_TOPIC] {
-                if let Err(err) = consumer.seek_to_timestamp(topic, window_start).await {
-                    tracing::warn!(error = %err, topic, "cannot replay the window; resuming from commits");
-                }
-            }
-        }
-        let mut next_tick = Instant::now() + self.settings.tick;
-        let mut next_lag = Instant::now();
-        let mut lag_reported = BTreeSet::new();
-        let mut last_flush = Instant::now();
-        let mut offsets = PendingCommits::default();
-        while !shutdown.is_cancelled() {
-            let polled = tokio::select! {
-                () = shutdown.cancelled() => break,
-                polled = consumer.poll(self.settings.batch_size, DEFAULT_POLL_TIMEOUT.min(self.settings.publish_interval)) => polled,
-            };
-            // Caught up (a short batch): publish and commit now. Under load: at most every
-            // interval.
-            let mut caught_up = false;
-            match polled {
-                Ok(records) if !records.is_empty() => {
-                    caught_up = records.len() < self.settings.batch_size;
-                    if !self.handle_with_retry(&records, &shutdown).await {
-                        break;
-                    }
-                    offsets.applied(&records);
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(error = %err, "engine poll failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-            if caught_up || last_flush.elapsed() >= self.settings.publish_interval {
-                last_flush = Instant::now();
-                if let Err(err) = self.flush().await {
-                    tracing::warn!(error = %err, "publishing surge cells failed; will retry");
-                }
-            }
-            if caught_up || offsets.due(self.settings.commit_interval) {
-                offsets.commit(consumer.as_mut()).await;
-            }
-            if Instant::now() >= next_tick {
-                next_tick = Instant::now() + self.settings.tick;
-                if let Err(err) = self.publish(self.active.keys().copied().collect()).await {
-                    tracing::warn!(error = %err, "refreshing surge cells failed; will retry");
-                }
-                if let Err(err) = self.trim_indexes().await {
-                    tracing::warn!(error = %err, "trimming the surge indexes failed; will retry");
-                }
-            }
-            if Instant::now() >= next_lag {
-                next_lag = Instant::now() + LAG_INTERVAL;
-                // Measuring asks the broker; a slow or absent one must not hold up consuming.
-                let measured = report_lag(consumer.as_mut(), &mut lag_reported);
-                if tokio::time::timeout(LAG_BUDGET, measured).await.is_err() {
-                    tracing::debug!("consumer lag not measured within {LAG_BUDGET:?}");
-                }
-            }
-        }
-        if let Err(err) = self.flush().await {
-            tracing::warn!(error = %err, "final surge publish failed; the next engine redoes it");
-        }
-        offsets.commit(consumer.as_mut()).await;
-        consumer.close().await
-    }
-
-    /// Applies a batch until it succeeds (true) or shutdown interrupts it (false: the batch is
-    /// not committed, so it is redelivered, and its effects are idempotent).
-    async fn handle_with_retry(
-        &mut self,
-        records: &[ConsumedRecord],
-        shutdown: &CancellationToken,
-    ) -> bool {
-        let mut delays = backoff(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            match self.handle_batch(records).await {
-                Ok(()) => return true,
-                Err(err) => {
-                    metrics::counter!(ENGINE_BATCH_FAILURES_TOTAL).increment(1);
-                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(error = %err, ?delay, "engine batch failed; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return false,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
+    /// Consumes until `shutdown` through the shared consumer loop.
+    pub async fn run(self, shutdown: CancellationToken) -> PortResult<()> {
+        let log = self.log.clone();
+        let consumer = self.settings.consumer();
+        pulse_runtime::processor::run(log, self, consumer, shutdown).await
     }
 
     /// Applies a batch to the windows and marks the cells it touched for the next
-    /// [`SurgeEngine::flush`]. Public for benchmarks that drive the engine without a consumer.
-    pub async fn handle_batch(&mut self, records: &[ConsumedRecord]) -> PortResult<()> {
+    /// [`SurgeEngine::flush`]; returns the records it cannot decode, for the dead-letter topic.
+    /// Public for benchmarks that drive the engine without a consumer.
+    pub async fn handle_batch(&mut self, records: &[ConsumedRecord]) -> PortResult<Vec<Poison>> {
         // Traced records get a consume span and, under it, one for the cache write their batch
         // makes; both end when the batch's writes are done.
         let consume_spans: Vec<tracing::Span> = records.iter().filter_map(consume_span).collect();
@@ -431,17 +284,24 @@ impl SurgeEngine {
             .map(|parent| tracing::info_span!(parent: parent, "cache.write", otel.name = "surge window update"))
             .collect();
         let mut outcomes: HashMap<(&str, &'static str), u64> = HashMap::new();
+        let (demand_topic, supply_topic) = (
+            self.settings.names.demand.clone(),
+            self.settings.names.supply.clone(),
+        );
         let mut orders: Vec<(CellIndex, Guarded)> = Vec::new();
         let mut pings: Vec<(CellIndex, DriverLocationUpdated)> = Vec::new();
-        let mut poison: Vec<(&ConsumedRecord, String)> = Vec::new();
-        for record in records {
-            let decoded = match record.position.topic.as_str() {
-                DEMAND_TOPIC => self.decode_order(record).map(|order| orders.push(order)),
-                SUPPLY_TOPIC => decode_ping(record).map(|ping| pings.push(ping)),
-                other => Err(format!("unexpected topic {other}")),
+        let mut poison: Vec<Poison> = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            let topic = record.position.topic.as_str();
+            let decoded = if topic == self.settings.names.demand {
+                self.decode_order(record).map(|order| orders.push(order))
+            } else if topic == self.settings.names.supply {
+                decode_ping(record).map(|ping| pings.push(ping))
+            } else {
+                Err(format!("unexpected topic {topic}"))
             };
             if let Err(reason) = decoded {
-                poison.push((record, reason));
+                poison.push(Poison { index, reason });
             }
         }
         let mut touched = BTreeSet::new();
@@ -465,18 +325,14 @@ impl SurgeEngine {
         for ((cell, _), applied) in orders.iter().zip(demand?) {
             touched.insert(*cell);
             let label = if applied { "applied" } else { "duplicate" };
-            *outcomes.entry((DEMAND_TOPIC, label)).or_default() += 1;
+            *outcomes.entry((demand_topic.as_str(), label)).or_default() += 1;
         }
         for (label, count) in supply? {
-            *outcomes.entry((SUPPLY_TOPIC, label)).or_default() += count;
+            *outcomes.entry((supply_topic.as_str(), label)).or_default() += count;
         }
-        if !poison.is_empty() {
-            self.dead_letter(&poison).await?;
-            for (record, _) in &poison {
-                *outcomes
-                    .entry((record.position.topic.as_str(), "dead_lettered"))
-                    .or_default() += 1;
-            }
+        for refused in &poison {
+            let topic = records[refused.index].position.topic.as_str();
+            *outcomes.entry((topic, "dead_lettered")).or_default() += 1;
         }
         for ((topic, label), count) in outcomes {
             metrics::counter!(ENGINE_RECORDS_TOTAL, "topic" => topic.to_owned(), "outcome" => label)
@@ -486,7 +342,7 @@ impl SurgeEngine {
             self.active.entry(*cell).or_insert(None);
         }
         self.dirty.extend(touched);
-        Ok(())
+        Ok(poison)
     }
 
     /// Publishes the cells touched since the last flush. The counters (the effect of the
@@ -618,35 +474,6 @@ impl SurgeEngine {
         // redelivered ping is then recognised as stale.
         self.cache.apply(writes).await?;
         Ok(vec![("applied", applied), ("stale", stale)])
-    }
-
-    async fn dead_letter(&self, poison: &[(&ConsumedRecord, String)]) -> PortResult<()> {
-        let letters = poison
-            .iter()
-            .map(|(record, reason)| {
-                tracing::warn!(
-                    topic = %record.position.topic,
-                    partition = record.position.partition,
-                    offset = record.position.offset,
-                    reason,
-                    "dead-lettering a record"
-                );
-                OutgoingRecord {
-                    key: record.key.clone(),
-                    payload: record.payload.clone(),
-                    headers: record.headers.clone(),
-                }
-                .with_header("pulse.dlq.reason", reason.clone())
-                .with_header("pulse.dlq.topic", record.position.topic.clone())
-                .with_header("pulse.dlq.partition", record.position.partition.to_string())
-                .with_header("pulse.dlq.offset", record.position.offset.to_string())
-                .with_header("pulse.dlq.group", GROUP)
-            })
-            .collect();
-        self.log
-            .append(DEAD_LETTER_TOPIC, letters)
-            .await
-            .map(|_| ())
     }
 
     /// Drops index members that outlived what they point at: cells whose value expired (their
@@ -785,139 +612,49 @@ impl SurgeEngine {
     }
 }
 
-#[cfg(test)]
-mod pending_commits_tests {
-    use async_trait::async_trait;
-    use pulse_core::log::TopicPartition;
-
-    use super::*;
-
-    /// A group member that owns `owned`, records what it is asked to commit, and refuses
-    /// commits while `refuse` is set.
-    #[derive(Debug, Default)]
-    struct Member {
-        owned: Vec<TopicPartition>,
-        committed: Vec<Vec<RecordPosition>>,
-        refuse: bool,
+#[async_trait]
+impl Processor for SurgeEngine {
+    fn name(&self) -> &'static str {
+        "engine"
     }
 
-    #[async_trait]
-    impl LogConsumer for Member {
-        async fn poll(&mut self, _: usize, _: Duration) -> PortResult<Vec<ConsumedRecord>> {
-            Ok(Vec::new())
+    /// Seeks back one window when the windows may be lost (an in-process cache after a restart),
+    /// so they are rebuilt; with a shared cache the replay is absorbed by the idempotency guards.
+    async fn start(&mut self, consumer: &mut dyn LogConsumer) -> PortResult<()> {
+        if !self.settings.replay_window_on_start {
+            return Ok(());
         }
-        async fn commit(&mut self, positions: &[RecordPosition]) -> PortResult<()> {
-            if self.refuse {
-                return Err(PortError::unavailable("log", "coordinator unavailable"));
+        let window_start =
+            self.clock.now_ms() - (self.settings.window + self.settings.bucket).as_millis() as i64;
+        for topic in [&self.settings.names.demand, &self.settings.names.supply] {
+            if let Err(err) = consumer.seek_to_timestamp(topic, window_start).await {
+                tracing::warn!(error = %err, topic, "cannot replay the window; resuming from commits");
             }
-            let mut positions = positions.to_vec();
-            positions.sort_by_key(|p| (p.topic.clone(), p.partition));
-            self.committed.push(positions);
-            Ok(())
         }
-        async fn assignment(&mut self) -> PortResult<Vec<TopicPartition>> {
-            Ok(self.owned.clone())
-        }
-        async fn seek(&mut self, _: &str, _: u32, _: i64) -> PortResult<()> {
-            Ok(())
-        }
-        async fn seek_to_timestamp(&mut self, _: &str, _: i64) -> PortResult<()> {
-            Ok(())
-        }
-        async fn lag(&mut self) -> PortResult<Vec<(TopicPartition, u64)>> {
-            Ok(Vec::new())
-        }
-        async fn close(self: Box<Self>) -> PortResult<()> {
-            Ok(())
-        }
+        Ok(())
     }
 
-    fn record(partition: u32, offset: i64) -> ConsumedRecord {
-        ConsumedRecord {
-            position: RecordPosition {
-                topic: DEMAND_TOPIC.to_owned(),
-                partition,
-                offset,
-            },
-            key: None,
-            payload: Bytes::new(),
-            headers: Vec::new(),
-            timestamp_ms: 0,
-        }
+    async fn handle(&mut self, records: &[ConsumedRecord]) -> PortResult<Vec<Poison>> {
+        self.handle_batch(records).await
     }
 
-    fn position(partition: u32, offset: i64) -> RecordPosition {
-        record(partition, offset).position
+    async fn flush(&mut self) -> PortResult<()> {
+        SurgeEngine::flush(self).await
     }
 
-    fn owning(partitions: &[u32]) -> Member {
-        Member {
-            owned: partitions
-                .iter()
-                .map(|partition| TopicPartition {
-                    topic: DEMAND_TOPIC.to_owned(),
-                    partition: *partition,
-                })
-                .collect(),
-            ..Member::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn commits_fall_due_once_the_interval_has_passed_since_the_last_one() {
-        let mut member = owning(&[0]);
-        let mut pending = PendingCommits::default();
-        assert!(
-            !pending.due(Duration::from_secs(3600)),
-            "not due right away"
-        );
-        assert!(pending.due(Duration::ZERO));
-        pending.applied(&[record(0, 1)]);
-        pending.commit(&mut member).await;
-        assert!(
-            !pending.due(Duration::from_secs(3600)),
-            "a commit starts the interval again"
-        );
-    }
-
-    #[tokio::test]
-    async fn the_latest_position_of_each_partition_is_committed_once() {
-        let mut member = owning(&[0, 1]);
-        let mut pending = PendingCommits::default();
-        pending.applied(&[record(0, 5), record(1, 7), record(0, 6)]);
-        pending.commit(&mut member).await;
-        pending.commit(&mut member).await;
-        assert_eq!(member.committed, vec![vec![position(0, 6), position(1, 7)]]);
-    }
-
-    #[tokio::test]
-    async fn a_partition_that_moved_to_another_member_is_not_committed() {
-        let mut member = owning(&[1]);
-        let mut pending = PendingCommits::default();
-        pending.applied(&[record(0, 5), record(1, 7)]);
-        pending.commit(&mut member).await;
-        assert_eq!(member.committed, vec![vec![position(1, 7)]]);
-    }
-
-    #[tokio::test]
-    async fn a_refused_commit_is_retried_with_the_next_one() {
-        let mut member = owning(&[0]);
-        member.refuse = true;
-        let mut pending = PendingCommits::default();
-        pending.applied(&[record(0, 5)]);
-        pending.commit(&mut member).await;
-        assert!(member.committed.is_empty());
-        member.refuse = false;
-        pending.applied(&[record(0, 6)]);
-        pending.commit(&mut member).await;
-        assert_eq!(member.committed, vec![vec![position(0, 6)]]);
+    /// Recomputes the active cells (their windows slide without new events) and trims the
+    /// indexes.
+    async fn tick(&mut self) -> PortResult<()> {
+        let refreshed = self.publish(self.active.keys().copied().collect()).await;
+        let trimmed = self.trim_indexes().await;
+        refreshed.and(trimmed)
     }
 }
 
 #[cfg(test)]
 mod window_tests {
-    use async_trait::async_trait;
     use pulse_core::clock::{Clock, ManualClock};
+    use pulse_core::log::{OutgoingRecord, RecordPosition};
     use pulse_memory::MemoryCache;
 
     use super::*;

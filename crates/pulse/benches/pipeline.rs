@@ -19,10 +19,9 @@ use pulse_outbox::relay::{Relay, RelaySettings};
 use pulse_outbox::Outbox;
 use pulse_proto::v1::DriverLocationUpdated;
 use pulse_proto::Message;
+use pulse_runtime::processor::PendingCommits;
 use pulse_runtime::{CancellationToken, Role};
-use pulse_surge::engine::{
-    EngineSettings, PendingCommits, SurgeEngine, DEMAND_TOPIC, SUPPLY_TOPIC,
-};
+use pulse_surge::engine::{EngineSettings, SurgeEngine, DEMAND_TOPIC, SUPPLY_TOPIC};
 use pulse_surge::pricing::Tariff;
 use pulse_surge::quotes::{QuoteService, QuoteSettings};
 
@@ -177,12 +176,12 @@ fn main() {
                 last_flush = Instant::now();
             }
             if offsets.due(settings.commit_interval) {
-                offsets.commit(consumer.as_mut()).await;
+                offsets.commit(consumer.as_mut(), "bench").await;
             }
             consumed += batch.len();
         }
         engine.flush().await.expect("flush");
-        offsets.commit(consumer.as_mut()).await;
+        offsets.commit(consumer.as_mut(), "bench").await;
         let started = first_record.expect("records arrived");
         let processing = started.elapsed();
         println!(
