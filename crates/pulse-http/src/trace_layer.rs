@@ -1,7 +1,9 @@
 //! One server span per API request, continuing the caller's W3C trace (`traceparent`) or starting
 //! one, and handing the context back in the response's `traceparent` header so a client can find
-//! its trace (also when no tracer is installed and nothing is recorded). Operational endpoints (`/healthz`, `/readyz`, `/metrics`) are not traced: probes and
-//! scrapes would drown the traces that matter.
+//! its trace (also when no tracer is installed and nothing is recorded). The request runs under
+//! that context ([`TraceContext::scope`]), so it reaches the outbox row and the records appended
+//! whether or not spans are recorded. Operational endpoints (`/healthz`, `/readyz`, `/metrics`)
+//! are not traced: probes and scrapes would drown the traces that matter.
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
@@ -38,25 +40,24 @@ pub(crate) async fn trace_request(request: Request, next: Next) -> Response {
         Some(parent) => parent.adopt(span),
         None => span,
     };
-    // Without a tracer (no OTLP endpoint) there is no span context: the caller still gets a
-    // well-formed context back, continuing its trace id, at no cost.
-    let context = TraceContext::of(&span).or_else(|| {
-        Some(match &incoming {
-            Some(parent) => parent.next_hop(),
-            None => TraceContext::new_unrecorded(),
-        })
+    // Without a tracer (no OTLP endpoint) there is no span context: the hop is the caller's trace
+    // with a new span id (its flags kept), or a new unrecorded trace, at no cost.
+    let context = TraceContext::of(&span).unwrap_or_else(|| match &incoming {
+        Some(parent) => parent.next_hop(),
+        None => TraceContext::new_unrecorded(),
     });
-    if let Some(context) = &context {
-        // Log lines inside the request carry it, so logs and traces join up.
-        span.record("trace_id", context.trace_id());
-    }
-    let mut response = next.run(request).instrument(span.clone()).await;
+    // Log lines inside the request carry it, so logs and traces join up.
+    span.record("trace_id", context.trace_id());
+    // The request runs with its context as the task's current one: what `TraceContext::current`
+    // hands the outbox row and the records appended, also when no span carries it.
+    let mut response = context
+        .clone()
+        .scope(next.run(request).instrument(span.clone()))
+        .await;
     span.record("http.response.status_code", response.status().as_u16());
-    if let Some(context) = context {
-        for (name, value) in context.headers() {
-            if let Ok(value) = HeaderValue::from_str(value) {
-                response.headers_mut().insert(name, value);
-            }
+    for (name, value) in context.headers() {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            response.headers_mut().insert(name, value);
         }
     }
     response

@@ -7,10 +7,17 @@
 //! there is no context and nothing is recorded), [`TraceContext::adopt`] makes a new span a child
 //! of one.
 //!
+//! Propagation does not depend on export: [`TraceContext::scope`] makes a context the current one
+//! of a task (the HTTP layer scopes each request with its hop's context), and
+//! [`TraceContext::current`] falls back to it when the current span has none, so the caller's
+//! trace reaches the outbox row and the record headers also when no OpenTelemetry layer is
+//! installed.
+//!
 //! Only *sampled* contexts are worth spans in per-record hot loops: [`TraceContext::is_sampled`]
 //! tells, so an unexported trace costs nothing there.
 
 use std::collections::HashMap;
+use std::future::Future;
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TraceContextExt;
@@ -23,6 +30,11 @@ pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 /// Longest `tracestate` kept (the W3C limit).
 const MAX_TRACESTATE_CHARS: usize = 512;
+
+tokio::task_local! {
+    /// The context of the task's unit of work (an HTTP request), set by [`TraceContext::scope`].
+    static SCOPED: TraceContext;
+}
 
 /// A W3C trace context, as its header values.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,9 +58,16 @@ impl TraceContext {
         Self::from_headers(|name| headers.get(name).map(String::as_str))
     }
 
-    /// The context of the current span.
+    /// The context of the current span or, when it has none (no OpenTelemetry layer installed,
+    /// or a span the layer does not see), the one the task runs in under [`TraceContext::scope`].
     pub fn current() -> Option<Self> {
-        Self::of(&tracing::Span::current())
+        Self::of(&tracing::Span::current()).or_else(|| SCOPED.try_with(Clone::clone).ok())
+    }
+
+    /// Runs `future` with this context as the task's current one (see [`TraceContext::current`]),
+    /// so it travels whether or not spans are recorded. Not inherited by tasks spawned inside.
+    pub async fn scope<F: Future>(self, future: F) -> F::Output {
+        SCOPED.scope(self, future).await
     }
 
     /// The context carried by headers, if they hold a well-formed `traceparent`.
@@ -225,6 +244,41 @@ mod tests {
             assert_ne!(child.traceparent, parent.traceparent, "a new span id");
             assert!(child.is_sampled());
         });
+    }
+
+    #[tokio::test]
+    async fn without_the_layer_the_scoped_context_is_current() {
+        assert_eq!(TraceContext::current(), None, "no span context, no scope");
+        let hop = TraceContext::from_headers(|name| (name == TRACEPARENT).then_some(PARENT))
+            .expect("parent")
+            .next_hop();
+        let inside = hop
+            .clone()
+            .scope(async {
+                let _span = tracing::info_span!("orders.place").entered();
+                TraceContext::current()
+            })
+            .await;
+        assert_eq!(inside, Some(hop));
+        assert_eq!(TraceContext::current(), None, "only inside the scope");
+    }
+
+    #[test]
+    fn with_the_layer_the_span_context_wins_over_the_scoped_one() {
+        let hop = TraceContext::new_unrecorded();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let (span, current) = with_otel(|| {
+            runtime.block_on(hop.clone().scope(async {
+                let span = tracing::info_span!("traced");
+                let current = span.in_scope(TraceContext::current);
+                (TraceContext::of(&span), current)
+            }))
+        });
+        assert!(span.is_some());
+        assert_eq!(current, span);
+        assert_ne!(current, Some(hop));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Logs and traces. Logs are structured JSON lines (or pretty text) on stderr, filtered by
 //! `RUST_LOG` or the configured level, and carry the trace id of the request they belong to.
 //! Traces are OpenTelemetry spans, exported over OTLP/HTTP when an endpoint is configured. Without
-//! one no tracer is installed at all, so tracing costs nothing; responses still carry a
-//! `traceparent` (continuing the caller's trace id) made by the HTTP layer.
+//! one no tracer is installed at all, so tracing costs nothing; the context still travels: the
+//! HTTP layer makes each request's (continuing the caller's trace id), answers it in the
+//! response's `traceparent` and runs the request under it (`pulse_trace::TraceContext::scope`),
+//! so it reaches the outbox row and the record headers.
 
 use anyhow::Context;
 use opentelemetry::trace::TracerProvider as _;
