@@ -18,7 +18,11 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 pub use tokio_util::sync::CancellationToken;
 
-/// A role a Pulse process can play.
+/// A role a Pulse process can play: one service (the HTTP gateway, the outbox relay) or one
+/// processor (named as its [`processor::Processor::name`]), so any of them can run alone in its
+/// own process (`pulse serve --role engine`) and `pulse up` runs them all. A role is listed here
+/// only once it does work: the jobs `worker`, and the marketplace, wallet and profiles
+/// processors, join with their domains.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
@@ -26,17 +30,15 @@ pub use tokio_util::sync::CancellationToken;
 pub enum Role {
     /// HTTP ingress: validation, idempotency, business rows + outbox in one transaction.
     Gateway,
-    /// Stream processing: consumes the log and maintains derived state (surge windows).
+    /// The surge processor: consumes demand and supply and keeps the surge windows.
     Engine,
     /// Moves committed outbox rows to the log.
     Relay,
-    /// Runs jobs and deliveries to other systems.
-    Worker,
 }
 
 impl Role {
     /// Every role, as `pulse up` runs them.
-    pub const ALL: [Role; 4] = [Role::Gateway, Role::Engine, Role::Relay, Role::Worker];
+    pub const ALL: [Role; 3] = [Role::Gateway, Role::Engine, Role::Relay];
 
     /// The role's name on the command line.
     pub fn name(self) -> &'static str {
@@ -44,7 +46,6 @@ impl Role {
             Role::Gateway => "gateway",
             Role::Engine => "engine",
             Role::Relay => "relay",
-            Role::Worker => "worker",
         }
     }
 }
@@ -57,9 +58,7 @@ impl fmt::Display for Role {
 
 /// A role name that is not one of [`Role::ALL`].
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "unknown role {0:?}: expected one or more of gateway, engine, relay, worker (comma-separated)"
-)]
+#[error("unknown role {0:?}: expected one or more of gateway, engine, relay (comma-separated)")]
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {
@@ -263,6 +262,8 @@ mod tests {
         );
         let err = parse_roles("gateway,pricing").unwrap_err();
         assert!(err.to_string().contains("\"pricing\""), "{err}");
+        // No jobs yet: a worker would run nothing, so it is not a role until it has work.
+        assert!(parse_roles("worker").is_err());
         assert!(parse_roles(" , ").is_err());
     }
 

@@ -16,7 +16,7 @@ use pulse_core::clock::{SharedClock, SystemClock};
 use pulse_http::api::ApiState;
 use pulse_outbox::relay::{Relay, RelaySettings};
 use pulse_resilience::{Breaker, BreakerSettings, GuardedCache};
-use pulse_surge::engine::{EngineSettings, SurgeEngine};
+use pulse_surge::engine::{EngineNames, EngineSettings, SurgeEngine};
 use pulse_surge::map::{MapSettings, SurgeFeed, SurgeMap};
 use pulse_surge::pricing::Tariff;
 use pulse_surge::quotes::{QuoteService, QuoteSettings};
@@ -57,6 +57,7 @@ fn engine_settings(config: &Config) -> EngineSettings {
         // restarted engine resumes from its committed offsets instead of seeking back.
         replay_window_on_start: config.surge.replay_on_start
             || matches!(config.cache_target(), Ok(CacheTarget::Memory)),
+        names: EngineNames::with_prefix(&config.prefix),
         ..EngineSettings::default()
     }
 }
@@ -130,8 +131,12 @@ impl Application {
         // scraped; only the gateway serves the API.
         let mut surge_feed = None;
         let (api, pages) = if roles.contains(&Role::Gateway) {
-            let orders =
-                crate::wiring::orders::service(&backends.store, quotes.clone(), clock.clone(), "");
+            let orders = crate::wiring::orders::service(
+                &backends.store,
+                quotes.clone(),
+                clock.clone(),
+                &config.prefix,
+            );
             let map = SurgeMap::new(
                 Arc::new(GuardedCache::new(
                     backends.cache.clone(),
@@ -155,6 +160,7 @@ impl Application {
                 orders,
                 quotes,
                 log: backends.log.clone(),
+                supply_topic: EngineNames::with_prefix(&config.prefix).supply,
                 clock: clock.clone(),
                 surge: feed,
                 request_timeout: backend_timeout,

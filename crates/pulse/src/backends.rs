@@ -7,7 +7,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use pulse_core::cache::Cache;
 use pulse_core::health::HealthCheck;
-use pulse_core::log::EventLog;
+use pulse_core::log::{EventLog, TopicSpec};
 use pulse_core::PortResult;
 use pulse_embedded_log::{EmbeddedLog, EmbeddedLogOptions};
 use pulse_kafka::{KafkaLog, KafkaOptions};
@@ -17,13 +17,16 @@ use pulse_store::{Database, StoreOptions};
 
 use crate::config::{CacheTarget, Config, LogTarget};
 
-/// The topics Pulse uses (the seed's two and the dead-letter topic), created at start-up when
-/// missing.
-pub const CONTRACT_TOPICS: [&str; 3] = [
-    pulse_surge::engine::DEMAND_TOPIC,
-    pulse_surge::engine::SUPPLY_TOPIC,
-    pulse_surge::engine::DEAD_LETTER_TOPIC,
-];
+/// The topics the domains declare (and the platform's dead-letter topic), created at start-up
+/// when missing. A new domain adds its list here.
+pub fn declared_topics() -> Vec<TopicSpec> {
+    [
+        pulse_orders::TOPICS,
+        pulse_surge::engine::TOPICS,
+        &[pulse_runtime::processor::DEAD_LETTER],
+    ]
+    .concat()
+}
 
 /// The open backends of one process.
 #[derive(Debug, Clone)]
@@ -128,10 +131,11 @@ impl Backends {
                 )
             }
         };
-        for topic in CONTRACT_TOPICS {
-            log.create_topic(topic, config.topics.partitions)
+        for topic in declared_topics() {
+            let name = topic.named(&config.prefix);
+            log.create_topic(&name, config.topics.partitions)
                 .await
-                .with_context(|| format!("creating topic {topic}"))?;
+                .with_context(|| format!("creating topic {name} ({})", topic.carries))?;
         }
         Ok(Self {
             store,

@@ -40,7 +40,7 @@ pub enum Command {
     },
     /// Run only the named roles, for split deployments on PostgreSQL, Kafka and Redis
     Serve {
-        /// Comma-separated roles: gateway, engine, relay, worker
+        /// Comma-separated roles: gateway (HTTP API), relay (outbox to log), engine (surge processor)
         #[arg(long, value_name = "ROLES", required = true)]
         role: String,
         /// Settings.

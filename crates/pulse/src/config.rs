@@ -224,6 +224,10 @@ pub struct Config {
     pub log_level: String,
     /// OTLP/HTTP collector traces are exported to (`None`: nothing is exported).
     pub otlp_endpoint: Option<String>,
+    /// Put before every topic and consumer group name this deployment uses (empty: the
+    /// contract names, `demand.orders`, `pulse-engine-group`, …), so deployments or test runs
+    /// sharing one Kafka stay apart.
+    pub prefix: String,
     /// Embedded log settings.
     pub embedded_log: EmbeddedLogConfig,
     /// In-process cache settings.
@@ -256,6 +260,7 @@ impl Default for Config {
             log_format: LogFormat::Json,
             log_level: "info".to_owned(),
             otlp_endpoint: None,
+            prefix: String::new(),
             embedded_log: EmbeddedLogConfig::default(),
             memory_cache: MemoryCacheConfig::default(),
             topics: TopicsConfig::default(),
@@ -267,6 +272,9 @@ impl Default for Config {
         }
     }
 }
+
+/// Longest [`Config::prefix`]: it must leave room for the topic names in Kafka's 249.
+const MAX_PREFIX_CHARS: usize = 64;
 
 /// Values given as command-line flags; `None` leaves the lower layers' value.
 #[derive(Debug, Clone, Default, Serialize, clap::Args)]
@@ -424,6 +432,16 @@ impl Config {
                     "otlp_endpoint must be an http:// URL of an OTLP/HTTP collector (e.g. http://127.0.0.1:4318)",
                 );
             }
+        }
+        let prefix_ok = self.prefix.len() <= MAX_PREFIX_CHARS
+            && self
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if !prefix_ok {
+            return invalid(
+                "prefix must be at most 64 characters of a-z, 0-9, '.', '_' or '-' (Kafka topic names)",
+            );
         }
         if self.map.refresh_ms == 0 || self.map.max_cells == 0 {
             return invalid("map.refresh_ms and map.max_cells must be positive");

@@ -50,13 +50,24 @@ async fn assert_operational_endpoints(app: &TestApp) {
         "{text}"
     );
 
-    for topic in pulse::backends::CONTRACT_TOPICS {
+    let declared: Vec<&str> = pulse::backends::declared_topics()
+        .iter()
+        .map(|topic| topic.name)
+        .collect();
+    assert_eq!(
+        declared,
+        ["demand.orders", "supply.updates", "pulse.dead-letter"],
+        "the contract topics, declared by their domains"
+    );
+    for topic in pulse::backends::declared_topics() {
+        let name = topic.named(common::test_prefix());
         assert!(
             app.log
-                .partition_count(topic)
+                .partition_count(&name)
                 .await
-                .expect("contract topic exists")
-                >= 1
+                .expect("declared topic exists under the run's prefix")
+                >= 1,
+            "{name}"
         );
     }
 }

@@ -12,7 +12,8 @@ fn pulse() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pulse"));
     command
         .env_remove("RUST_LOG")
-        .env("PULSE_LOG_FORMAT", "json");
+        .env("PULSE_LOG_FORMAT", "json")
+        .env("PULSE_PREFIX", common::test_prefix());
     command
 }
 

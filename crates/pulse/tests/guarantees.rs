@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{
-    metric_sum, multiplier_at, order_ids, seed_cell_with_ids, unique_point, wait_for_quote,
+    metric_sum, multiplier_at, names, order_ids, seed_cell_with_ids, unique_point, wait_for_quote,
     wait_until, wait_until_engine_settled, TestApp,
 };
 use pulse_conformance::faults::{FaultyCache, FaultyLog, Redelivery, WriteFault};
@@ -20,7 +20,6 @@ use pulse_geo::Point;
 use pulse_proto::v1::OrderCreatedEvent;
 use pulse_proto::Message;
 use pulse_runtime::Role;
-use pulse_surge::engine::{DEMAND_TOPIC, GROUP, SUPPLY_TOPIC};
 use serde_json::json;
 
 fn on_redis(config: &mut pulse::Config) {
@@ -41,7 +40,7 @@ async fn a_redelivered_order_counts_once(configure: fn(&mut pulse::Config)) {
     let orders = order_ids(&orders);
     let keys: Vec<String> = drivers.iter().chain(&orders).cloned().collect();
     wait_until_engine_settled(&log, &keys).await;
-    let group = log.group(GROUP);
+    let group = log.group(&names().group);
     for order in &orders {
         assert!(
             group.deliveries_of(order) >= 2,
@@ -74,10 +73,10 @@ async fn engine_outcomes(app: &TestApp) -> [f64; 4] {
         metric_sum(&page, "pulse_engine_records_total", &[&topic, &outcome]).unwrap_or(0.0)
     };
     [
-        count(DEMAND_TOPIC, "applied"),
-        count(DEMAND_TOPIC, "duplicate"),
-        count(SUPPLY_TOPIC, "stale"),
-        count(SUPPLY_TOPIC, "applied"),
+        count(&names().demand, "applied"),
+        count(&names().demand, "duplicate"),
+        count(&names().supply, "stale"),
+        count(&names().supply, "applied"),
     ]
 }
 
@@ -135,11 +134,11 @@ async fn a_batch_whose_cache_write_fails_is_held_and_applies_once(
         })
         .collect();
     app.log
-        .append(DEMAND_TOPIC, records)
+        .append(&names().demand, records)
         .await
         .expect("append the orders");
     wait_until("the engine was handed both orders", || {
-        let group = log.group(GROUP);
+        let group = log.group(&names().group);
         orders.iter().all(|order| group.deliveries_of(order) > 0)
     })
     .await;
@@ -152,7 +151,7 @@ async fn a_batch_whose_cache_write_fails_is_held_and_applies_once(
         cache.half_applied_batches() > 0,
         "the cache failed half-way through a batch of both orders"
     );
-    let group = log.group(GROUP);
+    let group = log.group(&names().group);
     for (key, position) in &group.delivered {
         let is_order = key
             .as_deref()
@@ -184,13 +183,19 @@ async fn a_batch_whose_cache_write_fails_is_held_and_applies_once_in_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_is_dead_lettered_and_does_not_stall_its_partition() {
     let app = TestApp::spawn(|_| {}).await;
+    let demand = format!("topic=\"{}\"", names().demand);
     let dead_lettered = |page: &str| {
-        metric_sum(
+        let counted = metric_sum(
             page,
             "pulse_engine_records_total",
-            &["topic=\"demand.orders\"", "outcome=\"dead_lettered\""],
-        )
-        .unwrap_or(0.0)
+            &[&demand, "outcome=\"dead_lettered\""],
+        );
+        let appended = metric_sum(
+            page,
+            "pulse_processor_dead_letters_total",
+            &["processor=\"engine\""],
+        );
+        (counted.unwrap_or(0.0), appended.unwrap_or(0.0))
     };
     let before = dead_lettered(&app.get("/metrics").await.1);
     let poison = OutgoingRecord::keyed("poison", vec![0xff, 0xff, 0xff, 0xff]).with_header(
@@ -198,7 +203,7 @@ async fn a_poison_record_is_dead_lettered_and_does_not_stall_its_partition() {
         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     );
     app.log
-        .append(pulse_surge::engine::DEMAND_TOPIC, vec![poison])
+        .append(&names().demand, vec![poison])
         .await
         .expect("append poison");
     let (lat, lng) = unique_point();
@@ -208,10 +213,7 @@ async fn a_poison_record_is_dead_lettered_and_does_not_stall_its_partition() {
 
     let mut letters = app
         .log
-        .consumer(
-            &unique_name("dlq-reader"),
-            &[pulse_surge::engine::DEAD_LETTER_TOPIC],
-        )
+        .consumer(&unique_name("dlq-reader"), &[names().dead_letter.as_str()])
         .await
         .expect("consumer");
     let letter = pulse_conformance::event_log::poll_exactly(letters.as_mut(), 1)
@@ -225,7 +227,7 @@ async fn a_poison_record_is_dead_lettered_and_does_not_stall_its_partition() {
     );
     assert_eq!(
         letter.header("pulse.dlq.topic").map(|v| v.as_ref()),
-        Some(&b"demand.orders"[..])
+        Some(names().demand.as_bytes())
     );
     assert!(
         letter.header("traceparent").is_some(),
@@ -233,8 +235,8 @@ async fn a_poison_record_is_dead_lettered_and_does_not_stall_its_partition() {
     );
     let after = dead_lettered(&app.get("/metrics").await.1);
     assert!(
-        after - before >= 1.0,
-        "reported as dead-lettered: {before} → {after}"
+        after.0 - before.0 >= 1.0 && after.1 - before.1 >= 1.0,
+        "reported as dead-lettered and appended: {before:?} → {after:?}"
     );
     app.stop().await;
 }

@@ -53,6 +53,10 @@ async fn the_operator_metrics_are_present_and_moving_after_a_scripted_run() {
     }
 
     // Moving: counters and histogram counts above zero. The lag is measured every 5 s.
+    let names = common::names();
+    let engine_group = format!("group=\"{}\"", names.group);
+    let demand_topic = format!("topic=\"{}\"", names.demand);
+    let supply_topic = format!("topic=\"{}\"", names.supply);
     let moving: &[(&str, &[&str])] = &[
         ("orders_placed_total", &[]),
         ("surge_calculation_duration_count", &[]),
@@ -73,11 +77,11 @@ async fn the_operator_metrics_are_present_and_moving_after_a_scripted_run() {
         ("pulse_relay_lag_seconds_count", &[]),
         (
             "pulse_engine_records_total",
-            &["topic=\"demand.orders\"", "outcome=\"applied\""],
+            &[&demand_topic, "outcome=\"applied\""],
         ),
         (
             "pulse_engine_records_total",
-            &["topic=\"supply.updates\"", "outcome=\"applied\""],
+            &[&supply_topic, "outcome=\"applied\""],
         ),
         (
             "pulse_cache_operation_duration_seconds_count",
@@ -95,11 +99,8 @@ async fn the_operator_metrics_are_present_and_moving_after_a_scripted_run() {
     let present: &[(&str, &[&str])] = &[
         ("pulse_outbox_backlog", &[]),
         ("pulse_circuit_breaker_state", &["breaker=\"quote_cache\""]),
-        (
-            "pulse_consumer_lag",
-            &["group=\"pulse-engine-group\"", "topic=\"demand.orders\""],
-        ),
-        ("pulse_consumer_lag", &["topic=\"supply.updates\""]),
+        ("pulse_consumer_lag", &[&engine_group, &demand_topic]),
+        ("pulse_consumer_lag", &[&supply_topic]),
     ];
     let started = Instant::now();
     loop {

@@ -12,7 +12,6 @@ use pulse::Config;
 use pulse_conformance::{services, unique_name};
 use pulse_core::log::{ConsumedRecord, EventLog};
 use pulse_runtime::Role;
-use pulse_surge::engine::DEMAND_TOPIC;
 use pulse_trace::TraceContext;
 use serde_json::{json, Value};
 
@@ -76,7 +75,10 @@ async fn place_order(gateway: &TestApp, caller: &TraceContext) -> (String, Trace
 /// The record of `order_id` on `demand.orders`, read by a group of its own from the start.
 async fn record_of(log: &dyn EventLog, order_id: &str) -> ConsumedRecord {
     let mut consumer = log
-        .consumer(&unique_name("trace-reader"), &[DEMAND_TOPIC])
+        .consumer(
+            &unique_name("trace-reader"),
+            &[common::names().demand.as_str()],
+        )
         .await
         .expect("consumer");
     let started = Instant::now();
@@ -93,7 +95,8 @@ async fn record_of(log: &dyn EventLog, order_id: &str) -> ConsumedRecord {
         }
         assert!(
             started.elapsed() < Duration::from_secs(90),
-            "the order's record never reached {DEMAND_TOPIC}"
+            "the order's record never reached {}",
+            common::names().demand
         );
     }
 }

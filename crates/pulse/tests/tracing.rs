@@ -97,8 +97,8 @@ async fn the_order_is_one_trace(trace: TraceId, caller: SpanId) {
     };
     let http = named("POST /api/v1/orders");
     let place = named("orders.place");
-    let relay = named("demand.orders publish");
-    let consume = named("demand.orders process");
+    let relay = named(&format!("{} publish", common::names().demand));
+    let consume = named(&format!("{} process", common::names().demand));
     let write = named("surge window update");
     assert_eq!(
         http.parent_span_id, caller,
@@ -229,7 +229,7 @@ async fn a_driver_location_is_one_trace_from_http_to_the_engine() {
         let named = |name: &str| spans.iter().find(|span| span.name == name);
         if let (Some(http), Some(consume), Some(write)) = (
             named("POST /api/v1/drivers/{driver_id}/location"),
-            named("supply.updates process"),
+            named(&format!("{} process", common::names().supply)),
             named("surge window update"),
         ) {
             assert_eq!(http.parent_span_id, caller);

@@ -7,9 +7,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use pulse_core::log::OutgoingRecord;
+use pulse_core::tenant::{TenantId, TENANT_HEADER};
 use pulse_proto::v1::DriverLocationUpdated;
 use pulse_proto::Message;
-use pulse_surge::engine::SUPPLY_TOPIC;
 use pulse_trace::TraceContext;
 use serde::{Deserialize, Serialize};
 
@@ -67,7 +67,8 @@ pub(crate) async fn report_location(
         lat: point.lat(),
         lng: point.lng(),
     };
-    let mut record = OutgoingRecord::keyed(driver_id.clone(), event.encode_to_vec());
+    let mut record = OutgoingRecord::keyed(driver_id.clone(), event.encode_to_vec())
+        .with_header(TENANT_HEADER, TenantId::DEFAULT);
     // The engine's span for this ping joins the request's trace (when traces are recorded).
     if let Some(trace) = TraceContext::current() {
         for (name, value) in trace.headers() {
@@ -77,7 +78,7 @@ pub(crate) async fn report_location(
     // Accepted only once the log holds it durably.
     state
         .log
-        .append(SUPPLY_TOPIC, vec![record])
+        .append(&state.supply_topic, vec![record])
         .await
         .map_err(|err| {
             tracing::warn!(error = %err, "supply append failed");

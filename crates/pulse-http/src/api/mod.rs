@@ -35,6 +35,8 @@ pub struct ApiState {
     pub quotes: QuoteService,
     /// The log driver locations are appended to.
     pub log: Arc<dyn EventLog>,
+    /// The topic driver locations go to (`supply.updates` behind the deployment's prefix).
+    pub supply_topic: String,
     /// Time.
     pub clock: SharedClock,
     /// Live surge cells and drivers for the map.

@@ -15,6 +15,18 @@ use pulse_core::log::EventLog;
 use pulse_runtime::{CancellationToken, Role};
 use serde_json::Value;
 
+/// The prefix of every topic and group this test run uses: its own, so a `pulse up` (or another
+/// test run, or a benchmark) on the same Kafka neither joins its groups nor reads its topics.
+pub fn test_prefix() -> &'static str {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| format!("test-{}-{:04x}.", std::process::id(), fastrand::u16(..)))
+}
+
+/// The engine's group and topics in this test run.
+pub fn names() -> pulse_surge::engine::EngineNames {
+    pulse_surge::engine::EngineNames::with_prefix(test_prefix())
+}
+
 /// Every request of a test gives up after this, so a hang fails with a message.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -94,6 +106,7 @@ impl TestApp {
         let mut config = Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: data_dir.to_owned(),
+            prefix: test_prefix().to_owned(),
             ..Config::default()
         };
         configure(&mut config);
@@ -305,7 +318,7 @@ pub async fn wait_until_engine_settled(log: &FaultyLog, keys: &[String]) {
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     wait_until(
         "the engine committed every delivery of the test's records",
-        || log.group(pulse_surge::engine::GROUP).settled(&keys),
+        || log.group(&names().group).settled(&keys),
     )
     .await;
 }
