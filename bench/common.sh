@@ -6,8 +6,14 @@ ensure_wrk() {
   command -v wrk >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }
 }
 
-# Builds Pulse in release mode and prints the binary's path.
+# Builds Pulse in release mode and prints the binary's path; PULSE_BENCH_BINARY names a binary
+# to measure instead (an A/B against another commit's build).
 build_pulse() {
+  if [ -n "${PULSE_BENCH_BINARY:-}" ]; then
+    echo "[bench] measuring $PULSE_BENCH_BINARY" >&2
+    echo "$PULSE_BENCH_BINARY"
+    return
+  fi
   echo "[bench] building pulse (release)" >&2
   cargo build --release -q -p pulse
   echo "${CARGO_TARGET_DIR:-target}/release/pulse"

@@ -40,6 +40,8 @@ pub const BATCH_FAILURES_TOTAL: &str = "pulse_processor_batch_failures_total";
 pub const COMMIT_FAILURES_TOTAL: &str = "pulse_processor_commit_failures_total";
 /// Records sent to the dead-letter topic, by processor and source topic.
 pub const DEAD_LETTERS_TOTAL: &str = "pulse_processor_dead_letters_total";
+/// Replays a processor asked for (its state was lost), by processor and reason.
+pub const REPLAYS_TOTAL: &str = "pulse_processor_replays_total";
 /// Records between a group member's position and the end of each partition it owns.
 pub const CONSUMER_LAG: &str = "pulse_consumer_lag";
 /// How often the consumer lag is measured.
@@ -80,10 +82,28 @@ pub trait Processor: Send + std::fmt::Debug {
         Ok(())
     }
 
-    /// Periodic work independent of new records (refreshing or expiring derived state).
-    async fn tick(&mut self) -> PortResult<()> {
-        Ok(())
+    /// Periodic work independent of new records (refreshing or expiring derived state). A
+    /// processor whose state lives outside it (a cache) checks here that the state is still
+    /// there, and asks for a replay when it is gone.
+    async fn tick(&mut self) -> PortResult<Tick> {
+        Ok(Tick::Continue)
     }
+}
+
+/// What the loop does after a [`Processor::tick`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tick {
+    /// Go on consuming.
+    Continue,
+    /// The processor's state was lost: read every topic again from the first record at or after
+    /// `from_ms`, dropping the offsets applied but not committed (their effects went with the
+    /// state).
+    Replay {
+        /// Unix milliseconds to resume from.
+        from_ms: i64,
+        /// Why, for the log and the `reason` label of the replay counter.
+        reason: &'static str,
+    },
 }
 
 /// How a processor consumes.
@@ -199,8 +219,15 @@ pub async fn run<P: Processor>(
         }
         if Instant::now() >= state.next_tick {
             state.next_tick = Instant::now() + settings.tick;
-            if let Err(err) = processor.tick().await {
-                tracing::warn!(processor = name, error = %err, "tick failed; will retry");
+            match processor.tick().await {
+                Ok(Tick::Continue) => {}
+                Ok(Tick::Replay { from_ms, reason }) => {
+                    replay(consumer.as_mut(), &settings.topics, from_ms, name, reason).await;
+                    state.offsets.forget();
+                }
+                Err(err) => {
+                    tracing::warn!(processor = name, error = %err, "tick failed; will retry");
+                }
             }
         }
         if Instant::now() >= state.next_lag {
@@ -238,6 +265,28 @@ impl LoopState {
             next_tick: Instant::now() + settings.tick,
             next_lag: Instant::now(),
             lag_reported: BTreeSet::new(),
+        }
+    }
+}
+
+/// Makes every partition of `topics` this member owns resume at `from_ms`.
+async fn replay(
+    consumer: &mut dyn LogConsumer,
+    topics: &[String],
+    from_ms: i64,
+    processor: &'static str,
+    reason: &'static str,
+) {
+    tracing::warn!(
+        processor,
+        reason,
+        from_ms,
+        "state lost; replaying the log to rebuild it"
+    );
+    metrics::counter!(REPLAYS_TOTAL, "processor" => processor, "reason" => reason).increment(1);
+    for topic in topics {
+        if let Err(err) = consumer.seek_to_timestamp(topic, from_ms).await {
+            tracing::warn!(processor, error = %err, topic, "cannot seek back to replay");
         }
     }
 }
@@ -374,6 +423,11 @@ impl PendingCommits {
                 position.clone(),
             );
         }
+    }
+
+    /// Drops the noted positions: their effects are gone and their records are read again.
+    pub fn forget(&mut self) {
+        self.latest.clear();
     }
 
     /// Whether `interval` has passed since the last commit.

@@ -29,7 +29,7 @@ use pulse_core::log::{ConsumedRecord, EventLog, LogConsumer, TopicSpec};
 use pulse_core::{PortError, PortResult};
 use pulse_proto::v1::{DriverLocationUpdated, OrderCreatedEvent};
 use pulse_proto::Message;
-use pulse_runtime::processor::{ConsumerSettings, Poison, Processor};
+use pulse_runtime::processor::{ConsumerSettings, Poison, Processor, Tick};
 use pulse_trace::TraceContext;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -120,6 +120,8 @@ fn consume_span(record: &ConsumedRecord) -> Option<tracing::Span> {
 pub const SURGE_CALCULATION_DURATION: &str = "surge_calculation_duration";
 /// Records consumed, by topic and outcome (`applied`, `duplicate`, `stale`, `dead_lettered`).
 pub const ENGINE_RECORDS_TOTAL: &str = "pulse_engine_records_total";
+/// Times an engine found the cache had lost the windows (and replayed the log to rebuild them).
+pub const STATE_LOSSES_TOTAL: &str = "pulse_surge_state_losses_total";
 /// Cells the engine currently keeps fresh.
 pub const ACTIVE_CELLS: &str = "pulse_surge_active_cells";
 /// Distribution of published multipliers.
@@ -225,6 +227,8 @@ pub struct SurgeEngine {
     active: HashMap<CellIndex, Option<Published>>,
     /// Cells touched since the last flush.
     dirty: BTreeSet<CellIndex>,
+    /// The state generation this engine last saw in the cache (see [`keys::STATE_GENERATION`]).
+    generation: Option<Bytes>,
 }
 
 impl SurgeEngine {
@@ -242,7 +246,39 @@ impl SurgeEngine {
             settings,
             active: HashMap::new(),
             dirty: BTreeSet::new(),
+            generation: None,
         }
+    }
+
+    /// Whether the windows in the cache were lost since this engine last looked: the generation
+    /// marker is missing (the cache is empty, or was wiped) or another engine wrote a new one
+    /// (it saw the loss first). A missing marker is written anew, so the next look is quiet.
+    async fn state_lost(&mut self) -> PortResult<bool> {
+        let stored = self.cache.get(keys::STATE_GENERATION).await?;
+        match (stored, &self.generation) {
+            (Some(stored), Some(known)) if stored == *known => Ok(false),
+            (Some(stored), None) => {
+                self.generation = Some(stored);
+                Ok(false)
+            }
+            (Some(stored), Some(_)) => {
+                self.generation = Some(stored);
+                Ok(true)
+            }
+            (None, _) => {
+                let generation = Bytes::from(uuid::Uuid::new_v4().to_string());
+                self.cache
+                    .set(keys::STATE_GENERATION, generation.clone(), None)
+                    .await?;
+                self.generation = Some(generation);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Where a replay that rebuilds the windows starts: one window (and a bucket) back.
+    fn replay_from_ms(&self) -> i64 {
+        self.clock.now_ms() - (self.settings.window + self.settings.bucket).as_millis() as i64
     }
 
     fn bucket_ms(&self) -> i64 {
@@ -618,14 +654,21 @@ impl Processor for SurgeEngine {
         "engine"
     }
 
-    /// Seeks back one window when the windows may be lost (an in-process cache after a restart),
-    /// so they are rebuilt; with a shared cache the replay is absorbed by the idempotency guards.
+    /// Seeks back one window when the windows may be lost — configured so (an in-process cache
+    /// after a restart), or the cache holds no state generation (a new or wiped cache) — so they
+    /// are rebuilt; with a shared cache the replay is absorbed by the idempotency guards.
     async fn start(&mut self, consumer: &mut dyn LogConsumer) -> PortResult<()> {
-        if !self.settings.replay_window_on_start {
+        let lost = match self.state_lost().await {
+            Ok(lost) => lost,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the state generation; assuming the windows are there");
+                false
+            }
+        };
+        if !(self.settings.replay_window_on_start || lost) {
             return Ok(());
         }
-        let window_start =
-            self.clock.now_ms() - (self.settings.window + self.settings.bucket).as_millis() as i64;
+        let window_start = self.replay_from_ms();
         for topic in [&self.settings.names.demand, &self.settings.names.supply] {
             if let Err(err) = consumer.seek_to_timestamp(topic, window_start).await {
                 tracing::warn!(error = %err, topic, "cannot replay the window; resuming from commits");
@@ -642,12 +685,22 @@ impl Processor for SurgeEngine {
         SurgeEngine::flush(self).await
     }
 
-    /// Recomputes the active cells (their windows slide without new events) and trims the
-    /// indexes.
-    async fn tick(&mut self) -> PortResult<()> {
+    /// Checks that the windows are still in the cache (and asks for a replay when the cache
+    /// lost them), recomputes the active cells (their windows slide without new events) and
+    /// trims the indexes.
+    async fn tick(&mut self) -> PortResult<Tick> {
+        if self.state_lost().await? {
+            metrics::counter!(STATE_LOSSES_TOTAL).increment(1);
+            // What was published came from the lost counters; the replay republishes.
+            self.active.clear();
+            return Ok(Tick::Replay {
+                from_ms: self.replay_from_ms(),
+                reason: "cache_state_lost",
+            });
+        }
         let refreshed = self.publish(self.active.keys().copied().collect()).await;
         let trimmed = self.trim_indexes().await;
-        refreshed.and(trimmed)
+        refreshed.and(trimmed).map(|()| Tick::Continue)
     }
 }
 

@@ -15,6 +15,11 @@ pub const SURGE_CELLS: &str = "surge:cells";
 /// [`driver`].
 pub const AVAILABLE_DRIVERS: &str = "drivers:available";
 
+/// The generation of the engines' state in this cache: a random value without a TTL, written
+/// when the state is (re)built. If it vanishes — a Redis restarted without persistence — or
+/// changes, the windows were lost, and each engine rebuilds its partitions' from the log.
+pub const STATE_GENERATION: &str = "surge:state-generation";
+
 /// Orders in a cell during one window bucket.
 pub(crate) fn demand(cell: CellIndex, bucket: i64) -> String {
     format!("demand:{cell}:{bucket}")

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    distributed, free_port, multiplier_at, order_ids, seed_cell, seed_cell_with_ids, unique_point,
-    wait_for_quote, wait_until_engine_settled, OwnRedis, TestApp,
+    distributed, free_port, metric_sum, multiplier_at, order_ids, seed_cell, seed_cell_with_ids,
+    unique_point, wait_for_quote, wait_until_engine_settled, OwnRedis, TestApp,
 };
 use pulse_conformance::{services, unique_name};
 use pulse_core::log::OutgoingRecord;
@@ -80,6 +80,42 @@ async fn quotes_fall_back_while_redis_is_down_and_go_live_when_it_is_back() {
     let _redis = OwnRedis::start(port);
     place_three_orders_and_four_drivers(&app, lat, lng).await;
     wait_for_quote(&app, lat, lng, |quote| quote["surge"]["source"] == "live").await;
+    app.stop().await;
+}
+
+/// A Redis restarted without persistence (as `scripts/services` runs it) comes back empty: the
+/// windows are gone. The engine notices by itself — its state generation vanished — replays the
+/// last window from the log and publishes the right surge again, and says so on `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_rebuilds_the_windows_a_restarted_redis_lost() {
+    let port = free_port();
+    let redis = OwnRedis::start(port);
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let (app, watched) = TestApp::spawn_watched(data_dir.path(), |config| {
+        config.cache_url = format!("redis://127.0.0.1:{port}");
+    })
+    .await;
+    let losses =
+        |page: &str| metric_sum(page, "pulse_surge_state_losses_total", &[]).unwrap_or(0.0);
+    let (lat, lng) = unique_point();
+    let (drivers, orders) = seed_cell_with_ids(&[&app], lat, lng, 4, 3).await;
+    let keys: Vec<String> = drivers.into_iter().chain(order_ids(&orders)).collect();
+    wait_until_engine_settled(&watched, &keys).await;
+    assert_eq!(multiplier_at(&app, lat, lng).await, json!(1.75));
+    let before = losses(&app.get("/metrics").await.1);
+
+    let port = redis.stop();
+    let _redis = OwnRedis::start(port);
+    // Nothing is placed meanwhile: only a rebuild from the log can bring 1.75 back.
+    wait_for_quote(&app, lat, lng, |quote| {
+        quote["surge"]["source"] == "live" && quote["multiplier"] == 1.75
+    })
+    .await;
+    let after = losses(&app.get("/metrics").await.1);
+    assert!(
+        after - before >= 1.0,
+        "the loss is counted: {before} → {after}"
+    );
     app.stop().await;
 }
 
