@@ -347,7 +347,11 @@ impl<'a> Held<'a> {
 
     /// The shard of `key`, which the operation locked.
     fn store(&mut self, key: &str) -> &mut Store {
-        let shard = self.shards.shard_of(key);
+        self.at(self.shards.shard_of(key))
+    }
+
+    /// Shard `shard`, which the operation locked.
+    fn at(&mut self, shard: usize) -> &mut Store {
         self.guards[shard]
             .as_deref_mut()
             .expect("an operation locks the shard of every key it touches")
@@ -500,8 +504,14 @@ impl MemoryCache {
     }
 
     /// Makes room for one more key, as described in the crate docs.
-    fn make_room(&self, held: &mut Held<'_>, key: &str, now: i64) -> Result<(), Stop> {
-        if held.store(key).entries.contains_key(key) || held.take_slot(self.max_entries) {
+    fn make_room(
+        &self,
+        held: &mut Held<'_>,
+        shard: usize,
+        key: &str,
+        now: i64,
+    ) -> Result<(), Stop> {
+        if held.at(shard).entries.contains_key(key) || held.take_slot(self.max_entries) {
             return Ok(());
         }
         if !held.all {
@@ -530,16 +540,17 @@ impl MemoryCache {
         write: &CacheWrite,
         now: i64,
     ) -> Result<Option<i64>, Stop> {
+        let shard = self.shards.shard_of(write.key());
         match write {
             CacheWrite::Set { key, value, ttl } => {
-                self.make_room(held, key, now)?;
+                self.make_room(held, shard, key, now)?;
                 let expires_at_ms = Self::expiry(now, *ttl);
                 let entry = Entry::new(Value::Bytes(value.clone()), expires_at_ms);
-                held.store(key).insert(key.clone(), entry);
+                held.at(shard).insert(key.clone(), entry);
                 Ok(None)
             }
             CacheWrite::IncrBy { key, delta, ttl } => {
-                let (current, expires_at_ms) = match held.store(key).live(key, now) {
+                let (current, expires_at_ms) = match held.at(shard).live(key, now) {
                     Some(entry) => (parse_integer(key, entry.bytes(key)?)?, entry.expires_at_ms),
                     None => (0, None),
                 };
@@ -550,14 +561,14 @@ impl MemoryCache {
                     Some(ttl) => Self::expiry(now, Some(*ttl)),
                     None => expires_at_ms,
                 };
-                self.make_room(held, key, now)?;
+                self.make_room(held, shard, key, now)?;
                 let value = Value::Bytes(Bytes::from(next.to_string()));
-                held.store(key)
+                held.at(shard)
                     .insert(key.clone(), Entry::new(value, expires_at_ms));
                 Ok(Some(next))
             }
             CacheWrite::Delete { key } => {
-                held.store(key).entries.remove(key);
+                held.at(shard).entries.remove(key);
                 Ok(None)
             }
             CacheWrite::IndexAdd {
@@ -566,12 +577,12 @@ impl MemoryCache {
                 score,
                 ttl,
             } => {
-                if held.store(key).live(key, now).is_none() {
-                    self.make_room(held, key, now)?;
+                if held.at(shard).live(key, now).is_none() {
+                    self.make_room(held, shard, key, now)?;
                     let empty = Entry::new(Value::Index(HashMap::new()), None);
-                    held.store(key).insert(key.clone(), empty);
+                    held.at(shard).insert(key.clone(), empty);
                 }
-                let store = held.store(key);
+                let store = held.at(shard);
                 let entry = store.entries.get_mut(key).expect("inserted above");
                 let Value::Index(members) = &mut entry.value else {
                     return Err(wrong_type(key, "a value").into());
@@ -584,12 +595,12 @@ impl MemoryCache {
                 Ok(None)
             }
             CacheWrite::IndexRemove { key, member } => {
-                Self::edit_index(held.store(key), key, now, |members| {
+                Self::edit_index(held.at(shard), key, now, |members| {
                     members.remove(member);
                 })
             }
             CacheWrite::IndexTrim { key, below } => {
-                Self::edit_index(held.store(key), key, now, |members| {
+                Self::edit_index(held.at(shard), key, now, |members| {
                     members.retain(|_, score| *score >= *below)
                 })
             }
