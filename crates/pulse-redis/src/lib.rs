@@ -5,8 +5,18 @@
 //! timeout so an unresponsive Redis surfaces as [`PortError::Timeout`] instead of a hang.
 //! Batches run as `MULTI`/`EXEC`, so readers never see half of one (Redis does not roll back a
 //! batch whose command fails at run time, e.g. `INCRBY` on text).
+//!
+//! A stopped Redis fails fast. Left to itself, the manager queues every call behind its
+//! reconnection, which retries the connection with backoff (at least 300 ms), so each call would
+//! wait out the caller's timeout. Instead, once a call finds the connection refused or dropped,
+//! the adapter marks Redis *refusing*: calls fail at once with [`PortError::Unavailable`] while
+//! one background probe pings Redis at a bounded rate (backoff with jitter, capped at
+//! [`PROBE_MAX_DELAY`]) and lets calls through again when it answers — or when it does not
+//! refuse but hangs, since a hung Redis is not known down: each call then costs its timeout.
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -35,19 +45,50 @@ impl Default for RedisOptions {
     }
 }
 
-/// Handle to a Redis server. Cheap to clone.
+/// First wait of the probe of a Redis that refuses connections; it doubles after each refusal.
+pub const PROBE_MIN_DELAY: Duration = Duration::from_millis(50);
+/// Longest wait between two probes of a Redis that refuses connections.
+pub const PROBE_MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// Handle to a Redis server. Cheap to clone; clones share the connection and its state.
 #[derive(Clone)]
 pub struct RedisCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     conn: ConnectionManager,
     url: String,
+    options: RedisOptions,
+    /// Set while Redis is known to refuse connections: calls fail at once.
+    refusing: Mutex<Option<Refusing>>,
+}
+
+/// Why and since when Redis is taken as refusing connections.
+struct Refusing {
+    since: Instant,
+    error: String,
 }
 
 impl std::fmt::Debug for RedisCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisCache")
-            .field("url", &self.url)
+            .field("url", &self.inner.url)
             .finish()
     }
+}
+
+/// Whether `err` says Redis refused or dropped the connection (it is stopped, restarting or
+/// unreachable), as opposed to a slow or hung Redis, which times out.
+fn refuses(err: &RedisError) -> bool {
+    !err.is_timeout() && (err.is_connection_refusal() || err.is_connection_dropped())
+}
+
+/// `delay` with up to half of it added at random, so many adapters do not probe in step.
+fn jittered(delay: Duration) -> Duration {
+    use std::hash::{BuildHasher, RandomState};
+    let random = RandomState::new().hash_one(Instant::now());
+    delay + delay.mul_f64((random % 1_000) as f64 / 2_000.0)
 }
 
 fn redis_error(err: RedisError) -> PortError {
@@ -177,16 +218,119 @@ impl RedisCache {
             })?
             .map_err(redis_error)?;
         let cache = Self {
-            conn,
-            url: url.to_owned(),
+            inner: Arc::new(Inner {
+                conn,
+                url: url.to_owned(),
+                options,
+                refusing: Mutex::new(None),
+            }),
         };
         cache.ping().await?;
         Ok(cache)
     }
 
+    /// Runs one call on the connection: at once an error while Redis refuses connections, else
+    /// the call bounded by the response timeout (which also bounds a wait for a reconnection).
+    async fn call<T, F>(&self, call: impl FnOnce(ConnectionManager) -> F) -> PortResult<T>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        if let Some(err) = self.inner.refusal() {
+            return Err(err);
+        }
+        let timeout = self.inner.options.response_timeout;
+        match tokio::time::timeout(timeout, call(self.inner.conn.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => {
+                if refuses(&err) {
+                    Inner::mark_refusing(&self.inner, &err);
+                }
+                Err(redis_error(err))
+            }
+            Err(_) => Err(PortError::Timeout {
+                backend: BACKEND,
+                timeout,
+            }),
+        }
+    }
+
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> PortResult<T> {
-        let mut conn = self.conn.clone();
-        cmd.query_async(&mut conn).await.map_err(redis_error)
+        self.call(|mut conn| async move { cmd.query_async(&mut conn).await })
+            .await
+    }
+}
+
+impl Inner {
+    fn state(&self) -> std::sync::MutexGuard<'_, Option<Refusing>> {
+        // The state is one `Option` written whole, so a poisoned lock still holds a valid one.
+        self.refusing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The error to fail a call with at once, while Redis refuses connections.
+    fn refusal(&self) -> Option<PortError> {
+        let state = self.state();
+        let refusing = state.as_ref()?;
+        Some(PortError::Unavailable {
+            backend: BACKEND,
+            message: format!(
+                "{} refused the connection {} ms ago ({}); retrying in the background",
+                self.url,
+                refusing.since.elapsed().as_millis(),
+                refusing.error
+            ),
+        })
+    }
+
+    /// Takes Redis as refusing connections and starts the probe, unless already refusing.
+    fn mark_refusing(this: &Arc<Self>, err: &RedisError) {
+        let mut state = this.state();
+        if state.is_some() {
+            return;
+        }
+        tracing::warn!(url = %this.url, error = %err, "Redis refuses connections; cache calls fail at once until it answers");
+        *state = Some(Refusing {
+            since: Instant::now(),
+            error: err.to_string(),
+        });
+        tokio::spawn(Self::probe(Arc::downgrade(this)));
+    }
+
+    /// Pings Redis with backoff until it answers or stops refusing, then lets calls through.
+    /// Ends early when the adapter is dropped.
+    async fn probe(this: Weak<Self>) {
+        let mut delay = PROBE_MIN_DELAY;
+        loop {
+            tokio::time::sleep(jittered(delay)).await;
+            let Some(inner) = this.upgrade() else {
+                return;
+            };
+            let mut conn = inner.conn.clone();
+            // The manager reconnects inside the ping; a Redis that does not refuse but takes
+            // longer than a connection and a response is hung, and calls may cost their timeout.
+            let budget = inner.options.connect_timeout + inner.options.response_timeout;
+            let cmd = redis::cmd("PING");
+            let ping = cmd.query_async::<String>(&mut conn);
+            match tokio::time::timeout(budget, ping).await {
+                Ok(Err(err)) if refuses(&err) => {
+                    delay = (delay * 2).min(PROBE_MAX_DELAY);
+                }
+                outcome => {
+                    let since = inner.state().take().map(|refusing| refusing.since);
+                    let down_ms = since.map_or(0, |since| since.elapsed().as_millis());
+                    match outcome {
+                        Ok(Ok(_)) => {
+                            tracing::info!(url = %inner.url, down_ms, "Redis answers again")
+                        }
+                        _ => {
+                            tracing::warn!(url = %inner.url, down_ms, "Redis no longer refuses connections but does not answer either")
+                        }
+                    }
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -230,8 +374,9 @@ impl Cache for RedisCache {
             .arg(key)
             .arg(millis(ttl))
             .ignore();
-        let mut conn = self.conn.clone();
-        let (value,): (i64,) = pipe.query_async(&mut conn).await.map_err(redis_error)?;
+        let (value,): (i64,) = self
+            .call(|mut conn| async move { pipe.query_async(&mut conn).await })
+            .await?;
         Ok(value)
     }
 
@@ -258,8 +403,8 @@ impl Cache for RedisCache {
         for write in &writes {
             add_write(&mut pipe, write);
         }
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await.map_err(redis_error)
+        self.call(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+            .await
     }
 
     async fn apply_if_absent_many(&self, items: Vec<Guarded>) -> PortResult<Vec<bool>> {
@@ -311,11 +456,9 @@ impl Cache for RedisCache {
                     };
                 }
             }
-            let mut conn = self.conn.clone();
-            let flags: Vec<i64> = invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_error)?;
+            let flags: Vec<i64> = self
+                .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+                .await?;
             applied.extend(flags.into_iter().map(|flag| flag == 1));
         }
         Ok(applied)
