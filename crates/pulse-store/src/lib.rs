@@ -17,6 +17,7 @@
 mod orders;
 pub mod outbox;
 pub mod sql;
+mod sqlite_writer;
 pub mod unit_of_work;
 
 #[doc(hidden)]
@@ -34,7 +35,7 @@ use pulse_core::health::HealthCheck;
 use pulse_core::{PortError, PortResult};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, PgPool, SqlitePool};
+use sqlx::{PgPool, SqlitePool};
 
 /// Which database engine a [`Database`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +84,15 @@ pub enum StoreError {
         /// The driver's error.
         #[source]
         source: sqlx::Error,
+    },
+    /// The SQLite writer could not open its connection.
+    #[error("cannot open the {backend:?} store's writer: {source}")]
+    Writer {
+        /// Which engine.
+        backend: Backend,
+        /// Why.
+        #[source]
+        source: PortError,
     },
     /// A migration failed.
     #[error("migrating the {backend:?} store failed: {source}")]
@@ -185,10 +195,12 @@ impl Database {
                 .connect_with(connect.clone())
                 .await
                 .map_err(connect_error)?;
-            let writer = connect.connect().await.map_err(connect_error)?;
-            let writer = GroupCommit::start(writer, options.group_commit.clone())
-                .await
-                .map_err(connect_error)?;
+            // The pool created the file (and set WAL mode); the writer opens its own connection.
+            let writer = GroupCommit::start(connect.get_filename(), options.group_commit.clone())
+                .map_err(|err| StoreError::Writer {
+                backend: Backend::Sqlite,
+                source: err,
+            })?;
             Ok(Self {
                 pools: Pools::Sqlite { pool, writer },
             })

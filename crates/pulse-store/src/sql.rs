@@ -113,6 +113,11 @@ impl Sql {
         &self.text
     }
 
+    /// The bound arguments, `$1` first.
+    pub(crate) fn args(&self) -> &[Value] {
+        &self.args
+    }
+
     pub(crate) fn postgres(&self) -> PortResult<Query<'_, Postgres, PgArguments>> {
         let mut query = sqlx::query(&self.text).persistent(self.persistent);
         for value in &self.args {
@@ -192,8 +197,10 @@ impl Backend {
 pub enum SqlRow {
     /// A PostgreSQL row.
     Postgres(PgRow),
-    /// A SQLite row.
+    /// A SQLite row read through sqlx (the readers' pool).
     Sqlite(SqliteRow),
+    /// A row the SQLite writer read, as owned values.
+    Owned(Vec<rusqlite::types::Value>),
 }
 
 impl std::fmt::Debug for SqlRow {
@@ -201,6 +208,7 @@ impl std::fmt::Debug for SqlRow {
         let (dialect, columns) = match self {
             SqlRow::Postgres(row) => ("postgres", row.len()),
             SqlRow::Sqlite(row) => ("sqlite", row.len()),
+            SqlRow::Owned(values) => ("sqlite writer", values.len()),
         };
         write!(f, "SqlRow({dialect}, {columns} columns)")
     }
@@ -215,10 +223,16 @@ macro_rules! getter {
         #[$doc]
         pub fn $name(&self, index: usize) -> PortResult<$ty> {
             match self {
-                SqlRow::Postgres(row) => row.try_get(index),
-                SqlRow::Sqlite(row) => row.try_get(index),
+                SqlRow::Postgres(row) => row.try_get(index).map_err(|err| corrupt(index, err)),
+                SqlRow::Sqlite(row) => row.try_get(index).map_err(|err| corrupt(index, err)),
+                SqlRow::Owned(values) => {
+                    let value = values
+                        .get(index)
+                        .ok_or_else(|| corrupt(index, "no such column"))?;
+                    rusqlite::types::FromSql::column_result(value.into())
+                        .map_err(|err| corrupt(index, err))
+                }
             }
-            .map_err(|err| corrupt(index, err))
         }
     )*};
 }
@@ -251,8 +265,8 @@ impl SqlRow {
     pub fn opt_uuid(&self, index: usize) -> PortResult<Option<Uuid>> {
         match self {
             SqlRow::Postgres(row) => row.try_get(index).map_err(|err| corrupt(index, err)),
-            SqlRow::Sqlite(row) => {
-                let text: Option<String> = row.try_get(index).map_err(|err| corrupt(index, err))?;
+            SqlRow::Sqlite(_) | SqlRow::Owned(_) => {
+                let text = self.opt_text(index)?;
                 text.map(|text| Uuid::parse_str(&text).map_err(|err| corrupt(index, err)))
                     .transpose()
             }

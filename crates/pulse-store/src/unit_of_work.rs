@@ -1,8 +1,8 @@
 //! The unit of work every domain writes through: a closure over a transaction.
 //!
 //! On PostgreSQL each unit runs in its own transaction on a pooled connection. On SQLite, whose
-//! file takes one writer at a time and pays one fsync per commit, a single writer task owns the
-//! write connection and **group-commits**: it takes every unit queued while the previous commit
+//! file takes one writer at a time and pays one fsync per commit, a single writer thread
+//! ([`crate::sqlite_writer`]) owns the write connection and **group-commits**: it takes every unit queued while the previous commit
 //! was syncing, runs each under its own savepoint inside one transaction, and commits once. A unit
 //! that fails is rolled back to its savepoint, so one caller's constraint violation undoes only
 //! that caller's writes; every caller is answered only after the shared commit returned, i.e.
@@ -17,11 +17,11 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use pulse_core::{PortError, PortResult};
-use sqlx::{Connection, PgConnection, SqliteConnection};
+use sqlx::PgConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::sql::{port_error, Sql, SqlRow};
-use crate::Backend;
+use crate::{sqlite_writer, Backend};
 
 /// The future a unit of work returns, borrowing its transaction.
 pub type UnitFuture<'t, T> = Pin<Box<dyn Future<Output = PortResult<T>> + Send + 't>>;
@@ -35,7 +35,7 @@ pub struct Tx<'c> {
 #[derive(Debug)]
 enum Conn<'c> {
     Postgres(&'c mut PgConnection),
-    Sqlite(&'c mut SqliteConnection),
+    Sqlite(&'c mut rusqlite::Connection),
 }
 
 impl<'c> Tx<'c> {
@@ -45,7 +45,7 @@ impl<'c> Tx<'c> {
         }
     }
 
-    pub(crate) fn sqlite(conn: &'c mut SqliteConnection) -> Self {
+    pub(crate) fn sqlite(conn: &'c mut rusqlite::Connection) -> Self {
         Self {
             conn: Conn::Sqlite(conn),
         }
@@ -67,11 +67,7 @@ impl<'c> Tx<'c> {
                 .execute(&mut **conn)
                 .await
                 .map(|done| done.rows_affected()),
-            Conn::Sqlite(conn) => sql
-                .sqlite()?
-                .execute(&mut **conn)
-                .await
-                .map(|done| done.rows_affected()),
+            Conn::Sqlite(conn) => return sqlite_writer::execute(conn, sql),
         }
         .map_err(port_error)
     }
@@ -84,11 +80,7 @@ impl<'c> Tx<'c> {
                 .fetch_all(&mut **conn)
                 .await
                 .map(|rows| rows.into_iter().map(SqlRow::Postgres).collect()),
-            Conn::Sqlite(conn) => sql
-                .sqlite()?
-                .fetch_all(&mut **conn)
-                .await
-                .map(|rows| rows.into_iter().map(SqlRow::Sqlite).collect()),
+            Conn::Sqlite(conn) => return sqlite_writer::fetch(conn, sql, usize::MAX),
         }
         .map_err(port_error)
     }
@@ -101,11 +93,9 @@ impl<'c> Tx<'c> {
                 .fetch_optional(&mut **conn)
                 .await
                 .map(|row| row.map(SqlRow::Postgres)),
-            Conn::Sqlite(conn) => sql
-                .sqlite()?
-                .fetch_optional(&mut **conn)
-                .await
-                .map(|row| row.map(SqlRow::Sqlite)),
+            Conn::Sqlite(conn) => {
+                return Ok(sqlite_writer::fetch(conn, sql, 1)?.into_iter().next());
+            }
         }
         .map_err(port_error)
     }
@@ -169,7 +159,7 @@ pub const GROUP_COMMIT_UNITS: &str = "pulse_store_group_commit_units";
 pub const GROUP_COMMIT_SECONDS: &str = "pulse_store_group_commit_seconds";
 
 /// A queued unit with its answer slot, its result type erased.
-trait Unit: Send {
+pub(crate) trait Unit: Send {
     /// Runs the unit's writes; `false` if they failed (the caller already has the error).
     fn run<'t>(&'t mut self, tx: Tx<'t>) -> Pin<Box<dyn Future<Output = bool> + Send + 't>>;
 
@@ -241,7 +231,7 @@ fn shared_failure(err: &PortError) -> PortError {
     }
 }
 
-enum Message {
+pub(crate) enum Message {
     Unit(Box<dyn Unit>),
     Close(oneshot::Sender<()>),
 }
@@ -267,22 +257,14 @@ fn writer_gone() -> PortError {
 }
 
 impl GroupCommit {
-    /// Starts the writer on `conn`, its own connection to the database file.
-    pub(crate) async fn start(
-        mut conn: SqliteConnection,
-        settings: GroupCommitSettings,
-    ) -> Result<Self, sqlx::Error> {
-        if let Some(CommitGate(gate)) = settings.commit_gate.clone() {
-            conn.lock_handle().await?.set_commit_hook(move || gate());
-        }
+    /// Starts the writer on its own connection to the database file at `path`.
+    pub(crate) fn start(path: &std::path::Path, settings: GroupCommitSettings) -> PortResult<Self> {
+        let conn = sqlite_writer::open(path, settings.commit_gate.clone())
+            .map_err(sqlite_writer::port_error)?;
         let (queue, units) = mpsc::channel(settings.queue.max(1));
         let commits = Arc::new(AtomicU64::new(0));
-        tokio::spawn(write_loop(
-            conn,
-            units,
-            settings.max_batch.max(1),
-            commits.clone(),
-        ));
+        sqlite_writer::spawn(conn, units, settings.max_batch.max(1), commits.clone())
+            .map_err(|err| PortError::unavailable("store", err))?;
         Ok(Self { queue, commits })
     }
 
@@ -317,83 +299,4 @@ impl GroupCommit {
             let _ = closed.await;
         }
     }
-}
-
-async fn control(conn: &mut SqliteConnection, statement: &str) -> PortResult<()> {
-    sqlx::query(statement)
-        .execute(&mut *conn)
-        .await
-        .map(|_| ())
-        .map_err(port_error)
-}
-
-async fn write_loop(
-    mut conn: SqliteConnection,
-    mut queue: mpsc::Receiver<Message>,
-    max_batch: usize,
-    commits: Arc<AtomicU64>,
-) {
-    let mut batch: Vec<Box<dyn Unit>> = Vec::with_capacity(max_batch);
-    let mut closing = None;
-    while closing.is_none() {
-        let Some(first) = queue.recv().await else {
-            break;
-        };
-        match first {
-            Message::Unit(unit) => batch.push(unit),
-            Message::Close(done) => {
-                closing = Some(done);
-                break;
-            }
-        }
-        // Everything that queued while the last commit was syncing goes into this one.
-        while batch.len() < max_batch {
-            match queue.try_recv() {
-                Ok(Message::Unit(unit)) => batch.push(unit),
-                Ok(Message::Close(done)) => {
-                    closing = Some(done);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        commit_batch(&mut conn, &mut batch).await;
-        commits.fetch_add(1, Ordering::Relaxed);
-    }
-    let _ = conn.close().await;
-    if let Some(done) = closing {
-        let _ = done.send(());
-    }
-}
-
-/// Runs `batch` in one transaction, each unit under its own savepoint, and answers every unit.
-async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Box<dyn Unit>>) {
-    let started = std::time::Instant::now();
-    let units = batch.len();
-    let outcome = run_batch(conn, batch).await;
-    if outcome.is_err() {
-        // The transaction may be open still (a failed savepoint statement) or gone (a failed
-        // COMMIT rolls back by itself); either way nothing of it remains.
-        let _ = control(conn, "ROLLBACK").await;
-        tracing::warn!(units, error = %outcome.as_ref().err().map(ToString::to_string).unwrap_or_default(), "group commit failed; its callers are told to retry");
-    }
-    metrics::histogram!(GROUP_COMMIT_UNITS).record(units as f64);
-    metrics::histogram!(GROUP_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-    for unit in batch.drain(..) {
-        unit.answer(outcome.as_ref().map(|_| ()));
-    }
-}
-
-async fn run_batch(conn: &mut SqliteConnection, batch: &mut [Box<dyn Unit>]) -> PortResult<()> {
-    // IMMEDIATE takes the write lock now, so no statement of a unit meets SQLITE_BUSY half-way.
-    control(conn, "BEGIN IMMEDIATE").await?;
-    for unit in batch.iter_mut() {
-        control(conn, "SAVEPOINT unit").await?;
-        let succeeded = unit.run(Tx::sqlite(conn)).await;
-        if !succeeded {
-            control(conn, "ROLLBACK TO unit").await?;
-        }
-        control(conn, "RELEASE unit").await?;
-    }
-    control(conn, "COMMIT").await
 }
