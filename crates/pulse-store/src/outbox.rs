@@ -46,15 +46,17 @@ pub const POSTGRES_CLAIM: &str = "UPDATE outbox_events o
                COALESCE(o.created_at_ms, 0), o.tenant, o.traceparent, o.tracestate";
 
 /// The same claim on SQLite, which has one writer (no `SKIP LOCKED` needed) and orders the
-/// outbox by rowid (no sequences).
+/// outbox by rowid (no sequences). The indexes are named: candidates come from the pending rows
+/// in rowid order (never a walk over the sent ones), the probe for an earlier pending event goes
+/// by aggregate; without statistics SQLite would pick the pending index for both.
 const SQLITE_CLAIM: &str = "UPDATE outbox_events
      SET claimed_by = $1, claimed_until_ms = $2 + $3, attempts = attempts + 1
      WHERE rowid IN (
-         SELECT e.rowid FROM outbox_events e
+         SELECT e.rowid FROM outbox_events e INDEXED BY outbox_events_pending_order
          WHERE e.status = 'PENDING'
            AND (e.claimed_until_ms IS NULL OR e.claimed_until_ms < $2)
            AND NOT EXISTS (
-               SELECT 1 FROM outbox_events p
+               SELECT 1 FROM outbox_events p INDEXED BY outbox_events_pending_aggregate
                WHERE p.aggregate_id = e.aggregate_id
                  AND p.status = 'PENDING' AND p.rowid < e.rowid)
          ORDER BY e.rowid
