@@ -256,10 +256,22 @@ impl Database {
         }
     }
 
-    /// Runs one statement as a unit of its own.
+    /// Runs one statement as a unit of its own: on PostgreSQL straight on a pooled connection
+    /// (a statement is its own transaction: one round trip), on SQLite through the writer.
     pub async fn execute(&self, sql: Sql) -> PortResult<u64> {
-        self.write(move |mut tx| Box::pin(async move { tx.execute(&sql).await }))
-            .await
+        match &self.pools {
+            Pools::Postgres(pool) => sql
+                .postgres()?
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(sql::port_error),
+            Pools::Sqlite { writer, .. } => {
+                writer
+                    .write(move |mut tx| Box::pin(async move { tx.execute(&sql).await }))
+                    .await
+            }
+        }
     }
 
     /// Runs a read-only statement on a pooled connection; returns every row.

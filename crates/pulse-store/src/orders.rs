@@ -8,13 +8,14 @@ use pulse_outbox::OutboxEvent;
 use uuid::Uuid;
 
 use crate::sql::{PerDialect, Sql, SqlRow};
-use crate::{outbox, Database};
+use crate::{outbox, Backend, Database};
 
 const ORDER_COLUMNS: &str = "id, user_id, pickup_h3, dropoff_h3, status, created_at_ms, \
      pickup_lat, pickup_lng, dropoff_lat, dropoff_lng, quote_id, price_total, price_currency, \
      multiplier_milli";
 
-static INSERT: PerDialect = PerDialect::new(|backend| {
+/// The order's `INSERT` (`$1`…`$15`), doing nothing when the user's idempotency key is taken.
+fn insert_order(backend: Backend) -> String {
     format!(
         "INSERT INTO orders (id, user_id, pickup_h3, dropoff_h3, status, created_at,
              created_at_ms, pickup_lat, pickup_lng, dropoff_lat, dropoff_lng,
@@ -23,6 +24,19 @@ static INSERT: PerDialect = PerDialect::new(|backend| {
          ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL
          DO NOTHING",
         backend.timestamp_from_ms("$6")
+    )
+}
+
+static INSERT: PerDialect = PerDialect::new(insert_order);
+
+/// On PostgreSQL the order and its outbox row go in one statement — one round trip, its own
+/// implicit transaction — instead of `BEGIN`, two `INSERT`s, `COMMIT`: the outbox row is
+/// written for each order row the first `INSERT` returns, none when the key was taken.
+static INSERT_WITH_EVENT: PerDialect = PerDialect::new(|backend| {
+    format!(
+        "WITH inserted AS ({} RETURNING id) {}",
+        insert_order(backend),
+        outbox::insert_for_each_row_of(backend, "inserted", 16)
     )
 });
 
@@ -93,6 +107,23 @@ impl OrderStore for Database {
             .bind(price.map(|p| p.currency.as_str()))
             .bind(price.map(|p| p.multiplier_milli));
         let existing = key.map(|key| by_idempotency_key(&order.user_id, key.as_str()));
+        if self.backend() == Backend::Postgres {
+            let insert = outbox::bind(
+                insert.with_text(INSERT_WITH_EVENT.get(Backend::Postgres)),
+                event,
+            );
+            if self.execute(insert).await? == 1 {
+                return Ok(CreateOutcome::Created);
+            }
+            let existing = existing.ok_or_else(|| corrupt(order.id, "not inserted, and no key"))?;
+            return match self.fetch_optional(&existing).await? {
+                Some(row) => Ok(CreateOutcome::Existing(order_from_row(&row)?)),
+                None => Err(PortError::unavailable(
+                    "store",
+                    "the idempotency key's order is not visible yet; retry",
+                )),
+            };
+        }
         let event = event.clone();
         let order_id = order.id;
         self.write(move |mut tx| {

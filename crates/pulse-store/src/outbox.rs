@@ -64,31 +64,65 @@ const SQLITE_CLAIM: &str = "UPDATE outbox_events
      RETURNING rowid, id, aggregate_id, aggregate_type, topic, payload,
                COALESCE(created_at_ms, 0), tenant, traceparent, tracestate";
 
+/// The columns an outbox row is written with.
+const COLUMNS: &str = "id, aggregate_id, aggregate_type, payload, topic, created_at, status, \
+     created_at_ms, tenant, traceparent, tracestate";
+
+/// The values of [`COLUMNS`], from placeholder `$first` on (see [`bind`] for their order).
+fn values(backend: Backend, first: usize) -> String {
+    let n = |offset: usize| format!("${}", first + offset);
+    format!(
+        "{}, {}, {}, {}, {}, {}, 'PENDING', {}, {}, {}, {}",
+        n(0),
+        n(1),
+        n(2),
+        n(3),
+        n(4),
+        backend.timestamp_from_ms(&n(5)),
+        n(5),
+        n(6),
+        n(7),
+        n(8)
+    )
+}
+
 static INSERT: PerDialect = PerDialect::new(|backend| {
     format!(
-        "INSERT INTO outbox_events (id, aggregate_id, aggregate_type, payload, topic, created_at,
-             status, created_at_ms, tenant, traceparent, tracestate)
-         VALUES ($1, $2, $3, $4, $5, {}, 'PENDING', $6, $7, $8, $9)",
-        backend.timestamp_from_ms("$6")
+        "INSERT INTO outbox_events ({COLUMNS}) VALUES ({})",
+        values(backend, 1)
     )
 });
 
+/// An `INSERT` of one outbox row per row of `from` (a CTE of the same statement), its values
+/// bound from `$first` on by [`bind`]: how a PostgreSQL repository writes its business row and
+/// its event in one statement, one round trip.
+pub fn insert_for_each_row_of(backend: Backend, from: &str, first: usize) -> String {
+    format!(
+        "INSERT INTO outbox_events ({COLUMNS}) SELECT {} FROM {from}",
+        values(backend, first)
+    )
+}
+
+/// Binds `event`'s values, in the order [`insert_for_each_row_of`] and [`enqueue`] expect them.
+pub fn bind(sql: Sql, event: &OutboxEvent) -> Sql {
+    sql.bind(event.id)
+        .bind(event.aggregate_id)
+        .bind(&event.aggregate_type)
+        .bind(event.payload.to_vec())
+        .bind(&event.topic)
+        .bind(event.created_at_ms)
+        .bind(event.tenant.as_str())
+        .bind(event.traceparent.clone())
+        .bind(event.tracestate.clone())
+}
+
 /// Writes `events` as pending outbox rows in `tx`: they commit with the caller's business rows,
-/// or not at all. Every domain writes its outbox rows through this function.
+/// or not at all. Every domain writes its outbox rows through this function (or, in a single
+/// PostgreSQL statement, through [`insert_for_each_row_of`]).
 pub async fn enqueue(tx: &mut Tx<'_>, events: &[OutboxEvent]) -> PortResult<()> {
     let text = INSERT.get(tx.backend());
     for event in events {
-        let insert = Sql::new(text)
-            .bind(event.id)
-            .bind(event.aggregate_id)
-            .bind(&event.aggregate_type)
-            .bind(event.payload.to_vec())
-            .bind(&event.topic)
-            .bind(event.created_at_ms)
-            .bind(event.tenant.as_str())
-            .bind(event.traceparent.clone())
-            .bind(event.tracestate.clone());
-        tx.execute(&insert).await?;
+        tx.execute(&bind(Sql::new(text), event)).await?;
     }
     Ok(())
 }

@@ -95,6 +95,12 @@ impl Sql {
         }
     }
 
+    /// The same arguments under another statement text (one that takes them, and maybe more).
+    pub fn with_text(mut self, text: impl Into<Cow<'static, str>>) -> Self {
+        self.text = text.into();
+        self
+    }
+
     /// Binds the next placeholder.
     pub fn bind(mut self, value: impl Into<Value>) -> Self {
         self.args.push(value.into());
