@@ -60,6 +60,54 @@ impl Default for RelaySettings {
     }
 }
 
+/// `[relay]` of the configuration file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Most events moved per round.
+    pub batch_size: usize,
+    /// Pause after a round that found nothing, milliseconds.
+    pub idle_poll_ms: u64,
+    /// How long a claimed batch is reserved for one relay, seconds.
+    pub lease_secs: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        let settings = RelaySettings::default();
+        Self {
+            batch_size: settings.batch_size,
+            idle_poll_ms: settings.idle_poll.as_millis() as u64,
+            lease_secs: settings.lease.as_secs(),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Why the section is unusable, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch_size == 0 {
+            return Err("relay.batch_size must be positive".into());
+        }
+        if self.lease_secs == 0 {
+            return Err("relay.lease_secs must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The relay's settings.
+    pub fn settings(&self) -> RelaySettings {
+        RelaySettings {
+            batch_size: self.batch_size,
+            idle_poll: Duration::from_millis(self.idle_poll_ms),
+            lease: Duration::from_secs(self.lease_secs),
+            // Well inside the lease: a timed-out append is retried only after its lease lapses.
+            append_timeout: Duration::from_secs(self.lease_secs.max(3) / 3),
+            ..RelaySettings::default()
+        }
+    }
+}
+
 /// One relay instance.
 #[derive(Debug)]
 pub struct Relay {

@@ -80,6 +80,62 @@ impl Default for BreakerSettings {
     }
 }
 
+/// A breaker and the call timeout it guards, as a configuration section (`[quote_breaker]`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Longest one guarded call waits before it counts as failed, milliseconds.
+    pub call_timeout_ms: u64,
+    /// Consecutive failed calls that open the breaker.
+    pub failure_threshold: u32,
+    /// First pause before probing again, milliseconds (doubles while the backend stays down).
+    pub open_min_ms: u64,
+    /// Longest pause before probing, milliseconds.
+    pub open_max_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            call_timeout_ms: 100,
+            failure_threshold: 5,
+            open_min_ms: 500,
+            open_max_ms: 10_000,
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// Why the section (named `section` in the file) is unusable, naming the key.
+    pub fn validate(&self, section: &str) -> Result<(), String> {
+        if self.call_timeout_ms == 0 || self.failure_threshold == 0 || self.open_min_ms == 0 {
+            return Err(format!(
+                "{section}.call_timeout_ms, failure_threshold and open_min_ms must be positive"
+            ));
+        }
+        if self.open_max_ms < self.open_min_ms {
+            return Err(format!(
+                "{section}.open_max_ms must be at least open_min_ms"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The breaker's settings.
+    pub fn settings(&self) -> BreakerSettings {
+        BreakerSettings {
+            failure_threshold: self.failure_threshold,
+            open_min: Duration::from_millis(self.open_min_ms),
+            open_max: Duration::from_millis(self.open_max_ms),
+        }
+    }
+
+    /// The guarded call's timeout.
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+}
+
 /// Publishes state changes as metrics and log lines.
 #[derive(Debug, Clone)]
 struct StateReporter {

@@ -9,5 +9,5 @@
 pub mod breaker;
 pub mod cache;
 
-pub use breaker::{Breaker, BreakerSettings, BreakerState};
+pub use breaker::{Breaker, BreakerConfig, BreakerSettings, BreakerState};
 pub use cache::GuardedCache;

@@ -11,6 +11,7 @@
 //! * offsets are committed only after the cache writes they caused;
 //! * money is integer minor units.
 
+pub mod config;
 pub mod engine;
 pub mod keys;
 pub mod map;

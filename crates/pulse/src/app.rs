@@ -15,11 +15,10 @@ use std::sync::Arc;
 use pulse_core::clock::{SharedClock, SystemClock};
 use pulse_http::api::ApiState;
 use pulse_outbox::relay::{Relay, RelaySettings};
-use pulse_resilience::{Breaker, BreakerSettings, GuardedCache};
+use pulse_resilience::{Breaker, GuardedCache};
 use pulse_surge::engine::{EngineNames, EngineSettings, SurgeEngine};
-use pulse_surge::map::{MapSettings, SurgeFeed, SurgeMap};
-use pulse_surge::pricing::Tariff;
-use pulse_surge::quotes::{QuoteService, QuoteSettings};
+use pulse_surge::map::{SurgeFeed, SurgeMap};
+use pulse_surge::quotes::QuoteService;
 
 use crate::backends::{redact, Backends};
 use crate::config::{CacheTarget, Config};
@@ -47,30 +46,12 @@ pub struct Application {
 pub const QUOTE_BREAKER: &str = "quote_cache";
 
 fn engine_settings(config: &Config) -> EngineSettings {
-    EngineSettings {
-        window: Duration::from_secs(config.surge.window_secs),
-        bucket: Duration::from_secs(config.surge.bucket_secs),
-        elasticity: config.surge.elasticity,
-        surge_ttl: Duration::from_secs(config.surge.surge_ttl_secs),
-        tick: Duration::from_millis(config.surge.tick_ms),
-        // Only an in-process cache loses the windows on a restart; Redis keeps them, so a
-        // restarted engine resumes from its committed offsets instead of seeking back.
-        replay_window_on_start: config.surge.replay_on_start
-            || matches!(config.cache_target(), Ok(CacheTarget::Memory)),
-        names: EngineNames::with_prefix(&config.prefix),
-        ..EngineSettings::default()
-    }
-}
-
-fn relay_settings(config: &Config) -> RelaySettings {
-    RelaySettings {
-        batch_size: config.relay.batch_size,
-        idle_poll: Duration::from_millis(config.relay.idle_poll_ms),
-        lease: Duration::from_secs(config.relay.lease_secs),
-        // Well inside the lease: a timed-out append is retried only after its lease lapses.
-        append_timeout: Duration::from_secs(config.relay.lease_secs.max(3) / 3),
-        ..RelaySettings::default()
-    }
+    // Only an in-process cache loses the windows on a restart by design; Redis keeps them (and
+    // the engine notices by itself when it did not).
+    let state_is_local = matches!(config.cache_target(), Ok(CacheTarget::Memory));
+    config
+        .surge
+        .engine_settings(EngineNames::with_prefix(&config.prefix), state_is_local)
 }
 
 impl Application {
@@ -105,26 +86,15 @@ impl Application {
         let quote_cache = GuardedCache::new(
             backends.cache.clone(),
             "quotes",
-            Duration::from_millis(config.quote_breaker.call_timeout_ms),
+            config.quote_breaker.call_timeout(),
         )
         .with_breaker(Breaker::new(
             QUOTE_BREAKER,
-            &BreakerSettings {
-                failure_threshold: config.quote_breaker.failure_threshold,
-                open_min: Duration::from_millis(config.quote_breaker.open_min_ms),
-                open_max: Duration::from_millis(config.quote_breaker.open_max_ms),
-            },
+            &config.quote_breaker.settings(),
         ));
         let quotes = QuoteService::new(
             Arc::new(quote_cache),
-            QuoteSettings {
-                tariff: Tariff {
-                    base_minor: config.pricing.base_minor,
-                    per_km_minor: config.pricing.per_km_minor,
-                    currency: config.pricing.currency.clone(),
-                },
-                lock: Duration::from_secs(config.pricing.quote_lock_secs),
-            },
+            config.pricing.quote_settings(),
             clock.clone(),
         );
         // Every role serves the operational endpoints so each process can be probed and
@@ -144,17 +114,9 @@ impl Application {
                     backend_timeout,
                 )),
                 clock.clone(),
-                MapSettings {
-                    max_cells: config.map.max_cells,
-                    max_drivers: config.map.max_drivers,
-                    window: Duration::from_secs(config.surge.window_secs),
-                },
+                config.map.map_settings(config.surge.window()),
             );
-            let feed = SurgeFeed::new(
-                map,
-                Duration::from_millis(config.map.refresh_ms),
-                shutdown.clone(),
-            );
+            let feed = SurgeFeed::new(map, config.map.refresh(), shutdown.clone());
             surge_feed = Some(feed.clone());
             let api = pulse_http::api::routes(ApiState {
                 orders,
@@ -190,7 +152,7 @@ impl Application {
             drain_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             clock,
             engine: engine_settings(config),
-            relay: relay_settings(config),
+            relay: config.relay.settings(),
             surge_feed,
             backend_timeout,
         })

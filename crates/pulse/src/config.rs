@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use figment::{Figment, Provider};
+use pulse_outbox::relay::RelayConfig;
+use pulse_resilience::BreakerConfig;
+use pulse_surge::config::{MapConfig, PricingConfig, SurgeConfig};
 use serde::{Deserialize, Serialize};
 
 /// How logs are written.
@@ -71,136 +74,10 @@ impl Default for TopicsConfig {
     }
 }
 
-/// Surge engine settings.
+/// Everything a Pulse process can be told. The domains' sections are theirs (keys, defaults,
+/// checks); this only composes them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct SurgeConfig {
-    /// Length of the sliding window, seconds.
-    pub window_secs: u64,
-    /// Width of one window bucket, seconds (the window's resolution).
-    pub bucket_secs: u64,
-    /// `elasticity` in `1 + min(2.5, demand / (supply × elasticity))`.
-    pub elasticity: f64,
-    /// TTL of `surge:{h3}`, seconds.
-    pub surge_ttl_secs: u64,
-    /// How often active cells are recomputed without new events, milliseconds.
-    pub tick_ms: u64,
-    /// Re-read the last window of both topics when an engine starts, also with Redis (which
-    /// keeps the windows across restarts; turn this on to rebuild them after Redis lost its
-    /// data). An engine on the in-process cache always replays.
-    pub replay_on_start: bool,
-}
-
-impl Default for SurgeConfig {
-    fn default() -> Self {
-        Self {
-            window_secs: 300,
-            bucket_secs: 10,
-            elasticity: 1.0,
-            surge_ttl_secs: 60,
-            tick_ms: 1_000,
-            replay_on_start: false,
-        }
-    }
-}
-
-/// Prices and quotes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PricingConfig {
-    /// Base fare, minor units.
-    pub base_minor: i64,
-    /// Price per kilometre, minor units.
-    pub per_km_minor: i64,
-    /// ISO 4217 currency code.
-    pub currency: String,
-    /// How long a quote id locks its price, seconds.
-    pub quote_lock_secs: u64,
-}
-
-impl Default for PricingConfig {
-    fn default() -> Self {
-        Self {
-            base_minor: 250,
-            per_km_minor: 120,
-            currency: "USD".to_owned(),
-            quote_lock_secs: 120,
-        }
-    }
-}
-
-/// Outbox relay settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RelayConfig {
-    /// Most events moved per round.
-    pub batch_size: usize,
-    /// Pause after a round that found nothing, milliseconds.
-    pub idle_poll_ms: u64,
-    /// How long a claimed batch is reserved for one relay, seconds.
-    pub lease_secs: u64,
-}
-
-impl Default for RelayConfig {
-    fn default() -> Self {
-        Self {
-            batch_size: 500,
-            idle_poll_ms: 50,
-            lease_secs: 30,
-        }
-    }
-}
-
-/// The live surge map (`/` and `/api/v1/surge/*`, served by the gateway).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MapConfig {
-    /// How often the map's stream reads the cache while a browser watches, milliseconds.
-    pub refresh_ms: u64,
-    /// Most cells one snapshot carries.
-    pub max_cells: usize,
-    /// Most driver dots one snapshot carries.
-    pub max_drivers: usize,
-}
-
-impl Default for MapConfig {
-    fn default() -> Self {
-        Self {
-            refresh_ms: 1_000,
-            max_cells: 20_000,
-            max_drivers: 5_000,
-        }
-    }
-}
-
-/// The circuit breaker around the cache on the quote path.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct QuoteBreakerConfig {
-    /// Longest a quote waits for the cache before quoting the fallback, milliseconds.
-    pub call_timeout_ms: u64,
-    /// Consecutive failed cache calls that open the breaker.
-    pub failure_threshold: u32,
-    /// First pause before probing the cache again, milliseconds (doubles while it stays down).
-    pub open_min_ms: u64,
-    /// Longest pause before probing, milliseconds.
-    pub open_max_ms: u64,
-}
-
-impl Default for QuoteBreakerConfig {
-    fn default() -> Self {
-        Self {
-            call_timeout_ms: 100,
-            failure_threshold: 5,
-            open_min_ms: 500,
-            open_max_ms: 10_000,
-        }
-    }
-}
-
-/// Everything a Pulse process can be told.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct Config {
     /// Address the HTTP server listens on.
     pub listen: SocketAddr,
@@ -243,7 +120,7 @@ pub struct Config {
     /// Live surge map settings.
     pub map: MapConfig,
     /// Circuit breaker on the quote path.
-    pub quote_breaker: QuoteBreakerConfig,
+    pub quote_breaker: BreakerConfig,
 }
 
 impl Default for Config {
@@ -268,7 +145,7 @@ impl Default for Config {
             pricing: PricingConfig::default(),
             relay: RelayConfig::default(),
             map: MapConfig::default(),
-            quote_breaker: QuoteBreakerConfig::default(),
+            quote_breaker: BreakerConfig::default(),
         }
     }
 }
@@ -353,6 +230,17 @@ pub enum ConfigError {
     },
 }
 
+/// The names of the top-level keys (settings and sections).
+fn top_level_keys() -> Vec<String> {
+    match Serialized::defaults(Config::default()).data() {
+        Ok(data) => data
+            .into_values()
+            .flat_map(|dict| dict.into_keys())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 impl Config {
     /// Loads the layered configuration.
     pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> Result<Self, ConfigError> {
@@ -371,9 +259,13 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        // `PULSE_TEST_*` and similar variables belong to the test tooling, not to Pulse.
-        let env = Env::prefixed("PULSE_").split("__").filter(|key| {
-            !key.as_str().starts_with("test_") && !key.as_str().starts_with("crash_")
+        // Only variables that name a setting: `PULSE_TEST_*`, `PULSE_BENCH_*` and the like belong
+        // to the tooling, and the file's unknown keys are refused, not the environment's.
+        let known = top_level_keys();
+        let env = Env::prefixed("PULSE_").split("__").filter(move |key| {
+            // Keys keep the variable's case (`LISTEN`); settings are matched without it.
+            let top = key.as_str().split('.').next().unwrap_or_default();
+            known.iter().any(|name| name.eq_ignore_ascii_case(top))
         });
         Ok(figment.merge(env).merge(Serialized::defaults(flags)))
     }
@@ -394,37 +286,15 @@ impl Config {
         self.log_target()?;
         self.cache_target()?;
         let invalid = |message: &str| Err(ConfigError::Invalid(message.to_owned()));
-        let surge = &self.surge;
-        if surge.bucket_secs == 0 || surge.window_secs < surge.bucket_secs {
-            return invalid("surge.bucket_secs must be at least 1 and at most surge.window_secs");
-        }
-        if !(surge.elasticity.is_finite() && surge.elasticity > 0.0) {
-            return invalid("surge.elasticity must be a positive number");
-        }
-        if surge.surge_ttl_secs == 0 || surge.tick_ms == 0 {
-            return invalid("surge.surge_ttl_secs and surge.tick_ms must be positive");
-        }
-        let currency = &self.pricing.currency;
-        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-            return invalid("pricing.currency must be an ISO 4217 code such as USD");
-        }
-        if self.pricing.base_minor < 0 || self.pricing.per_km_minor < 0 {
-            return invalid("pricing.base_minor and pricing.per_km_minor must not be negative");
-        }
-        if self.relay.batch_size == 0 {
-            return invalid("relay.batch_size must be positive");
-        }
-        let breaker = &self.quote_breaker;
-        if breaker.call_timeout_ms == 0
-            || breaker.failure_threshold == 0
-            || breaker.open_min_ms == 0
-        {
-            return invalid(
-                "quote_breaker.call_timeout_ms, failure_threshold and open_min_ms must be positive",
-            );
-        }
-        if breaker.open_max_ms < breaker.open_min_ms {
-            return invalid("quote_breaker.open_max_ms must be at least open_min_ms");
+        let sections = [
+            self.surge.validate(),
+            self.pricing.validate(),
+            self.relay.validate(),
+            self.map.validate(),
+            self.quote_breaker.validate("quote_breaker"),
+        ];
+        for section in sections {
+            section.map_err(ConfigError::Invalid)?;
         }
         if let Some(endpoint) = &self.otlp_endpoint {
             if !endpoint.starts_with("http://") {
@@ -442,9 +312,6 @@ impl Config {
             return invalid(
                 "prefix must be at most 64 characters of a-z, 0-9, '.', '_' or '-' (Kafka topic names)",
             );
-        }
-        if self.map.refresh_ms == 0 || self.map.max_cells == 0 {
-            return invalid("map.refresh_ms and map.max_cells must be positive");
         }
         Ok(())
     }
@@ -575,6 +442,41 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unsupported store URL"));
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_refused_naming_its_path() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("typo.toml", "[surge]\nwindow_sec = 60\n")?;
+            let err = Config::load(Some(Path::new("typo.toml")), &FlagOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("window_sec") && err.contains("surge"),
+                "names the key and its section: {err}"
+            );
+            jail.create_file("top.toml", "listen_addr = \"127.0.0.1:1\"\n")?;
+            let err = Config::load(Some(Path::new("top.toml")), &FlagOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("listen_addr"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_variables_of_the_tooling_are_not_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PULSE_BENCH_PORT", "18490");
+            jail.set_env("PULSE_TEST_POSTGRES_URL", "postgres://ignored");
+            jail.set_env("PULSE_SURGE__WINDOW_SECS", "120");
+            let config = Config::load(None, &FlagOverrides::default()).expect("loads");
+            assert_eq!(
+                config.surge.window_secs, 120,
+                "a setting's variable is read"
+            );
+            Ok(())
+        });
     }
 
     #[test]
