@@ -8,6 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> i64;
+
+    /// Now, as an instant.
+    fn now(&self) -> crate::UnixMillis {
+        crate::UnixMillis(self.now_ms())
+    }
 }
 
 /// The real system clock.

@@ -17,8 +17,12 @@ pub mod clock;
 pub mod error;
 pub mod health;
 pub mod log;
+pub mod money;
 pub mod retry;
 pub mod tenant;
+pub mod time;
 
 pub use error::{PortError, PortResult};
+pub use money::{Currency, Money};
 pub use tenant::TenantId;
+pub use time::UnixMillis;

@@ -1,5 +1,6 @@
 //! Orders and their requests.
 
+use pulse_core::Money;
 use pulse_geo::Point;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -132,10 +133,8 @@ impl NewOrder {
 /// A locked price an order pays.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderPrice {
-    /// Total in minor units.
-    pub total: i64,
-    /// ISO 4217 currency.
-    pub currency: String,
+    /// What it pays.
+    pub total: Money,
     /// Multiplier applied, in thousandths.
     pub multiplier_milli: i32,
 }

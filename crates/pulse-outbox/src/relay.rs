@@ -9,6 +9,7 @@ use pulse_core::clock::SharedClock;
 use pulse_core::log::{EventLog, OutgoingRecord};
 use pulse_core::retry::backoff;
 use pulse_core::tenant::TENANT_HEADER;
+use pulse_core::time::millis;
 use pulse_core::PortError;
 use pulse_trace::TraceContext;
 use tokio_util::sync::CancellationToken;
@@ -240,7 +241,7 @@ impl Relay {
     fn take_claimed_next(&mut self) -> Option<Vec<OutboxEvent>> {
         let (claimed_at_ms, events) = self.claimed_next.take()?;
         let age_ms = self.clock.now_ms() - claimed_at_ms;
-        if age_ms < self.settings.lease.as_millis() as i64 / 2 {
+        if age_ms < millis(self.settings.lease) / 2 {
             return Some(events);
         }
         tracing::debug!(
@@ -258,7 +259,7 @@ impl Relay {
 
     async fn claim(&self) -> Result<Vec<OutboxEvent>, &'static str> {
         let now = self.clock.now_ms();
-        let lease_ms = self.settings.lease.as_millis() as i64;
+        let lease_ms = millis(self.settings.lease);
         self.outbox
             .claim(&self.id, self.settings.batch_size, lease_ms, now)
             .await
@@ -326,7 +327,7 @@ impl Relay {
             Ok(backlog) => metrics::gauge!(OUTBOX_BACKLOG).set(backlog as f64),
             Err(err) => tracing::warn!(error = %err, "cannot measure the outbox backlog"),
         }
-        let cutoff = self.clock.now_ms() - self.settings.sent_retention.as_millis() as i64;
+        let cutoff = self.clock.now_ms() - millis(self.settings.sent_retention);
         if let Err(err) = self.outbox.purge_sent(cutoff).await {
             tracing::warn!(error = %err, "purging sent outbox rows failed");
         }

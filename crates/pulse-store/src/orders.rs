@@ -1,7 +1,7 @@
 //! The orders domain's [`OrderStore`] on SQL: the order row and its outbox row in one unit of
 //! work.
 
-use pulse_core::{PortError, PortResult};
+use pulse_core::{Currency, Money, PortError, PortResult};
 use pulse_geo::Point;
 use pulse_orders::{CreateOutcome, IdempotencyKey, Order, OrderPrice, OrderStatus, OrderStore};
 use pulse_outbox::OutboxEvent;
@@ -52,8 +52,10 @@ fn order_from_row(row: &SqlRow) -> PortResult<Order> {
     let status = row.text(4)?;
     let price = match (row.opt_i64(11)?, row.opt_text(12)?, row.opt_i32(13)?) {
         (Some(total), Some(currency), Some(multiplier_milli)) => Some(OrderPrice {
-            total,
-            currency,
+            total: Money::new(
+                total,
+                Currency::parse(&currency).map_err(|err| corrupt(id, err))?,
+            ),
             multiplier_milli,
         }),
         _ => None,
@@ -103,8 +105,8 @@ impl OrderStore for Database {
             .bind(order.dropoff.lng())
             .bind(key.map(IdempotencyKey::as_str))
             .bind(order.quote_id)
-            .bind(price.map(|p| p.total))
-            .bind(price.map(|p| p.currency.as_str()))
+            .bind(price.map(|p| p.total.amount_minor))
+            .bind(price.map(|p| p.total.currency.as_str()))
             .bind(price.map(|p| p.multiplier_milli));
         let existing = key.map(|key| by_idempotency_key(&order.user_id, key.as_str()));
         if self.backend() == Backend::Postgres {

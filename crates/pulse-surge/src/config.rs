@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use pulse_core::Currency;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineNames, EngineSettings};
@@ -103,7 +104,7 @@ impl Default for PricingConfig {
         Self {
             base_minor: tariff.base_minor,
             per_km_minor: tariff.per_km_minor,
-            currency: tariff.currency,
+            currency: tariff.currency.to_string(),
             quote_lock_secs: 120,
         }
     }
@@ -112,8 +113,7 @@ impl Default for PricingConfig {
 impl PricingConfig {
     /// Why the section is unusable, naming the key.
     pub fn validate(&self) -> Result<(), String> {
-        let currency = &self.currency;
-        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        if Currency::parse(&self.currency).is_err() {
             return Err("pricing.currency must be an ISO 4217 code such as USD".into());
         }
         if self.base_minor < 0 || self.per_km_minor < 0 {
@@ -128,7 +128,8 @@ impl PricingConfig {
             tariff: Tariff {
                 base_minor: self.base_minor,
                 per_km_minor: self.per_km_minor,
-                currency: self.currency.clone(),
+                // Checked by `validate`; an unchecked bad code prices in the default currency.
+                currency: Currency::parse(&self.currency).unwrap_or(Tariff::default().currency),
             },
             lock: Duration::from_secs(self.quote_lock_secs),
         }

@@ -26,6 +26,7 @@ use h3o::CellIndex;
 use pulse_core::cache::{Cache, CacheWrite, Guarded};
 use pulse_core::clock::SharedClock;
 use pulse_core::log::{ConsumedRecord, EventLog, LogConsumer, TopicSpec};
+use pulse_core::time::millis;
 use pulse_core::{PortError, PortResult};
 use pulse_proto::v1::{DriverLocationUpdated, OrderCreatedEvent};
 use pulse_proto::Message;
@@ -278,11 +279,11 @@ impl SurgeEngine {
 
     /// Where a replay that rebuilds the windows starts: one window (and a bucket) back.
     fn replay_from_ms(&self) -> i64 {
-        self.clock.now_ms() - (self.settings.window + self.settings.bucket).as_millis() as i64
+        self.clock.now_ms() - millis(self.settings.window + self.settings.bucket)
     }
 
     fn bucket_ms(&self) -> i64 {
-        (self.settings.bucket.as_millis() as i64).max(1)
+        millis(self.settings.bucket).max(1)
     }
 
     fn bucket_of(&self, timestamp_ms: i64) -> i64 {
@@ -291,7 +292,7 @@ impl SurgeEngine {
 
     /// Buckets inside the window ending now.
     fn window_buckets(&self, now_ms: i64) -> std::ops::RangeInclusive<i64> {
-        let count = (self.settings.window.as_millis() as i64 / self.bucket_ms()).max(1);
+        let count = (millis(self.settings.window) / self.bucket_ms()).max(1);
         let newest = self.bucket_of(now_ms);
         (newest - count + 1)..=newest
     }
@@ -575,7 +576,7 @@ impl SurgeEngine {
         let started = Instant::now();
         let totals = self.window_totals(&cells).await?;
         let now_ms = self.clock.now_ms();
-        let refresh_after_ms = self.settings.surge_ttl.as_millis() as i64 / 2;
+        let refresh_after_ms = millis(self.settings.surge_ttl) / 2;
         let mut writes = Vec::new();
         let mut forgotten = Vec::new();
         let mut published = Vec::new();
@@ -618,7 +619,7 @@ impl SurgeEngine {
                 writes.push(CacheWrite::IndexAdd {
                     key: keys::SURGE_CELLS.to_owned(),
                     member: cell.to_string(),
-                    score: now_ms + self.settings.surge_ttl.as_millis() as i64,
+                    score: now_ms + millis(self.settings.surge_ttl),
                     ttl: Some(self.settings.surge_ttl),
                 });
                 published.push((*cell, value));

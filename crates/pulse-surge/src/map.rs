@@ -16,6 +16,7 @@ use bytes::Bytes;
 use h3o::{CellIndex, LatLng};
 use pulse_core::cache::Cache;
 use pulse_core::clock::SharedClock;
+use pulse_core::time::millis;
 use pulse_core::PortResult;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -273,7 +274,7 @@ impl SurgeMap {
     }
 
     async fn drivers(&self, now_ms: i64) -> PortResult<(Vec<DriverDot>, bool)> {
-        let window_start = now_ms - self.settings.window.as_millis() as i64;
+        let window_start = now_ms - millis(self.settings.window);
         let (listed, truncated) = self
             .listed(
                 keys::AVAILABLE_DRIVERS,

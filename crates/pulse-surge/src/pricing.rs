@@ -1,5 +1,6 @@
 //! The surge multiplier and prices in integer minor units.
 
+use pulse_core::{Currency, Money};
 use serde::{Deserialize, Serialize};
 
 /// Largest surcharge: the multiplier never exceeds `1 + MAX_SURCHARGE`.
@@ -26,8 +27,8 @@ pub struct Tariff {
     pub base_minor: i64,
     /// Price per kilometre in minor units.
     pub per_km_minor: i64,
-    /// ISO 4217 currency code.
-    pub currency: String,
+    /// The currency of both.
+    pub currency: Currency,
 }
 
 impl Default for Tariff {
@@ -35,7 +36,7 @@ impl Default for Tariff {
         Self {
             base_minor: 250,
             per_km_minor: 120,
-            currency: "USD".to_owned(),
+            currency: Currency::parse("USD").expect("a valid code"),
         }
     }
 }
@@ -43,14 +44,12 @@ impl Default for Tariff {
 /// A priced trip.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Price {
-    /// Base fare in minor units.
-    pub base: i64,
+    /// Base fare.
+    pub base: Money,
     /// Trip distance in whole metres.
     pub distance_m: i64,
-    /// Total in minor units, surge included.
-    pub total: i64,
-    /// ISO 4217 currency code.
-    pub currency: String,
+    /// Total, surge included.
+    pub total: Money,
 }
 
 impl Tariff {
@@ -65,10 +64,9 @@ impl Tariff {
         let multiplier_milli = (multiplier * 1_000.0).round() as i64;
         let total = (subtotal * multiplier_milli + 500) / 1_000;
         Price {
-            base: self.base_minor,
+            base: Money::new(self.base_minor, self.currency),
             distance_m,
-            total,
-            currency: self.currency.clone(),
+            total: Money::new(total, self.currency),
         }
     }
 }
@@ -99,11 +97,11 @@ mod tests {
     fn prices_are_integer_minor_units() {
         let tariff = Tariff::default();
         let flat = tariff.price(0.0, 1.0);
-        assert_eq!((flat.total, flat.distance_m), (250, 0));
+        assert_eq!((flat.total.amount_minor, flat.distance_m), (250, 0));
         // 250 + 5.5 km × 120 = 910; × 1.5 = 1365.
-        assert_eq!(tariff.price(5_500.0, 1.5).total, 1_365);
+        assert_eq!(tariff.price(5_500.0, 1.5).total.amount_minor, 1_365);
         // 250 + 1 m × 0.12 rounds to 250; × 3.5 = 875.
-        assert_eq!(tariff.price(1.0, 3.5).total, 875);
+        assert_eq!(tariff.price(1.0, 3.5).total.amount_minor, 875);
     }
 
     proptest! {
@@ -116,7 +114,7 @@ mod tests {
         #[test]
         fn surge_never_lowers_a_price(distance in 0.0f64..100_000.0, m in 1.0f64..3.5) {
             let tariff = Tariff::default();
-            prop_assert!(tariff.price(distance, m).total >= tariff.price(distance, 1.0).total);
+            prop_assert!(tariff.price(distance, m).total.amount_minor >= tariff.price(distance, 1.0).total.amount_minor);
         }
     }
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use h3o::CellIndex;
 use pulse_core::cache::Cache;
 use pulse_core::clock::SharedClock;
+use pulse_core::time::millis;
 use pulse_core::{PortError, PortResult};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -154,7 +155,7 @@ impl QuoteService {
         }
         let quote_id = Uuid::new_v4();
         quote.quote_id = Some(quote_id);
-        quote.expires_at_ms = Some(self.clock.now_ms() + self.settings.lock.as_millis() as i64);
+        quote.expires_at_ms = Some(self.clock.now_ms() + millis(self.settings.lock));
         let stored = serde_json::to_vec(&quote).map(Bytes::from);
         let locked = match stored {
             Ok(bytes) => self
@@ -223,7 +224,7 @@ mod tests {
         let quotes = service(cache, &clock);
         let quote = quotes.quote(pickup, None).await;
         assert_eq!((quote.multiplier, quote.source), (2.5, SurgeSource::Live));
-        assert_eq!(quote.price.total, 625);
+        assert_eq!(quote.price.total.amount_minor, 625);
         let id = quote.quote_id.expect("locked");
         assert_eq!(quotes.locked(&id).await.unwrap(), Some(quote.clone()));
         clock.advance(Duration::from_millis(119_999));
@@ -257,6 +258,6 @@ mod tests {
             (1.0, SurgeSource::Default)
         );
         assert_eq!(quote.price.distance_m, 1_112);
-        assert_eq!(quote.price.total, 250 + 133);
+        assert_eq!(quote.price.total.amount_minor, 250 + 133);
     }
 }

@@ -72,7 +72,7 @@ async fn quotes_fall_back_while_redis_is_down_and_go_live_when_it_is_back() {
     })
     .await;
     assert_eq!(down["multiplier"], 1.0);
-    assert_eq!(down["price"]["total"], 250);
+    assert_eq!(down["price"]["total"]["amount_minor"], 250);
     let (status, ready) = app.get_json("/readyz").await;
     assert_eq!(status, 503, "{ready}");
     assert_ne!(ready["checks"]["cache"], "ok");

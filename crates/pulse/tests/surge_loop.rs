@@ -16,7 +16,15 @@ async fn six_orders_and_four_drivers_surge_to_2_5(app: &TestApp) {
     })
     .await;
     assert_eq!(quote["h3"], cell);
-    assert_eq!(quote["price"]["total"], json!(625), "(250 + 0 km) × 2.5");
+    assert_eq!(
+        quote["price"]["total"],
+        json!({"amount_minor": 625, "currency": "USD"}),
+        "(250 + 0 km) × 2.5, as money"
+    );
+    assert_eq!(
+        quote["price"]["base"],
+        json!({"amount_minor": 250, "currency": "USD"})
+    );
     assert!(quote["quote_id"].is_string());
 }
 
@@ -258,7 +266,6 @@ async fn an_order_placed_with_a_quote_pays_the_quoted_price() {
         order["price"],
         json!({
             "total": quote["price"]["total"],
-            "currency": quote["price"]["currency"],
             "multiplier": quote["multiplier"],
         }),
         "the order pays its quote {quote}, not the surge of the moment {fresh}"

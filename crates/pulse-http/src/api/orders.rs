@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use pulse_core::Money;
 use pulse_orders::{IdempotencyKey, NewOrder, Order, OrderError, ValidationError};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -25,8 +26,7 @@ pub(crate) struct PlaceOrder {
 
 #[derive(Debug, Serialize)]
 struct PriceBody {
-    total: i64,
-    currency: String,
+    total: Money,
     multiplier: f64,
 }
 
@@ -56,7 +56,6 @@ impl From<Order> for OrderBody {
             quote_id: order.quote_id,
             price: order.price.map(|price| PriceBody {
                 total: price.total,
-                currency: price.currency,
                 multiplier: f64::from(price.multiplier_milli) / 1_000.0,
             }),
         }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
+use pulse_core::Money;
 use pulse_surge::quotes::SurgeSource;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -28,10 +29,9 @@ struct SurgeBody {
 
 #[derive(Debug, Serialize)]
 struct PriceBody {
-    base: i64,
+    base: Money,
     distance_m: i64,
-    total: i64,
-    currency: String,
+    total: Money,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,7 +76,6 @@ pub(crate) async fn quote(
             base: quote.price.base,
             distance_m: quote.price.distance_m,
             total: quote.price.total,
-            currency: quote.price.currency,
         },
         quote_id: quote.quote_id,
         expires_at: quote.expires_at_ms.map(rfc3339),

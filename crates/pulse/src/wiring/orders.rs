@@ -23,7 +23,6 @@ impl PriceLocks for QuotedPrices {
             h3: quote.h3,
             price: OrderPrice {
                 total: quote.price.total,
-                currency: quote.price.currency,
                 multiplier_milli: (quote.multiplier * 1_000.0).round() as i32,
             },
         }))
