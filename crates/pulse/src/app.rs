@@ -13,15 +13,13 @@ use tokio::net::TcpListener;
 use std::sync::Arc;
 
 use pulse_core::clock::{SharedClock, SystemClock};
-use pulse_http::api::ApiState;
 use pulse_outbox::relay::{Relay, RelaySettings};
-use pulse_resilience::{Breaker, GuardedCache};
-use pulse_surge::engine::{EngineNames, EngineSettings, SurgeEngine};
-use pulse_surge::map::{SurgeFeed, SurgeMap};
-use pulse_surge::quotes::QuoteService;
+use pulse_surge::engine::EngineSettings;
+use pulse_surge::map::SurgeFeed;
 
 use crate::backends::{redact, Backends};
-use crate::config::{CacheTarget, Config};
+use crate::config::Config;
+use crate::wiring;
 
 /// How often expired entries are swept from the in-process cache.
 const MEMORY_CACHE_SWEEP: Duration = Duration::from_secs(30);
@@ -43,16 +41,7 @@ pub struct Application {
 }
 
 /// Name of the breaker on the quote path (the `breaker` label of its metrics).
-pub const QUOTE_BREAKER: &str = "quote_cache";
-
-fn engine_settings(config: &Config) -> EngineSettings {
-    // Only an in-process cache loses the windows on a restart by design; Redis keeps them (and
-    // the engine notices by itself when it did not).
-    let state_is_local = matches!(config.cache_target(), Ok(CacheTarget::Memory));
-    config
-        .surge
-        .engine_settings(EngineNames::with_prefix(&config.prefix), state_is_local)
-}
+pub use crate::wiring::surge::QUOTE_BREAKER;
 
 impl Application {
     /// Opens the backends, binds the listener and prepares the roles. Fails with a clear error
@@ -83,50 +72,33 @@ impl Application {
         };
         let clock: SharedClock = Arc::new(SystemClock);
         let backend_timeout = Duration::from_secs(config.backend_timeout_secs);
-        let quote_cache = GuardedCache::new(
-            backends.cache.clone(),
-            "quotes",
-            config.quote_breaker.call_timeout(),
-        )
-        .with_breaker(Breaker::new(
-            QUOTE_BREAKER,
-            &config.quote_breaker.settings(),
-        ));
-        let quotes = QuoteService::new(
-            Arc::new(quote_cache),
-            config.pricing.quote_settings(),
-            clock.clone(),
-        );
+        let quotes = wiring::surge::quotes(config, &backends, clock.clone());
         // Every role serves the operational endpoints so each process can be probed and
-        // scraped; only the gateway serves the API.
+        // scraped; only the gateway serves the API, each domain its router.
         let mut surge_feed = None;
         let (api, pages) = if roles.contains(&Role::Gateway) {
-            let orders = crate::wiring::orders::service(
+            let orders = wiring::orders::service(
                 &backends.store,
                 quotes.clone(),
                 clock.clone(),
                 &config.prefix,
             );
-            let map = SurgeMap::new(
-                Arc::new(GuardedCache::new(
-                    backends.cache.clone(),
-                    "map",
-                    backend_timeout,
-                )),
+            let feed = wiring::surge::feed(
+                config,
+                &backends,
                 clock.clone(),
-                config.map.map_settings(config.surge.window()),
+                backend_timeout,
+                shutdown.clone(),
             );
-            let feed = SurgeFeed::new(map, config.map.refresh(), shutdown.clone());
             surge_feed = Some(feed.clone());
-            let api = pulse_http::api::routes(ApiState {
-                orders,
+            let api = wiring::orders::router(orders, backend_timeout).merge(wiring::surge::router(
+                config,
+                &backends,
                 quotes,
-                log: backends.log.clone(),
-                supply_topic: EngineNames::with_prefix(&config.prefix).supply,
-                clock: clock.clone(),
-                surge: feed,
-                request_timeout: backend_timeout,
-            });
+                feed,
+                clock.clone(),
+                backend_timeout,
+            ));
             (api, pulse_http::map_page::routes())
         } else {
             (Router::new(), Router::new())
@@ -151,7 +123,7 @@ impl Application {
             shutdown,
             drain_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             clock,
-            engine: engine_settings(config),
+            engine: wiring::surge::engine_settings(config),
             relay: config.relay.settings(),
             surge_feed,
             backend_timeout,
@@ -225,13 +197,11 @@ impl Application {
             });
         }
         if self.roles.contains(&Role::Engine) {
-            let cache =
-                GuardedCache::new(self.backends.cache.clone(), "engine", self.backend_timeout);
-            let engine = SurgeEngine::new(
-                self.backends.log.clone(),
-                Arc::new(cache),
-                self.clock.clone(),
+            let engine = wiring::surge::engine(
+                &self.backends,
                 self.engine.clone(),
+                self.clock.clone(),
+                self.backend_timeout,
             );
             let stop = self.shutdown.clone();
             supervisor.spawn("engine", async move {

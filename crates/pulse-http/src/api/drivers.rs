@@ -13,7 +13,7 @@ use pulse_proto::Message;
 use pulse_trace::TraceContext;
 use serde::{Deserialize, Serialize};
 
-use super::{rfc3339, to_point, ApiJson, ApiState};
+use super::{rfc3339, to_point, ApiJson, SurgeApi};
 use crate::ApiError;
 
 /// Longest accepted driver id.
@@ -51,7 +51,7 @@ fn validate_driver_id(driver_id: &str) -> Result<(), ApiError> {
 }
 
 pub(crate) async fn report_location(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<SurgeApi>>,
     Path(driver_id): Path<String>,
     ApiJson(body): ApiJson<Location>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {

@@ -1,4 +1,6 @@
-//! The public API under `/api/v1`: orders, driver locations, quotes and the live surge map.
+//! The public API under `/api/v1`, one router per domain: orders ([`orders_router`]); driver
+//! locations, quotes and the live surge map ([`surge_router`]). The binary merges the routers of
+//! the domains a process serves.
 
 mod drivers;
 mod json;
@@ -26,11 +28,16 @@ pub use json::ApiJson;
 /// Largest JSON body the API accepts.
 pub const MAX_API_BODY_BYTES: usize = 16 * 1024;
 
-/// What the API handlers need.
+/// What the orders domain's handlers need.
 #[derive(Debug, Clone)]
-pub struct ApiState {
+pub struct OrdersApi {
     /// Order placement.
     pub orders: OrderService,
+}
+
+/// What the surge domain's handlers need (driver locations, quotes, the live map).
+#[derive(Debug, Clone)]
+pub struct SurgeApi {
     /// Quotes.
     pub quotes: QuoteService,
     /// The log driver locations are appended to.
@@ -41,33 +48,47 @@ pub struct ApiState {
     pub clock: SharedClock,
     /// Live surge cells and drivers for the map.
     pub surge: SurgeFeed,
-    /// Longest an API request may take (the live stream excepted): past it the client gets
-    /// 503, whatever backend is slow.
-    pub request_timeout: Duration,
 }
 
-/// The `/api/v1` routes.
-pub fn routes(state: ApiState) -> Router {
-    let timeout = state.request_timeout;
-    let bounded = Router::new()
+/// The orders domain's routes under `/api/v1`, each request bounded by `timeout`.
+pub fn orders_router(state: OrdersApi, timeout: Duration) -> Router {
+    let routes = Router::new()
         .route("/orders", post(orders::place))
         .route("/orders/{order_id}", get(orders::get))
+        .with_state(Arc::new(state));
+    bounded(routes, timeout)
+}
+
+/// The surge domain's routes under `/api/v1`: every request bounded by `timeout` but the live
+/// stream, which is meant to stay open (it ends with the process instead).
+pub fn surge_router(state: SurgeApi, timeout: Duration) -> Router {
+    // Shared, not cloned per request: a clone of the services is a dozen reference counts.
+    let state = Arc::new(state);
+    let routes = Router::new()
         .route(
             "/drivers/{driver_id}/location",
             post(drivers::report_location),
         )
         .route("/quote", get(quotes::quote))
         .route("/surge/cells", get(surge::cells))
+        .with_state(state.clone());
+    let streams = Router::new()
+        .route("/surge/stream", get(surge::stream))
+        .with_state(state);
+    bounded(routes, timeout).merge(streams.layer(body_limit()))
+}
+
+fn body_limit() -> axum::extract::DefaultBodyLimit {
+    axum::extract::DefaultBodyLimit::max(MAX_API_BODY_BYTES)
+}
+
+/// `routes` with the API's body limit and a deadline of `timeout` per request.
+fn bounded(routes: Router, timeout: Duration) -> Router {
+    routes
         .layer(axum::middleware::from_fn(move |request, next| {
             deadline(timeout, request, next)
-        }));
-    // The stream is meant to stay open; it ends with the process instead.
-    let streams = Router::new().route("/surge/stream", get(surge::stream));
-    bounded
-        .merge(streams)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_API_BODY_BYTES))
-        // Shared, not cloned per request: a clone of the services is a dozen reference counts.
-        .with_state(Arc::new(state))
+        }))
+        .layer(body_limit())
 }
 
 /// Answers 503 when a request outlives `timeout`, so a hung backend (a stopped PostgreSQL, a

@@ -11,7 +11,7 @@ use pulse_orders::{IdempotencyKey, NewOrder, Order, OrderError, ValidationError}
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{rfc3339, ApiJson, ApiState, LatLng};
+use super::{rfc3339, ApiJson, LatLng, OrdersApi};
 use crate::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -91,7 +91,7 @@ impl From<OrderError> for ApiError {
 }
 
 pub(crate) async fn place(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<OrdersApi>>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<PlaceOrder>,
 ) -> Result<Response, ApiError> {
@@ -121,7 +121,7 @@ pub(crate) async fn place(
 }
 
 pub(crate) async fn get(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<OrdersApi>>,
     Path(order_id): Path<String>,
 ) -> Result<Json<OrderBody>, ApiError> {
     let id = Uuid::parse_str(&order_id)

@@ -10,7 +10,7 @@ use pulse_surge::quotes::SurgeSource;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{rfc3339, to_point, ApiState};
+use super::{rfc3339, to_point, SurgeApi};
 use crate::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -45,7 +45,7 @@ pub(crate) struct QuoteBody {
 }
 
 pub(crate) async fn quote(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<SurgeApi>>,
     params: Result<Query<QuoteParams>, QueryRejection>,
 ) -> Result<Json<QuoteBody>, ApiError> {
     let Query(params) = params.map_err(|rejection| {

@@ -14,14 +14,14 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::ApiState;
+use super::SurgeApi;
 use crate::ApiError;
 
 /// Comment lines sent on a quiet stream, so proxies keep it open and clients notice a dead one.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub(crate) async fn cells(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<SurgeApi>>,
 ) -> Result<Json<SurgeSnapshot>, ApiError> {
     let snapshot = state.surge.map().snapshot().await.map_err(|err| {
         ApiError::unavailable(format!("cannot read the surge map from the cache: {err}"))
@@ -62,7 +62,7 @@ impl Follower {
 }
 
 pub(crate) async fn stream(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<SurgeApi>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     // Subscribe before reading the first snapshot, so no change falls between the two.
     let mut feed = state.surge.subscribe();

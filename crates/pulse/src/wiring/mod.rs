@@ -2,3 +2,4 @@
 //! the configuration. A new domain adds a module here instead of growing `app.rs`.
 
 pub mod orders;
+pub mod surge;
