@@ -8,6 +8,7 @@ use pulse_core::Currency;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineNames, EngineSettings};
+use crate::keys::Keys;
 use crate::map::MapSettings;
 use crate::pricing::Tariff;
 use crate::quotes::QuoteSettings;
@@ -122,8 +123,8 @@ impl PricingConfig {
         Ok(())
     }
 
-    /// The quote service's settings.
-    pub fn quote_settings(&self) -> QuoteSettings {
+    /// The quote service's settings, reading and locking under `keys`.
+    pub fn quote_settings(&self, keys: Keys) -> QuoteSettings {
         QuoteSettings {
             tariff: Tariff {
                 base_minor: self.base_minor,
@@ -132,6 +133,7 @@ impl PricingConfig {
                 currency: Currency::parse(&self.currency).unwrap_or(Tariff::default().currency),
             },
             lock: Duration::from_secs(self.quote_lock_secs),
+            keys,
         }
     }
 }
@@ -168,12 +170,13 @@ impl MapConfig {
         Ok(())
     }
 
-    /// The map's settings, counting drivers over the engine's `window`.
-    pub fn map_settings(&self, window: Duration) -> MapSettings {
+    /// The map's settings, counting drivers over the engine's `window`, reading under `keys`.
+    pub fn map_settings(&self, window: Duration, keys: Keys) -> MapSettings {
         MapSettings {
             max_cells: self.max_cells,
             max_drivers: self.max_drivers,
             window,
+            keys,
         }
     }
 

@@ -35,8 +35,9 @@ use pulse_trace::TraceContext;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::keys::Keys;
 use crate::pricing::{multiplier, round_multiplier};
-use crate::{keys, SurgeValue};
+use crate::SurgeValue;
 use pulse_geo::parse_cell;
 
 /// Consumer group of the engine (seed contract), before any deployment prefix.
@@ -54,7 +55,7 @@ pub const TOPICS: &[TopicSpec] = &[TopicSpec {
     carries: "DriverLocationUpdated pings, keyed by driver id",
 }];
 
-/// The log names the engine uses in one deployment: the contract names behind a prefix (empty
+/// The log names and cache keys the engine uses in one deployment: the contract names behind a prefix (empty
 /// by default), so deployments — or test runs — sharing one Kafka stay apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineNames {
@@ -66,6 +67,8 @@ pub struct EngineNames {
     pub supply: String,
     /// Dead-letter topic.
     pub dead_letter: String,
+    /// Cache key layout.
+    pub keys: Keys,
 }
 
 impl EngineNames {
@@ -76,6 +79,7 @@ impl EngineNames {
             demand: format!("{prefix}{DEMAND_TOPIC}"),
             supply: format!("{prefix}{SUPPLY_TOPIC}"),
             dead_letter: pulse_runtime::processor::DEAD_LETTER.named(prefix),
+            keys: Keys::with_prefix(prefix),
         }
     }
 }
@@ -228,7 +232,7 @@ pub struct SurgeEngine {
     active: HashMap<CellIndex, Option<Published>>,
     /// Cells touched since the last flush.
     dirty: BTreeSet<CellIndex>,
-    /// The state generation this engine last saw in the cache (see [`keys::STATE_GENERATION`]).
+    /// The state generation this engine last saw in the cache (see [`Keys::state_generation`]).
     generation: Option<Bytes>,
 }
 
@@ -255,7 +259,10 @@ impl SurgeEngine {
     /// marker is missing (the cache is empty, or was wiped) or another engine wrote a new one
     /// (it saw the loss first). A missing marker is written anew, so the next look is quiet.
     async fn state_lost(&mut self) -> PortResult<bool> {
-        let stored = self.cache.get(keys::STATE_GENERATION).await?;
+        let stored = self
+            .cache
+            .get(&self.settings.names.keys.state_generation())
+            .await?;
         match (stored, &self.generation) {
             (Some(stored), Some(known)) if stored == *known => Ok(false),
             (Some(stored), None) => {
@@ -269,7 +276,11 @@ impl SurgeEngine {
             (None, _) => {
                 let generation = Bytes::from(uuid::Uuid::new_v4().to_string());
                 self.cache
-                    .set(keys::STATE_GENERATION, generation.clone(), None)
+                    .set(
+                        &self.settings.names.keys.state_generation(),
+                        generation.clone(),
+                        None,
+                    )
                     .await?;
                 self.generation = Some(generation);
                 Ok(true)
@@ -404,10 +415,14 @@ impl SurgeEngine {
             return Err("order without an id".into());
         }
         let guarded = Guarded {
-            guard: keys::seen_order(&event.order_id),
+            guard: self.settings.names.keys.seen_order(&event.order_id),
             guard_ttl: self.counter_ttl(),
             writes: vec![CacheWrite::IncrBy {
-                key: keys::demand(cell, self.bucket_of(event.timestamp)),
+                key: self
+                    .settings
+                    .names
+                    .keys
+                    .demand(cell, self.bucket_of(event.timestamp)),
                 delta: 1,
                 ttl: Some(self.counter_ttl()),
             }],
@@ -429,7 +444,10 @@ impl SurgeEngine {
             .collect();
         drivers.sort_unstable();
         drivers.dedup();
-        let driver_keys: Vec<String> = drivers.iter().map(|id| keys::driver(id)).collect();
+        let driver_keys: Vec<String> = drivers
+            .iter()
+            .map(|id| self.settings.names.keys.driver(id))
+            .collect();
         let stored = self.cache.get_many(&driver_keys).await?;
         let mut latest: HashMap<&str, Option<DriverState>> = drivers
             .iter()
@@ -458,7 +476,11 @@ impl SurgeEngine {
                     previous_bucket >= oldest_counted - 1,
                 ) {
                     writes.push(CacheWrite::IncrBy {
-                        key: keys::supply(previous_cell, previous_bucket),
+                        key: self
+                            .settings
+                            .names
+                            .keys
+                            .supply(previous_cell, previous_bucket),
                         delta: -1,
                         ttl,
                     });
@@ -467,7 +489,11 @@ impl SurgeEngine {
             }
             if ping.available {
                 writes.push(CacheWrite::IncrBy {
-                    key: keys::supply(*cell, self.bucket_of(ping.timestamp)),
+                    key: self
+                        .settings
+                        .names
+                        .keys
+                        .supply(*cell, self.bucket_of(ping.timestamp)),
                     delta: 1,
                     ttl,
                 });
@@ -488,20 +514,20 @@ impl SurgeEngine {
                 let json = serde_json::to_vec(state)
                     .map_err(|err| PortError::Invalid(format!("driver state: {err}")))?;
                 writes.push(CacheWrite::Set {
-                    key: keys::driver(driver),
+                    key: self.settings.names.keys.driver(driver),
                     value: Bytes::from(json),
                     ttl,
                 });
                 writes.push(if state.available {
                     CacheWrite::IndexAdd {
-                        key: keys::AVAILABLE_DRIVERS.to_owned(),
+                        key: self.settings.names.keys.available_drivers(),
                         member: driver.to_owned(),
                         score: state.timestamp_ms,
                         ttl,
                     }
                 } else {
                     CacheWrite::IndexRemove {
-                        key: keys::AVAILABLE_DRIVERS.to_owned(),
+                        key: self.settings.names.keys.available_drivers(),
                         member: driver.to_owned(),
                     }
                 });
@@ -521,11 +547,11 @@ impl SurgeEngine {
         self.cache
             .apply(vec![
                 CacheWrite::IndexTrim {
-                    key: keys::SURGE_CELLS.to_owned(),
+                    key: self.settings.names.keys.surge_cells(),
                     below: now_ms,
                 },
                 CacheWrite::IndexTrim {
-                    key: keys::AVAILABLE_DRIVERS.to_owned(),
+                    key: self.settings.names.keys.available_drivers(),
                     below: window_start,
                 },
             ])
@@ -542,8 +568,16 @@ impl SurgeEngine {
         let buckets: Vec<i64> = self.window_buckets(self.clock.now_ms()).collect();
         let mut keys = Vec::with_capacity(cells.len() * buckets.len() * 2);
         for cell in cells {
-            keys.extend(buckets.iter().map(|bucket| keys::demand(*cell, *bucket)));
-            keys.extend(buckets.iter().map(|bucket| keys::supply(*cell, *bucket)));
+            keys.extend(
+                buckets
+                    .iter()
+                    .map(|bucket| self.settings.names.keys.demand(*cell, *bucket)),
+            );
+            keys.extend(
+                buckets
+                    .iter()
+                    .map(|bucket| self.settings.names.keys.supply(*cell, *bucket)),
+            );
         }
         let mut values = Vec::with_capacity(keys.len());
         // Bounded requests: a few thousand keys per MGET.
@@ -583,10 +617,10 @@ impl SurgeEngine {
         for (cell, (demand, supply)) in cells.iter().zip(totals) {
             if demand == 0 && supply == 0 {
                 writes.push(CacheWrite::Delete {
-                    key: keys::surge(*cell),
+                    key: self.settings.names.keys.surge(*cell),
                 });
                 writes.push(CacheWrite::IndexRemove {
-                    key: keys::SURGE_CELLS.to_owned(),
+                    key: self.settings.names.keys.surge_cells(),
                     member: cell.to_string(),
                 });
                 forgotten.push(*cell);
@@ -612,12 +646,12 @@ impl SurgeEngine {
                 let json = serde_json::to_vec(&value)
                     .map_err(|err| PortError::Invalid(format!("surge value: {err}")))?;
                 writes.push(CacheWrite::Set {
-                    key: keys::surge(*cell),
+                    key: self.settings.names.keys.surge(*cell),
                     value: Bytes::from(json),
                     ttl: Some(self.settings.surge_ttl),
                 });
                 writes.push(CacheWrite::IndexAdd {
-                    key: keys::SURGE_CELLS.to_owned(),
+                    key: self.settings.names.keys.surge_cells(),
                     member: cell.to_string(),
                     score: now_ms + millis(self.settings.surge_ttl),
                     ttl: Some(self.settings.surge_ttl),

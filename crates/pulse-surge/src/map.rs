@@ -1,8 +1,8 @@
 //! The live surge map's read side: snapshots of the published cells and available drivers, read
 //! from the cache, and a feed that turns them into updates for any number of subscribers.
 //!
-//! The engine lists what it publishes in two scored indexes ([`keys::SURGE_CELLS`],
-//! [`keys::AVAILABLE_DRIVERS`]), so a snapshot is three reads whatever the keyspace holds: the
+//! The engine lists what it publishes in two scored indexes ([`Keys::surge_cells`],
+//! [`Keys::available_drivers`]), so a snapshot is three reads whatever the keyspace holds: the
 //! indexes, then the values they point at. One [`SurgeFeed`] per process reads a snapshot per
 //! interval, only while someone listens; subscribers diff consecutive snapshots themselves
 //! ([`SurgeSnapshot::changes_since`]), so a browser gets a full picture once and then only what
@@ -23,7 +23,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::DriverState;
-use crate::{keys, SurgeValue};
+use crate::keys::Keys;
+use crate::SurgeValue;
 use pulse_geo::parse_cell;
 
 /// Subscribers to the surge feed (open map streams).
@@ -38,6 +39,8 @@ pub struct MapSettings {
     pub max_drivers: usize,
     /// Drivers count while their latest ping is this recent (the engine's window).
     pub window: Duration,
+    /// Cache key layout (the engine's).
+    pub keys: Keys,
 }
 
 impl Default for MapSettings {
@@ -46,6 +49,7 @@ impl Default for MapSettings {
             max_cells: 20_000,
             max_drivers: 5_000,
             window: Duration::from_secs(300),
+            keys: Keys::default(),
         }
     }
 }
@@ -255,10 +259,10 @@ impl SurgeMap {
     async fn cells(&self, now_ms: i64) -> PortResult<(Vec<CellView>, bool)> {
         let (listed, truncated) = self
             .listed(
-                keys::SURGE_CELLS,
+                &self.settings.keys.surge_cells(),
                 now_ms,
                 self.settings.max_cells,
-                |h3: &str| keys::surge(h3),
+                |h3: &str| self.settings.keys.surge(h3),
             )
             .await?;
         let mut cells: Vec<CellView> = listed
@@ -277,10 +281,10 @@ impl SurgeMap {
         let window_start = now_ms - millis(self.settings.window);
         let (listed, truncated) = self
             .listed(
-                keys::AVAILABLE_DRIVERS,
+                &self.settings.keys.available_drivers(),
                 window_start,
                 self.settings.max_drivers,
-                keys::driver,
+                |id: &str| self.settings.keys.driver(id),
             )
             .await?;
         let mut drivers: Vec<DriverDot> = listed
@@ -401,12 +405,12 @@ mod tests {
         cache
             .apply(vec![
                 CacheWrite::Set {
-                    key: keys::surge(cell),
+                    key: Keys::default().surge(cell),
                     value: Bytes::from(serde_json::to_vec(&value).expect("json")),
                     ttl: None,
                 },
                 CacheWrite::IndexAdd {
-                    key: keys::SURGE_CELLS.into(),
+                    key: Keys::default().surge_cells(),
                     member: cell.to_string(),
                     score: expires_ms,
                     ttl: None,
@@ -427,12 +431,12 @@ mod tests {
         cache
             .apply(vec![
                 CacheWrite::Set {
-                    key: keys::driver(id),
+                    key: Keys::default().driver(id),
                     value: Bytes::from(serde_json::to_vec(&state).expect("json")),
                     ttl: None,
                 },
                 CacheWrite::IndexAdd {
-                    key: keys::AVAILABLE_DRIVERS.into(),
+                    key: Keys::default().available_drivers(),
                     member: id.into(),
                     score: at_ms,
                     ttl: None,
@@ -449,6 +453,7 @@ mod tests {
             max_cells,
             max_drivers: 10,
             window: Duration::from_secs(300),
+            keys: Keys::default(),
         };
         let map = SurgeMap::new(Arc::new(cache.clone()), clock, settings);
         (cache, map)
@@ -526,7 +531,7 @@ mod tests {
         publish(&cache, c, 1.0, 1_060_000).await;
         cache
             .apply(vec![CacheWrite::IndexRemove {
-                key: keys::SURGE_CELLS.into(),
+                key: Keys::default().surge_cells(),
                 member: a.to_string(),
             }])
             .await

@@ -13,8 +13,9 @@ use pulse_core::{PortError, PortResult};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::keys::Keys;
 use crate::pricing::{Price, Tariff};
-use crate::{keys, SurgeValue};
+use crate::SurgeValue;
 use pulse_geo::Point;
 
 /// Quotes answered, by surge source.
@@ -81,6 +82,8 @@ pub struct QuoteSettings {
     pub tariff: Tariff,
     /// How long a quote id locks its price.
     pub lock: Duration,
+    /// Cache key layout (the engine's).
+    pub keys: Keys,
 }
 
 /// Computes and locks quotes.
@@ -103,7 +106,7 @@ impl QuoteService {
 
     /// The surge in force for `cell`. Never fails: a cache error yields the fallback.
     pub async fn current_surge(&self, cell: CellIndex) -> CurrentSurge {
-        match self.cache.get(&keys::surge(cell)).await {
+        match self.cache.get(&self.settings.keys.surge(cell)).await {
             Ok(Some(raw)) => match serde_json::from_slice::<SurgeValue>(&raw) {
                 Ok(value) => CurrentSurge {
                     multiplier: value.multiplier,
@@ -160,7 +163,11 @@ impl QuoteService {
         let locked = match stored {
             Ok(bytes) => self
                 .cache
-                .set(&keys::quote(&quote_id), bytes, Some(self.settings.lock))
+                .set(
+                    &self.settings.keys.quote(&quote_id),
+                    bytes,
+                    Some(self.settings.lock),
+                )
                 .await
                 .map_err(|err| err.to_string()),
             Err(err) => Err(err.to_string()),
@@ -175,7 +182,7 @@ impl QuoteService {
 
     /// The locked quote `quote_id`, unless unknown or expired.
     pub async fn locked(&self, quote_id: &Uuid) -> PortResult<Option<Quote>> {
-        let Some(raw) = self.cache.get(&keys::quote(quote_id)).await? else {
+        let Some(raw) = self.cache.get(&self.settings.keys.quote(quote_id)).await? else {
             return Ok(None);
         };
         let quote: Quote = serde_json::from_slice(&raw)
@@ -198,6 +205,7 @@ mod tests {
         let settings = QuoteSettings {
             tariff: Tariff::default(),
             lock: Duration::from_secs(120),
+            keys: Keys::default(),
         };
         QuoteService::new(Arc::new(cache), settings, Arc::new(clock.clone()))
     }
@@ -215,7 +223,7 @@ mod tests {
         };
         cache
             .set(
-                &keys::surge(pickup.cell()),
+                &Keys::default().surge(pickup.cell()),
                 serde_json::to_vec(&value).unwrap().into(),
                 None,
             )

@@ -73,7 +73,7 @@ fn main() {
         let clock = Arc::new(SystemClock);
         let quotes = QuoteService::new(
             backends.cache.clone(),
-            QuoteSettings { tariff: Tariff::default(), lock: Duration::from_secs(120) },
+            QuoteSettings { tariff: Tariff::default(), lock: Duration::from_secs(120), keys: Default::default() },
             clock.clone(),
         );
         let orders = pulse::wiring::orders::service(&backends.store, quotes, clock.clone(), "");
@@ -211,7 +211,7 @@ fn main() {
         let base_lng = -170.0 + (uuid::Uuid::new_v4().as_u128() % 300_000) as f64 / 1_000.0;
         for sample in 0..FRESHNESS_SAMPLES {
             let pickup = Point::new(-40.0 + sample as f64 * 0.01, base_lng).expect("point");
-            let key = pulse_surge::keys::surge(pickup.cell());
+            let key = pulse_surge::keys::Keys::default().surge(pickup.cell());
             let body = serde_json::json!({
                 "user_id": format!("fresh-{sample}"),
                 "pickup": { "lat": pickup.lat(), "lng": pickup.lng() },

@@ -101,9 +101,9 @@ pub struct Config {
     pub log_level: String,
     /// OTLP/HTTP collector traces are exported to (`None`: nothing is exported).
     pub otlp_endpoint: Option<String>,
-    /// Put before every topic and consumer group name this deployment uses (empty: the
-    /// contract names, `demand.orders`, `pulse-engine-group`, …), so deployments or test runs
-    /// sharing one Kafka stay apart.
+    /// Put before every topic, consumer group and cache key this deployment uses (empty: the
+    /// contract names, `demand.orders`, `pulse-engine-group`, `surge:{h3}`, …), so deployments
+    /// or test runs sharing one Kafka and one Redis stay apart.
     pub prefix: String,
     /// Embedded log settings.
     pub embedded_log: EmbeddedLogConfig,

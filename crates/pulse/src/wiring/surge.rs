@@ -30,7 +30,8 @@ pub fn quotes(config: &Config, backends: &Backends, clock: SharedClock) -> Quote
         QUOTE_BREAKER,
         &config.quote_breaker.settings(),
     ));
-    QuoteService::new(Arc::new(cache), config.pricing.quote_settings(), clock)
+    let keys = EngineNames::with_prefix(&config.prefix).keys;
+    QuoteService::new(Arc::new(cache), config.pricing.quote_settings(keys), clock)
 }
 
 /// The live map's feed (it runs only while a browser watches).
@@ -45,7 +46,10 @@ pub fn feed(
     let map = SurgeMap::new(
         Arc::new(cache),
         clock,
-        config.map.map_settings(config.surge.window()),
+        config.map.map_settings(
+            config.surge.window(),
+            EngineNames::with_prefix(&config.prefix).keys,
+        ),
     );
     SurgeFeed::new(map, config.map.refresh(), shutdown)
 }
