@@ -598,3 +598,79 @@ mod pending_commits_tests {
         assert_eq!(member.committed, vec![vec![position(0, 6)]]);
     }
 }
+
+#[cfg(test)]
+mod join_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use pulse_core::log::{ConsumedRecord, OutgoingRecord, RecordPosition};
+    use pulse_core::PortError;
+
+    use super::*;
+
+    /// A log whose group coordinator is away: every join fails, retryably, and is counted.
+    #[derive(Debug, Default)]
+    struct CoordinatorAway {
+        joins: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl EventLog for CoordinatorAway {
+        async fn create_topic(&self, _: &str, _: u32) -> PortResult<()> {
+            Ok(())
+        }
+        async fn partition_count(&self, _: &str) -> PortResult<u32> {
+            Ok(1)
+        }
+        async fn append(&self, _: &str, _: Vec<OutgoingRecord>) -> PortResult<Vec<RecordPosition>> {
+            Err(PortError::unavailable("log", "coordinator away"))
+        }
+        async fn consumer(&self, _: &str, _: &[&str]) -> PortResult<Box<dyn LogConsumer>> {
+            self.joins.fetch_add(1, Ordering::SeqCst);
+            Err(PortError::unavailable("log", "coordinator away"))
+        }
+        async fn ping(&self) -> PortResult<()> {
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    struct Idle;
+
+    #[async_trait]
+    impl Processor for Idle {
+        fn name(&self) -> &'static str {
+            "idle"
+        }
+        async fn handle(&mut self, _: &[ConsumedRecord]) -> PortResult<Vec<Poison>> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Joins are retried with a growing delay (not in a busy loop, not once), and a shutdown
+    /// during the wait ends the loop at once, however long the next delay would be.
+    #[tokio::test]
+    async fn a_join_is_retried_with_backoff_and_shutdown_ends_the_wait() {
+        let log = Arc::new(CoordinatorAway::default());
+        let settings = ConsumerSettings {
+            retry_min: Duration::from_millis(20),
+            retry_max: Duration::from_secs(60),
+            ..ConsumerSettings::new("g", vec!["t".into()])
+        };
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(run(log.clone(), Idle, settings, shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let joins = log.joins.load(Ordering::SeqCst);
+        // 20, 40, 80, 160 ms (jittered up to double): 3 to 5 attempts in 400 ms.
+        assert!((2..=8).contains(&joins), "{joins} joins in 400 ms");
+        let stopped_at = Instant::now();
+        shutdown.cancel();
+        let outcome = tokio::time::timeout(Duration::from_secs(2), running)
+            .await
+            .expect("shutdown ends the retry wait")
+            .expect("no panic");
+        assert!(outcome.is_ok(), "{outcome:?}");
+        assert!(stopped_at.elapsed() < Duration::from_millis(500));
+    }
+}
