@@ -187,31 +187,27 @@ impl Outbox for Database {
         if ids.is_empty() {
             return Ok(());
         }
+        if self.backend() == Backend::Postgres {
+            // One statement: its own transaction, one round trip.
+            let mark = Sql::new(
+                "UPDATE outbox_events SET status = 'SENT', sent_at_ms = $2, claimed_by = NULL
+                 WHERE id = ANY($1)",
+            )
+            .planned_each_time()
+            .bind(ids.to_vec())
+            .bind(now_ms);
+            return self.execute(mark).await.map(|_| ());
+        }
         let ids = ids.to_vec();
         self.write(move |mut tx| {
             Box::pin(async move {
-                match tx.backend() {
-                    Backend::Postgres => {
-                        let mark = Sql::new(
-                            "UPDATE outbox_events SET status = 'SENT', sent_at_ms = $2,
-                                 claimed_by = NULL
-                             WHERE id = ANY($1)",
-                        )
-                        .planned_each_time()
-                        .bind(ids)
-                        .bind(now_ms);
-                        tx.execute(&mark).await?;
+                // No arrays: fixed-size chunks keep the prepared statements few.
+                for chunk in ids.chunks(MARK_CHUNK) {
+                    let mut mark = Sql::new(SQLITE_MARK_SENT.as_str()).bind(now_ms);
+                    for index in 0..MARK_CHUNK {
+                        mark = mark.bind(chunk.get(index).copied());
                     }
-                    // No arrays: fixed-size chunks keep the prepared statements few.
-                    Backend::Sqlite => {
-                        for chunk in ids.chunks(MARK_CHUNK) {
-                            let mut mark = Sql::new(SQLITE_MARK_SENT.as_str()).bind(now_ms);
-                            for index in 0..MARK_CHUNK {
-                                mark = mark.bind(chunk.get(index).copied());
-                            }
-                            tx.execute(&mark).await?;
-                        }
-                    }
+                    tx.execute(&mark).await?;
                 }
                 Ok(())
             })
