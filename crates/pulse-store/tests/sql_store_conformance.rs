@@ -49,6 +49,49 @@ mod sqlite {
         }
     }
 
+    /// A batch that breaks half-way with its transaction still open — here a unit that
+    /// releases the writer's own savepoint, which units must not do — fails its callers and is
+    /// rolled back whole, and the writer goes on: the next unit commits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_broken_half_way_is_rolled_back_and_the_writer_goes_on() {
+        let fixture = sqlite().await;
+        let db = &fixture.port;
+        let insert = |user: &str| {
+            Sql::new("INSERT INTO orders (id, user_id, status) VALUES ($1, $2, 'PENDING')")
+                .bind(uuid::Uuid::now_v7())
+                .bind(user.to_owned())
+        };
+        let rogue = insert("broken-half-way");
+        let broken = db
+            .write(move |mut tx| {
+                Box::pin(async move {
+                    tx.execute(&rogue).await?;
+                    tx.execute(&Sql::new("RELEASE unit")).await
+                })
+            })
+            .await;
+        assert!(broken.is_err_and(|err| err.is_retryable()));
+        db.execute(insert("after-the-break"))
+            .await
+            .expect("the writer goes on after a broken batch");
+        let count = |user: &'static str| async move {
+            db.fetch_optional(
+                &Sql::new("SELECT COUNT(*) FROM orders WHERE user_id = $1").bind(user),
+            )
+            .await
+            .expect("count")
+            .expect("a row")
+            .i64(0)
+            .expect("count")
+        };
+        assert_eq!(
+            count("broken-half-way").await,
+            0,
+            "the broken batch left nothing"
+        );
+        assert_eq!(count("after-the-break").await, 1);
+    }
+
     /// A shared commit that fails (SQLite rolls it back after every unit's writes succeeded)
     /// answers each of its callers with a retryable error and leaves nothing: no caller hears
     /// "done" before the commit that holds its writes.
