@@ -127,6 +127,7 @@ macro_rules! store_suite {
                 concurrent_transactions_all_commit,
                 a_failing_unit_rolls_back_alone_among_concurrent_ones,
                 an_order_and_its_outbox_row_land_together_once_per_key,
+                a_closed_store_refuses_writes,
                 ping_answers,
             );
         }

@@ -177,6 +177,7 @@ pub async fn a_failing_unit_rolls_back_alone_among_concurrent_ones(db: &Database
     // The taken row, the slow unit's, and two rows of each of the eight good units.
     assert_eq!(count_orders_of(db, &user).await, 1 + 1 + 8 * 2);
     if let (Some(before), Some(after)) = (commits_before, db.group_commits()) {
+        assert!(after > before, "the writer counts its commits");
         assert!(
             after - before <= 4,
             "17 units queued together share commits: {} commits",
@@ -248,6 +249,18 @@ pub async fn an_order_and_its_outbox_row_land_together_once_per_key(db: &Databas
         "keys are scoped per user: {created:?}"
     );
     assert_eq!(db.backlog().await.expect("backlog"), backlog_before + 2);
+}
+
+/// A closed store refuses writes (retryably) instead of taking them after its close.
+pub async fn a_closed_store_refuses_writes(db: &Database) {
+    db.close().await;
+    let write = db
+        .execute(insert_order(Uuid::now_v7(), "after-close"))
+        .await;
+    assert!(
+        write.as_ref().is_err_and(|err| err.is_retryable()),
+        "{write:?}"
+    );
 }
 
 /// The health probe answers.

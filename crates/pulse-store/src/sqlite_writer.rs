@@ -235,3 +235,61 @@ fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn Unit>]) -> PortResult<(
     }
     control(conn, "COMMIT")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory() -> Connection {
+        let conn = Connection::open_in_memory().expect("in-memory SQLite");
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+            .expect("schema");
+        conn
+    }
+
+    /// What a caller can do about an error survives: a broken constraint is a conflict (retrying
+    /// cannot help), an unreadable column is corrupt data, an unbindable argument a bad request.
+    #[test]
+    fn errors_keep_what_a_caller_can_do_about_them() {
+        let conn = memory();
+        let insert = Sql::new("INSERT INTO t (id, name) VALUES ($1, $2)")
+            .bind(1_i64)
+            .bind("a");
+        execute(&conn, &insert).expect("first insert");
+        assert!(matches!(
+            execute(&conn, &insert),
+            Err(PortError::Conflict(_))
+        ));
+        let unreadable = fetch(&conn, &Sql::new("SELECT name FROM t"), 1).expect("a row");
+        assert!(matches!(unreadable[0].i64(0), Err(PortError::Corrupt(_))));
+        let decode = rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            "not a number".into(),
+        );
+        assert!(matches!(port_error(decode), PortError::Corrupt(_)));
+        let array = Sql::new("SELECT 1 WHERE $1 IS NOT NULL").bind(vec![uuid::Uuid::nil()]);
+        assert!(matches!(
+            fetch(&conn, &array, 1),
+            Err(PortError::Invalid(_))
+        ));
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(port_error(busy).is_retryable());
+    }
+
+    /// `$N` takes argument N wherever it stands and however often, as sqlx binds it.
+    #[test]
+    fn placeholders_bind_by_number() {
+        let conn = memory();
+        let row = fetch(
+            &conn,
+            &Sql::new("SELECT $2 || $1 || $2").bind("a").bind("b"),
+            1,
+        )
+        .expect("select");
+        assert_eq!(row[0].text(0).expect("text"), "bab");
+    }
+}
