@@ -19,7 +19,19 @@ use serde_json::Value;
 /// test run, or a benchmark) on the same Kafka neither joins its groups nor reads its topics.
 pub fn test_prefix() -> &'static str {
     static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PREFIX.get_or_init(|| format!("test-{}-{:04x}.", std::process::id(), fastrand::u16(..)))
+    PREFIX.get_or_init(|| {
+        // `scripts/test` names the run, so it can delete the run's topics when it ends.
+        let run = std::env::var("PULSE_TEST_RUN")
+            .ok()
+            .filter(|run| !run.is_empty() && run.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .map(|run| format!("{}-", run.to_ascii_lowercase()))
+            .unwrap_or_default();
+        format!(
+            "test-{run}{}-{:04x}.",
+            std::process::id(),
+            fastrand::u16(..)
+        )
+    })
 }
 
 /// The engine's group and topics in this test run.
