@@ -7,13 +7,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, distributed, unique_point, TestApp};
+use common::{distributed, place_order_with_headers, TestApp};
 use pulse::Config;
 use pulse_conformance::{services, unique_name};
 use pulse_core::log::{ConsumedRecord, EventLog};
 use pulse_runtime::Role;
 use pulse_trace::TraceContext;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const TRACESTATE: &str = "pulse-test=unexported";
 
@@ -42,21 +42,7 @@ fn assert_nothing_is_traced() {
 /// Places an order under `caller`; the order id and the context the response hands back, which
 /// continues the caller's trace with a new span id and the caller's flags.
 async fn place_order(gateway: &TestApp, caller: &TraceContext) -> (String, TraceContext) {
-    let (lat, lng) = unique_point();
-    let mut request = client().post(format!("{}/api/v1/orders", gateway.base));
-    for (name, value) in caller.headers() {
-        request = request.header(name, value);
-    }
-    let response = request
-        .json(&json!({
-            "user_id": "unexported-rider",
-            "pickup": { "lat": lat, "lng": lng },
-            "dropoff": { "lat": lat, "lng": lng },
-        }))
-        .send()
-        .await
-        .expect("order request");
-    assert_eq!(response.status(), 201);
+    let response = place_order_with_headers(gateway, "unexported-rider", &caller.headers()).await;
     let returned = TraceContext::from_headers(|name| {
         response
             .headers()

@@ -8,7 +8,7 @@ mod common;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{client, distributed, unique_point, TestApp};
+use common::{client, distributed, place_order_with_headers, unique_point, TestApp};
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use pulse::Config;
@@ -42,19 +42,8 @@ fn caller_context() -> (TraceId, SpanId, String) {
 
 /// Places an order under `traceparent` and checks the response continues that trace.
 async fn place_traced_order(gateway: &TestApp, trace: TraceId, traceparent: &str) {
-    let (lat, lng) = unique_point();
-    let response = client()
-        .post(format!("{}/api/v1/orders", gateway.base))
-        .header("traceparent", traceparent)
-        .json(&json!({
-            "user_id": "traced-rider",
-            "pickup": { "lat": lat, "lng": lng },
-            "dropoff": { "lat": lat, "lng": lng },
-        }))
-        .send()
-        .await
-        .expect("order request");
-    assert_eq!(response.status(), 201);
+    let response =
+        place_order_with_headers(gateway, "traced-rider", &[("traceparent", traceparent)]).await;
     let returned = response.headers()["traceparent"].to_str().expect("ascii");
     assert!(returned.starts_with(&format!("00-{trace}-")), "{returned}");
 }

@@ -344,6 +344,31 @@ pub async fn multiplier_at(app: &TestApp, lat: f64, lng: f64) -> Value {
     quote["multiplier"].clone()
 }
 
+/// Places an order for `user` at a fresh point through `app`'s API, sending `headers` (trace
+/// context, …); expects 201 and returns the response.
+pub async fn place_order_with_headers(
+    app: &TestApp,
+    user: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let (lat, lng) = unique_point();
+    let mut request = client().post(format!("{}/api/v1/orders", app.base));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request
+        .json(&serde_json::json!({
+            "user_id": user,
+            "pickup": { "lat": lat, "lng": lng },
+            "dropoff": { "lat": lat, "lng": lng },
+        }))
+        .send()
+        .await
+        .expect("order request");
+    assert_eq!(response.status(), 201);
+    response
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
