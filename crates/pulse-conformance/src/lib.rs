@@ -127,6 +127,10 @@ macro_rules! store_suite {
                 concurrent_transactions_all_commit,
                 a_failing_unit_rolls_back_alone_among_concurrent_ones,
                 an_order_and_its_outbox_row_land_together_once_per_key,
+                orders_are_seen_only_by_their_tenant,
+                a_quote_pays_for_one_order_of_its_tenant,
+                tenants_and_keys_round_trip,
+                a_revoked_key_is_refused_within_the_cache_ttl,
                 a_closed_store_refuses_writes,
                 ping_answers,
             );

@@ -3,12 +3,18 @@
 //! with its outbox on every backend. Everything goes through the store's API — units of work,
 //! one SQL body per statement — not through a dialect's pool.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pulse_core::PortError;
 use pulse_geo::Point;
+use pulse_core::clock::{Clock, ManualClock, SystemClock};
+use pulse_core::{PortError, TenantId};
 use pulse_orders::{CreateOutcome, IdempotencyKey, Order, OrderStatus, OrderStore};
+use pulse_tenants::{
+    AuthError, Authenticator, AuthenticatorSettings, QuotaClass, QuotaSetting, Scope, TenantError,
+    Tenants,
+};
 use pulse_outbox::{Outbox, OutboxEvent};
 use pulse_store::{Database, Sql};
 use uuid::Uuid;
@@ -188,10 +194,21 @@ pub async fn a_failing_unit_rolls_back_alone_among_concurrent_ones(db: &Database
 
 /// A new order of `user` at `at_ms`, with the outbox row announcing it.
 fn order_with_event(user: &str, at_ms: i64) -> (Order, OutboxEvent) {
+    order_of(&TenantId::default_tenant(), user, at_ms, None)
+}
+
+/// A new order of `tenant`'s `user` at `at_ms`, paying `quote_id`, with its outbox row.
+fn order_of(
+    tenant: &TenantId,
+    user: &str,
+    at_ms: i64,
+    quote_id: Option<Uuid>,
+) -> (Order, OutboxEvent) {
     let pickup = Point::new(52.52, 13.40).expect("point");
     let dropoff = Point::new(52.53, 13.41).expect("point");
     let order = Order {
         id: Uuid::now_v7(),
+        tenant: tenant.clone(),
         user_id: user.to_owned(),
         pickup,
         dropoff,
@@ -199,16 +216,17 @@ fn order_with_event(user: &str, at_ms: i64) -> (Order, OutboxEvent) {
         dropoff_h3: dropoff.cell().to_string(),
         status: OrderStatus::Pending,
         created_at_ms: at_ms,
-        quote_id: None,
+        quote_id,
         price: None,
     };
-    let event = OutboxEvent::new(
+    let mut event = OutboxEvent::new(
         "demand.orders",
         "ORDER",
         order.id,
         Bytes::from_static(b"order created"),
         at_ms,
     );
+    event.tenant = tenant.clone();
     (order, event)
 }
 
@@ -224,7 +242,7 @@ pub async fn an_order_and_its_outbox_row_land_together_once_per_key(db: &Databas
         .await
         .expect("create");
     assert!(matches!(created, CreateOutcome::Created), "{created:?}");
-    assert_eq!(db.get(first.id).await.expect("get"), Some(first.clone()));
+    assert_eq!(db.get(&TenantId::default_tenant(), first.id).await.expect("get"), Some(first.clone()));
     assert_eq!(db.backlog().await.expect("backlog"), backlog_before + 1);
 
     let (retry, retry_event) = order_with_event(&user, 1_700_000_000_500);
@@ -236,7 +254,7 @@ pub async fn an_order_and_its_outbox_row_land_together_once_per_key(db: &Databas
         CreateOutcome::Existing(existing) => assert_eq!(existing, first),
         other => panic!("a reused key must return the first order, got {other:?}"),
     }
-    assert_eq!(db.get(retry.id).await.expect("get"), None);
+    assert_eq!(db.get(&TenantId::default_tenant(), retry.id).await.expect("get"), None);
     assert_eq!(db.backlog().await.expect("backlog"), backlog_before + 1);
 
     let (other_user, other_event) = order_with_event(&crate::unique_name("u"), 1_700_000_001_000);
@@ -249,6 +267,164 @@ pub async fn an_order_and_its_outbox_row_land_together_once_per_key(db: &Databas
         "keys are scoped per user: {created:?}"
     );
     assert_eq!(db.backlog().await.expect("backlog"), backlog_before + 2);
+}
+
+/// A tenant sees only its own orders, and its idempotency keys are its own: the same user and
+/// key in two tenants are two orders.
+pub async fn orders_are_seen_only_by_their_tenant(db: &Database) {
+    let (a, b) = (new_tenant(db).await, new_tenant(db).await);
+    let user = crate::unique_name("u");
+    let key = IdempotencyKey::parse("same-key").expect("key");
+    let (order_a, event_a) = order_of(&a, &user, 1_700_000_000_000, None);
+    let (order_b, event_b) = order_of(&b, &user, 1_700_000_000_001, None);
+    for (order, event) in [(&order_a, &event_a), (&order_b, &event_b)] {
+        let created = db.create(order, Some(&key), event).await.expect("create");
+        assert!(matches!(created, CreateOutcome::Created), "{created:?}");
+    }
+    assert_eq!(db.get(&a, order_a.id).await.expect("get"), Some(order_a.clone()));
+    assert_eq!(db.get(&b, order_a.id).await.expect("get"), None, "B cannot read A's order");
+    assert_eq!(
+        db.find_by_idempotency_key(&b, &user, &key)
+            .await
+            .expect("find")
+            .map(|order| order.id),
+        Some(order_b.id)
+    );
+    let tenant_of_row = db
+        .fetch_optional(&Sql::new("SELECT tenant FROM outbox_events WHERE aggregate_id = $1").bind(order_a.id))
+        .await
+        .expect("outbox row")
+        .expect("written");
+    assert_eq!(tenant_of_row.text(0).expect("tenant"), a.as_str());
+}
+
+/// A quote pays for one order of its tenant: a second order with it fails with a conflict and
+/// writes nothing; another tenant's order with the same quote id is its own.
+pub async fn a_quote_pays_for_one_order_of_its_tenant(db: &Database) {
+    let (a, b) = (new_tenant(db).await, new_tenant(db).await);
+    let quote = Some(Uuid::new_v4());
+    let (first, first_event) = order_of(&a, &crate::unique_name("u"), 1_700_000_000_000, quote);
+    let created = db.create(&first, None, &first_event).await.expect("create");
+    assert!(matches!(created, CreateOutcome::Created), "{created:?}");
+    let backlog = db.backlog().await.expect("backlog");
+    let (second, second_event) = order_of(&a, &crate::unique_name("u"), 1_700_000_000_001, quote);
+    let refused = db.create(&second, None, &second_event).await;
+    assert!(matches!(refused, Err(PortError::Conflict(_))), "{refused:?}");
+    assert_eq!(db.get(&a, second.id).await.expect("get"), None, "nothing written");
+    assert_eq!(db.backlog().await.expect("backlog"), backlog, "no outbox row either");
+    let (other, other_event) = order_of(&b, &crate::unique_name("u"), 1_700_000_000_002, quote);
+    let created = db.create(&other, None, &other_event).await.expect("create");
+    assert!(matches!(created, CreateOutcome::Created), "{created:?}");
+}
+
+/// A tenant id no other run uses.
+fn unique_tenant_name() -> String {
+    Uuid::new_v4().simple().to_string()
+}
+
+async fn new_tenant(db: &Database) -> TenantId {
+    let tenants = Tenants::new(Arc::new(db.clone()), Arc::new(SystemClock));
+    let (tenant, _) = tenants.create(&unique_tenant_name(), None).await.expect("tenant");
+    tenant.tenant_id
+}
+
+/// Tenants and keys round-trip: a created tenant lists with its quotas, its first key is
+/// `full` and authenticates, a second `ingest` key opens only ingest routes, an unknown tenant
+/// gets no key, `default` cannot be created by hand, a tenant cannot be created twice.
+pub async fn tenants_and_keys_round_trip(db: &Database) {
+    let clock = ManualClock::new(1_700_000_000_000);
+    let tenants = Tenants::new(Arc::new(db.clone()), Arc::new(clock.clone()));
+    let auth = Authenticator::new(
+        Arc::new(db.clone()),
+        Arc::new(clock.clone()),
+        AuthenticatorSettings::default(),
+    );
+    let (made, full) = tenants
+        .create(&unique_tenant_name(), Some(7))
+        .await
+        .expect("create");
+    assert_eq!(made.quotas.get(QuotaClass::Api), Some(QuotaSetting::per_second(7)));
+    assert!(tenants.list().await.expect("list").iter().any(|t| t.tenant_id == made.tenant_id));
+    assert!(matches!(
+        tenants.create(made.tenant_id.as_str(), None).await,
+        Err(TenantError::Exists(_))
+    ));
+    assert!(matches!(tenants.create("default", None).await, Err(TenantError::Reserved)));
+    assert!(matches!(tenants.create("Bad Name", None).await, Err(TenantError::InvalidTenant(_))));
+    assert_eq!(full.scope, Scope::Full);
+    let principal = auth
+        .authenticate(Some(&full.api_key), Scope::Full)
+        .await
+        .expect("the first key opens full routes");
+    assert_eq!(principal.tenant, made.tenant_id);
+    assert_eq!(principal.quotas.api, Some(QuotaSetting::per_second(7)));
+
+    clock.advance(Duration::from_millis(1));
+    let ingest = tenants
+        .create_key(made.tenant_id.as_str(), Scope::Ingest)
+        .await
+        .expect("ingest key");
+    assert!(auth.authenticate(Some(&ingest.api_key), Scope::Ingest).await.is_ok());
+    assert!(matches!(
+        auth.authenticate(Some(&ingest.api_key), Scope::Full).await,
+        Err(AuthError::Forbidden { .. })
+    ));
+    assert!(matches!(
+        tenants.create_key("no-such-tenant", Scope::Full).await,
+        Err(TenantError::UnknownTenant(_))
+    ));
+    let keys = tenants.keys(made.tenant_id.as_str()).await.expect("keys");
+    assert_eq!(
+        keys.iter().map(|key| (&key.key_id, key.scope)).collect::<Vec<_>>(),
+        vec![(&full.key_id, Scope::Full), (&ingest.key_id, Scope::Ingest)]
+    );
+    assert!(keys.iter().all(|key| key.hash.len() == 64 && !key.hash.contains(&full.api_key)));
+    let set = tenants
+        .set_quota(made.tenant_id.as_str(), QuotaClass::Events, Some(QuotaSetting { per_second: 500, burst: 1000 }))
+        .await
+        .expect("set quota");
+    assert_eq!(set.quotas.api, Some(QuotaSetting::per_second(7)), "other classes kept");
+    assert_eq!(tenants.get(made.tenant_id.as_str()).await.expect("get").quotas, set.quotas);
+}
+
+/// A revoked key is refused once the authenticator's cache entry ages out (and at once by a
+/// fresh authenticator); the tenant's other key keeps working (rotation); a wrong secret for a
+/// real key id is refused.
+pub async fn a_revoked_key_is_refused_within_the_cache_ttl(db: &Database) {
+    let clock = ManualClock::new(1_700_000_000_000);
+    let tenants = Tenants::new(Arc::new(db.clone()), Arc::new(clock.clone()));
+    let settings = AuthenticatorSettings {
+        cache_ttl: Duration::from_secs(2),
+        max_cached: 100,
+    };
+    let auth = Authenticator::new(Arc::new(db.clone()), Arc::new(clock.clone()), settings);
+    let tenant = new_tenant(db).await;
+    let old = tenants.create_key(tenant.as_str(), Scope::Full).await.expect("old");
+    let new = tenants.create_key(tenant.as_str(), Scope::Full).await.expect("new");
+    for key in [&old, &new] {
+        assert!(auth.authenticate(Some(&key.api_key), Scope::Full).await.is_ok());
+    }
+    let wrong_secret = format!("{}{}", &old.api_key[..old.api_key.len() - 1], if old.api_key.ends_with('0') { '1' } else { '0' });
+    assert!(matches!(auth.authenticate(Some(&wrong_secret), Scope::Full).await, Err(AuthError::Invalid)));
+    assert!(matches!(auth.authenticate(None, Scope::Full).await, Err(AuthError::Missing)));
+
+    let revoked = tenants.revoke_key(old.key_id.as_str()).await.expect("revoke");
+    assert_eq!(revoked.revoked_at_ms, Some(clock.now_ms()));
+    clock.advance(Duration::from_millis(1_000));
+    let again = tenants.revoke_key(old.key_id.as_str()).await.expect("revoke again");
+    assert_eq!(again.revoked_at_ms, revoked.revoked_at_ms, "the first revocation time stays");
+    let fresh = Authenticator::new(Arc::new(db.clone()), Arc::new(clock.clone()), settings);
+    assert!(matches!(fresh.authenticate(Some(&old.api_key), Scope::Full).await, Err(AuthError::Invalid)));
+    clock.advance(Duration::from_millis(1_000));
+    assert!(
+        matches!(auth.authenticate(Some(&old.api_key), Scope::Full).await, Err(AuthError::Invalid)),
+        "refused once the cached entry is older than the TTL"
+    );
+    assert!(auth.authenticate(Some(&new.api_key), Scope::Full).await.is_ok(), "rotation: the new key works");
+    assert!(matches!(
+        tenants.revoke_key("zzzzzzzzzzzz").await,
+        Err(TenantError::UnknownKey(_))
+    ));
 }
 
 /// A closed store refuses writes (retryably) instead of taking them after its close.

@@ -11,7 +11,9 @@
 //! tracing, a body size limit and a JSON 404, so every error a client sees has the shape
 //! `{"error":{"code":"...","message":"..."}}`.
 
+pub mod admin;
 pub mod api;
+pub mod auth;
 mod error;
 pub mod map_page;
 mod metrics_layer;
@@ -49,13 +51,18 @@ impl std::fmt::Debug for OpsState {
     }
 }
 
-/// The full router: operational endpoints, `api` under `/api/v1`, `pages` at the root (the map,
-/// on a gateway), and the shared layers.
-pub fn router(ops: OpsState, api: Router, pages: Router) -> Router {
-    Router::new()
+/// The full router: operational endpoints, `api` under `/api/v1` (behind [`auth::require`]),
+/// `admin` under `/admin/v1`, `pages` at the root (the map, on a gateway), and the shared
+/// layers.
+pub fn router(ops: OpsState, api: Router, admin: Option<Router>, pages: Router) -> Router {
+    let mut router = Router::new()
         .merge(ops::routes(ops))
         .merge(pages)
-        .nest("/api/v1", api)
+        .nest("/api/v1", api);
+    if let Some(admin) = admin {
+        router = router.nest("/admin/v1", admin);
+    }
+    router
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn(metrics_layer::record_request))
         .layer(axum::middleware::from_fn(trace_layer::trace_request))

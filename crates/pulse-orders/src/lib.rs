@@ -16,7 +16,7 @@ mod service;
 use pulse_core::log::TopicSpec;
 
 pub use model::{
-    IdempotencyKey, NewOrder, Order, OrderPrice, OrderStatus, ValidationError,
+    validate_user_id, IdempotencyKey, NewOrder, Order, OrderPrice, OrderStatus, ValidationError,
     MAX_IDEMPOTENCY_KEY_CHARS, MAX_USER_ID_CHARS,
 };
 pub use ports::{CreateOutcome, LockedPrice, OrderStore, PriceLocks};

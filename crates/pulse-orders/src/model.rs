@@ -1,6 +1,6 @@
 //! Orders and their requests.
 
-use pulse_core::Money;
+use pulse_core::{Money, TenantId};
 use pulse_geo::Point;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -100,6 +100,25 @@ pub struct NewOrder {
     pub quote_id: Option<Uuid>,
 }
 
+/// Validates a user id: 1 to [`MAX_USER_ID_CHARS`] characters without surrounding spaces or
+/// control characters.
+pub fn validate_user_id(user_id: &str) -> Result<(), ValidationError> {
+    let chars = user_id.chars().count();
+    if chars == 0 || chars > MAX_USER_ID_CHARS || user_id.trim() != user_id {
+        return Err(ValidationError::field(
+            "user_id",
+            format!("must be 1 to {MAX_USER_ID_CHARS} characters without surrounding spaces"),
+        ));
+    }
+    if user_id.chars().any(char::is_control) {
+        return Err(ValidationError::field(
+            "user_id",
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
 impl NewOrder {
     /// Validates the user id; points are validated when built.
     pub fn new(
@@ -108,19 +127,7 @@ impl NewOrder {
         dropoff: Point,
         quote_id: Option<Uuid>,
     ) -> Result<Self, ValidationError> {
-        let chars = user_id.chars().count();
-        if chars == 0 || chars > MAX_USER_ID_CHARS || user_id.trim() != user_id {
-            return Err(ValidationError::field(
-                "user_id",
-                format!("must be 1 to {MAX_USER_ID_CHARS} characters without surrounding spaces"),
-            ));
-        }
-        if user_id.chars().any(char::is_control) {
-            return Err(ValidationError::field(
-                "user_id",
-                "must not contain control characters",
-            ));
-        }
+        validate_user_id(user_id)?;
         Ok(Self {
             user_id: user_id.to_owned(),
             pickup,
@@ -144,6 +151,8 @@ pub struct OrderPrice {
 pub struct Order {
     /// Order id (UUID v7: time-ordered).
     pub id: Uuid,
+    /// The tenant it belongs to: only that tenant's keys can see it.
+    pub tenant: TenantId,
     /// Who ordered.
     pub user_id: String,
     /// Pickup point.

@@ -2,7 +2,7 @@
 //! looked up.
 
 use async_trait::async_trait;
-use pulse_core::PortResult;
+use pulse_core::{PortResult, TenantId};
 use pulse_outbox::OutboxEvent;
 use uuid::Uuid;
 
@@ -20,8 +20,11 @@ pub enum CreateOutcome {
 /// Where orders live.
 #[async_trait]
 pub trait OrderStore: Send + Sync + std::fmt::Debug {
-    /// Inserts `order` and `event` in one transaction — unless `(order.user_id, key)` is taken,
-    /// in which case nothing is written and the existing order is returned.
+    /// Inserts `order` and `event` in one transaction — unless `(order.tenant, order.user_id,
+    /// key)` is taken, in which case nothing is written and the existing order is returned.
+    /// An order with a quote redeems it in the same transaction: a quote already redeemed by
+    /// another order of the tenant fails with [`pulse_core::PortError::Conflict`] and writes
+    /// nothing.
     async fn create(
         &self,
         order: &Order,
@@ -29,15 +32,16 @@ pub trait OrderStore: Send + Sync + std::fmt::Debug {
         event: &OutboxEvent,
     ) -> PortResult<CreateOutcome>;
 
-    /// The order `user_id` placed with idempotency key `key`, if any.
+    /// The order `user_id` of `tenant` placed with idempotency key `key`, if any.
     async fn find_by_idempotency_key(
         &self,
+        tenant: &TenantId,
         user_id: &str,
         key: &IdempotencyKey,
     ) -> PortResult<Option<Order>>;
 
-    /// The order with `id`.
-    async fn get(&self, id: Uuid) -> PortResult<Option<Order>>;
+    /// The order with `id`, if it belongs to `tenant`.
+    async fn get(&self, tenant: &TenantId, id: Uuid) -> PortResult<Option<Order>>;
 }
 
 /// A price locked by a quote, as an order pays it.
@@ -47,11 +51,14 @@ pub struct LockedPrice {
     pub h3: String,
     /// What the order pays.
     pub price: OrderPrice,
+    /// The user the quote was given to, when the quote named one: only that user may pay it.
+    pub user_id: Option<String>,
 }
 
 /// Where prices locked by quotes are looked up (the surge domain's quotes, in the binary).
 #[async_trait]
 pub trait PriceLocks: Send + Sync + std::fmt::Debug {
-    /// The price `quote_id` locked, unless it is unknown or expired.
-    async fn locked(&self, quote_id: &Uuid) -> PortResult<Option<LockedPrice>>;
+    /// The price `quote_id` locked for `tenant`, unless it is unknown (to that tenant) or
+    /// expired.
+    async fn locked(&self, tenant: &TenantId, quote_id: &Uuid) -> PortResult<Option<LockedPrice>>;
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pulse_core::clock::SharedClock;
-use pulse_core::PortError;
+use pulse_core::{PortError, TenantId};
 use pulse_outbox::OutboxEvent;
 use pulse_proto::v1::OrderCreatedEvent;
 use pulse_proto::Message;
@@ -36,6 +36,12 @@ pub enum OrderError {
         /// The order's pickup cell.
         requested: String,
     },
+    /// The quote was given to another user.
+    #[error("quote {0} was given to another user")]
+    QuoteNotYours(Uuid),
+    /// Another order already paid with this quote.
+    #[error("quote {0} was already used by another order; ask for a new quote")]
+    QuoteUsed(Uuid),
     /// The idempotency key was used with a different request.
     #[error("Idempotency-Key {0:?} was already used with a different request")]
     IdempotencyConflict(String),
@@ -85,6 +91,7 @@ impl OrderService {
     #[tracing::instrument(name = "orders.place", skip_all)]
     pub async fn place(
         &self,
+        tenant: &TenantId,
         request: NewOrder,
         key: Option<IdempotencyKey>,
     ) -> Result<Placed, OrderError> {
@@ -92,7 +99,7 @@ impl OrderService {
         if let Some(key) = &key {
             if let Some(existing) = self
                 .store
-                .find_by_idempotency_key(&request.user_id, key)
+                .find_by_idempotency_key(tenant, &request.user_id, key)
                 .await?
             {
                 return Self::replay(existing, &request, key);
@@ -103,9 +110,16 @@ impl OrderService {
             Some(quote_id) => {
                 let locked = self
                     .prices
-                    .locked(&quote_id)
+                    .locked(tenant, &quote_id)
                     .await?
                     .ok_or(OrderError::QuoteUnavailable(quote_id))?;
+                if locked
+                    .user_id
+                    .as_ref()
+                    .is_some_and(|user| *user != request.user_id)
+                {
+                    return Err(OrderError::QuoteNotYours(quote_id));
+                }
                 if locked.h3 != pickup_h3 {
                     return Err(OrderError::QuoteMismatch {
                         quote_id,
@@ -119,6 +133,7 @@ impl OrderService {
         };
         let order = Order {
             id: Uuid::now_v7(),
+            tenant: tenant.clone(),
             user_id: request.user_id.clone(),
             pickup: request.pickup,
             dropoff: request.dropoff,
@@ -135,14 +150,23 @@ impl OrderService {
             user_id: order.user_id.clone(),
             timestamp: order.created_at_ms,
         };
-        let outbox = OutboxEvent::new(
+        let mut outbox = OutboxEvent::new(
             self.topics.created.clone(),
             AGGREGATE_TYPE,
             order.id,
             Bytes::from(event.encode_to_vec()),
             order.created_at_ms,
         );
-        match self.store.create(&order, key.as_ref(), &outbox).await? {
+        outbox.tenant = tenant.clone();
+        let created = match self.store.create(&order, key.as_ref(), &outbox).await {
+            Err(PortError::Conflict(_)) if order.quote_id.is_some() => {
+                return Err(OrderError::QuoteUsed(
+                    order.quote_id.expect("checked just above"),
+                ))
+            }
+            other => other?,
+        };
+        match created {
             CreateOutcome::Created => {
                 metrics::counter!(ORDERS_PLACED_TOTAL).increment(1);
                 Ok(Placed {
@@ -173,8 +197,8 @@ impl OrderService {
         }
     }
 
-    /// The order `id`, if it exists.
-    pub async fn get(&self, id: Uuid) -> Result<Option<Order>, OrderError> {
-        Ok(self.store.get(id).await?)
+    /// The order `id`, if it exists and belongs to `tenant`.
+    pub async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Order>, OrderError> {
+        Ok(self.store.get(tenant, id).await?)
     }
 }

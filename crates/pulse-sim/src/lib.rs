@@ -51,6 +51,8 @@ pub struct SimSettings {
     pub duration: Option<Duration>,
     /// Most requests in flight.
     pub concurrency: usize,
+    /// The API key every request sends (`X-API-Key`); its tenant is the city's.
+    pub api_key: Option<String>,
 }
 
 impl SimSettings {
@@ -95,9 +97,17 @@ pub async fn run(
 ) -> anyhow::Result<Summary> {
     settings.validate()?;
     let target = settings.target.trim_end_matches('/').to_owned();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = &settings.api_key {
+        let mut value = reqwest::header::HeaderValue::from_str(key)
+            .context("the API key is not a valid header value")?;
+        value.set_sensitive(true);
+        headers.insert("x-api-key", value);
+    }
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .pool_max_idle_per_host(settings.concurrency)
+        .default_headers(headers)
         .build()
         .context("cannot build the HTTP client")?;
     client

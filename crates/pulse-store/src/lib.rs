@@ -15,6 +15,7 @@
 //! * every pool has an acquire timeout, so a dead database surfaces as an error, not a hang.
 
 mod orders;
+mod tenants;
 pub mod outbox;
 pub mod sql;
 mod sqlite_writer;

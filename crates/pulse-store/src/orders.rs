@@ -1,7 +1,7 @@
 //! The orders domain's [`OrderStore`] on SQL: the order row and its outbox row in one unit of
 //! work.
 
-use pulse_core::{Currency, Money, PortError, PortResult};
+use pulse_core::{Currency, Money, PortError, PortResult, TenantId};
 use pulse_geo::Point;
 use pulse_orders::{CreateOutcome, IdempotencyKey, Order, OrderPrice, OrderStatus, OrderStore};
 use pulse_outbox::OutboxEvent;
@@ -12,31 +12,41 @@ use crate::{outbox, Backend, Database};
 
 const ORDER_COLUMNS: &str = "id, user_id, pickup_h3, dropoff_h3, status, created_at_ms, \
      pickup_lat, pickup_lng, dropoff_lat, dropoff_lng, quote_id, price_total, price_currency, \
-     multiplier_milli";
+     multiplier_milli, tenant";
 
-/// The order's `INSERT` (`$1`…`$15`), doing nothing when the user's idempotency key is taken.
+/// The order's `INSERT` (`$1`…`$16`), doing nothing when the user's idempotency key is taken
+/// in the tenant.
 fn insert_order(backend: Backend) -> String {
     format!(
         "INSERT INTO orders (id, user_id, pickup_h3, dropoff_h3, status, created_at,
              created_at_ms, pickup_lat, pickup_lng, dropoff_lat, dropoff_lng,
-             idempotency_key, quote_id, price_total, price_currency, multiplier_milli)
-         VALUES ($1, $2, $3, $4, $5, {}, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-         ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL
+             idempotency_key, quote_id, price_total, price_currency, multiplier_milli, tenant)
+         VALUES ($1, $2, $3, $4, $5, {}, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+         ON CONFLICT (tenant, user_id, idempotency_key) WHERE idempotency_key IS NOT NULL
          DO NOTHING",
         backend.timestamp_from_ms("$6")
     )
 }
 
+/// The redemption of the order's quote (`$1` tenant, `$2` quote, `$3` order): fails on the
+/// primary key when another order of the tenant redeemed it.
+const REDEEM_QUOTE: &str =
+    "INSERT INTO quote_redemptions (tenant, quote_id, order_id) VALUES ($1, $2, $3)";
+
 static INSERT: PerDialect = PerDialect::new(insert_order);
 
-/// On PostgreSQL the order and its outbox row go in one statement — one round trip, its own
-/// implicit transaction — instead of `BEGIN`, two `INSERT`s, `COMMIT`: the outbox row is
-/// written for each order row the first `INSERT` returns, none when the key was taken.
+/// On PostgreSQL the order, its quote's redemption and its outbox row go in one statement — one
+/// round trip, its own implicit transaction — instead of `BEGIN`, three `INSERT`s, `COMMIT`:
+/// the redemption and the outbox row are written for each order row the first `INSERT`
+/// returns, none when the key was taken. A redeemed quote fails the whole statement.
 static INSERT_WITH_EVENT: PerDialect = PerDialect::new(|backend| {
     format!(
-        "WITH inserted AS ({} RETURNING id) {}",
+        "WITH inserted AS ({} RETURNING id, tenant, quote_id),
+         redeemed AS (INSERT INTO quote_redemptions (tenant, quote_id, order_id)
+             SELECT tenant, quote_id, id FROM inserted WHERE quote_id IS NOT NULL)
+         {}",
         insert_order(backend),
-        outbox::insert_for_each_row_of(backend, "inserted", 16)
+        outbox::insert_for_each_row_of(backend, "inserted", 17)
     )
 });
 
@@ -62,6 +72,7 @@ fn order_from_row(row: &SqlRow) -> PortResult<Order> {
     };
     Ok(Order {
         id,
+        tenant: TenantId::parse(&row.text(14)?).map_err(|err| corrupt(id, err))?,
         user_id: row.text(1)?,
         pickup_h3: row.text(2)?,
         dropoff_h3: row.text(3)?,
@@ -75,10 +86,12 @@ fn order_from_row(row: &SqlRow) -> PortResult<Order> {
     })
 }
 
-fn by_idempotency_key(user_id: &str, key: &str) -> Sql {
+fn by_idempotency_key(tenant: &TenantId, user_id: &str, key: &str) -> Sql {
     Sql::new(format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 AND idempotency_key = $2"
+        "SELECT {ORDER_COLUMNS} FROM orders
+         WHERE tenant = $1 AND user_id = $2 AND idempotency_key = $3"
     ))
+    .bind(tenant.as_str())
     .bind(user_id)
     .bind(key)
 }
@@ -107,8 +120,16 @@ impl OrderStore for Database {
             .bind(order.quote_id)
             .bind(price.map(|p| p.total.amount_minor))
             .bind(price.map(|p| p.total.currency.as_str()))
-            .bind(price.map(|p| p.multiplier_milli));
-        let existing = key.map(|key| by_idempotency_key(&order.user_id, key.as_str()));
+            .bind(price.map(|p| p.multiplier_milli))
+            .bind(order.tenant.as_str());
+        let existing =
+            key.map(|key| by_idempotency_key(&order.tenant, &order.user_id, key.as_str()));
+        let redeem = order.quote_id.map(|quote_id| {
+            Sql::new(REDEEM_QUOTE)
+                .bind(order.tenant.as_str())
+                .bind(quote_id)
+                .bind(order.id)
+        });
         if self.backend() == Backend::Postgres {
             let insert = outbox::bind(
                 insert.with_text(INSERT_WITH_EVENT.get(Backend::Postgres)),
@@ -131,6 +152,9 @@ impl OrderStore for Database {
         self.write(move |mut tx| {
             Box::pin(async move {
                 if tx.execute(&insert).await? == 1 {
+                    if let Some(redeem) = &redeem {
+                        tx.execute(redeem).await?;
+                    }
                     outbox::enqueue(&mut tx, std::slice::from_ref(&event)).await?;
                     return Ok(CreateOutcome::Created);
                 }
@@ -152,17 +176,22 @@ impl OrderStore for Database {
 
     async fn find_by_idempotency_key(
         &self,
+        tenant: &TenantId,
         user_id: &str,
         key: &IdempotencyKey,
     ) -> PortResult<Option<Order>> {
         let row = self
-            .fetch_optional(&by_idempotency_key(user_id, key.as_str()))
+            .fetch_optional(&by_idempotency_key(tenant, user_id, key.as_str()))
             .await?;
         row.as_ref().map(order_from_row).transpose()
     }
 
-    async fn get(&self, id: Uuid) -> PortResult<Option<Order>> {
-        let sql = Sql::new(format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1")).bind(id);
+    async fn get(&self, tenant: &TenantId, id: Uuid) -> PortResult<Option<Order>> {
+        let sql = Sql::new(format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 AND tenant = $2"
+        ))
+        .bind(id)
+        .bind(tenant.as_str());
         let row = self.fetch_optional(&sql).await?;
         row.as_ref().map(order_from_row).transpose()
     }

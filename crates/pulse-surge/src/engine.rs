@@ -27,7 +27,8 @@ use pulse_core::cache::{Cache, CacheWrite, Guarded};
 use pulse_core::clock::SharedClock;
 use pulse_core::log::{ConsumedRecord, EventLog, LogConsumer, TopicSpec};
 use pulse_core::time::millis;
-use pulse_core::{PortError, PortResult};
+use pulse_core::tenant::TENANT_HEADER;
+use pulse_core::{PortError, PortResult, TenantId};
 use pulse_proto::v1::{DriverLocationUpdated, OrderCreatedEvent};
 use pulse_proto::Message;
 use pulse_runtime::processor::{ConsumerSettings, Poison, Processor, Tick};
@@ -229,9 +230,12 @@ pub struct SurgeEngine {
     cache: Arc<dyn Cache>,
     clock: SharedClock,
     settings: EngineSettings,
-    active: HashMap<CellIndex, Option<Published>>,
-    /// Cells touched since the last flush.
-    dirty: BTreeSet<CellIndex>,
+    /// The live cells of each tenant (by its key layout).
+    active: HashMap<Keys, HashMap<CellIndex, Option<Published>>>,
+    /// Cells touched since the last flush, per tenant.
+    dirty: HashMap<Keys, BTreeSet<CellIndex>>,
+    /// The key layout of each tenant seen since start (see [`Keys::for_tenant`]).
+    tenants: HashMap<Bytes, Keys>,
     /// The state generation this engine last saw in the cache (see [`Keys::state_generation`]).
     generation: Option<Bytes>,
 }
@@ -250,7 +254,8 @@ impl SurgeEngine {
             clock,
             settings,
             active: HashMap::new(),
-            dirty: BTreeSet::new(),
+            dirty: HashMap::new(),
+            tenants: HashMap::new(),
             generation: None,
         }
     }
@@ -336,23 +341,26 @@ impl SurgeEngine {
             self.settings.names.demand.clone(),
             self.settings.names.supply.clone(),
         );
-        let mut orders: Vec<(CellIndex, Guarded)> = Vec::new();
-        let mut pings: Vec<(CellIndex, DriverLocationUpdated)> = Vec::new();
+        let mut orders: Vec<(Keys, CellIndex, Guarded)> = Vec::new();
+        let mut pings: Vec<(Keys, CellIndex, DriverLocationUpdated)> = Vec::new();
         let mut poison: Vec<Poison> = Vec::new();
         for (index, record) in records.iter().enumerate() {
             let topic = record.position.topic.as_str();
-            let decoded = if topic == self.settings.names.demand {
-                self.decode_order(record).map(|order| orders.push(order))
-            } else if topic == self.settings.names.supply {
-                decode_ping(record).map(|ping| pings.push(ping))
-            } else {
-                Err(format!("unexpected topic {topic}"))
+            let decoded = match self.keys_of(record) {
+                Err(reason) => Err(reason),
+                Ok(keys) if topic == self.settings.names.demand => self
+                    .decode_order(&keys, record)
+                    .map(|(cell, guarded)| orders.push((keys, cell, guarded))),
+                Ok(keys) if topic == self.settings.names.supply => {
+                    decode_ping(record).map(|(cell, ping)| pings.push((keys, cell, ping)))
+                }
+                Ok(_) => Err(format!("unexpected topic {topic}")),
             };
             if let Err(reason) = decoded {
                 poison.push(Poison { index, reason });
             }
         }
-        let mut touched = BTreeSet::new();
+        let mut touched: BTreeSet<(Keys, CellIndex)> = BTreeSet::new();
         // A constant number of cache round trips per batch, whatever its size: the cost of a
         // record is the round trip, not the work. Demand and supply touch different keys, so
         // their round trips overlap.
@@ -360,7 +368,7 @@ impl SurgeEngine {
             if orders.is_empty() {
                 return Ok(Vec::new());
             }
-            let guarded = orders.iter().map(|(_, guarded)| guarded.clone()).collect();
+            let guarded = orders.iter().map(|(_, _, guarded)| guarded.clone()).collect();
             self.cache.apply_if_absent_many(guarded).await
         };
         let supply = async {
@@ -370,8 +378,8 @@ impl SurgeEngine {
             self.apply_pings(&pings, &mut touched).await
         };
         let (demand, supply) = tokio::join!(demand, supply);
-        for ((cell, _), applied) in orders.iter().zip(demand?) {
-            touched.insert(*cell);
+        for ((keys, cell, _), applied) in orders.iter().zip(demand?) {
+            touched.insert((keys.clone(), *cell));
             let label = if applied { "applied" } else { "duplicate" };
             *outcomes.entry((demand_topic.as_str(), label)).or_default() += 1;
         }
@@ -386,10 +394,14 @@ impl SurgeEngine {
             metrics::counter!(ENGINE_RECORDS_TOTAL, "topic" => topic.to_owned(), "outcome" => label)
                 .increment(count);
         }
-        for cell in &touched {
-            self.active.entry(*cell).or_insert(None);
+        for (keys, cell) in touched {
+            self.active
+                .entry(keys.clone())
+                .or_default()
+                .entry(cell)
+                .or_insert(None);
+            self.dirty.entry(keys).or_default().insert(cell);
         }
-        self.dirty.extend(touched);
         Ok(poison)
     }
 
@@ -397,17 +409,36 @@ impl SurgeEngine {
     /// records) are already in the cache; the published multiplier is derived from them, so a
     /// flush may lag the commit by up to `publish_interval`.
     pub async fn flush(&mut self) -> PortResult<()> {
-        if self.dirty.is_empty() {
-            return Ok(());
+        let dirty: Vec<Keys> = self.dirty.keys().cloned().collect();
+        for keys in dirty {
+            let cells: Vec<CellIndex> = self.dirty[&keys].iter().copied().collect();
+            self.publish(&keys, cells).await?;
+            self.dirty.remove(&keys);
         }
-        let cells: Vec<CellIndex> = self.dirty.iter().copied().collect();
-        self.publish(cells).await?;
-        self.dirty.clear();
         Ok(())
     }
 
+    /// The key layout of the record's tenant (its `pulse.tenant` header; absent = `default`),
+    /// or why the record is poison.
+    fn keys_of(&mut self, record: &ConsumedRecord) -> Result<Keys, String> {
+        let Some(raw) = record.header(TENANT_HEADER) else {
+            return Ok(self.settings.names.keys.clone());
+        };
+        if let Some(keys) = self.tenants.get(raw) {
+            return Ok(keys.clone());
+        }
+        let tenant = TenantId::from_header(Some(raw)).map_err(|err| err.to_string())?;
+        let keys = self.settings.names.keys.for_tenant(&tenant);
+        self.tenants.insert(raw.clone(), keys.clone());
+        Ok(keys)
+    }
+
     /// The guarded demand increment of an order record, or why it is poison.
-    fn decode_order(&self, record: &ConsumedRecord) -> Result<(CellIndex, Guarded), String> {
+    fn decode_order(
+        &self,
+        keys: &Keys,
+        record: &ConsumedRecord,
+    ) -> Result<(CellIndex, Guarded), String> {
         let event = OrderCreatedEvent::decode(record.payload.as_ref())
             .map_err(|err| format!("undecodable OrderCreatedEvent: {err}"))?;
         let cell = parse_cell(&event.pickup_h3).map_err(|err| err.to_string())?;
@@ -415,14 +446,10 @@ impl SurgeEngine {
             return Err("order without an id".into());
         }
         let guarded = Guarded {
-            guard: self.settings.names.keys.seen_order(&event.order_id),
+            guard: keys.seen_order(&event.order_id),
             guard_ttl: self.counter_ttl(),
             writes: vec![CacheWrite::IncrBy {
-                key: self
-                    .settings
-                    .names
-                    .keys
-                    .demand(cell, self.bucket_of(event.timestamp)),
+                key: keys.demand(cell, self.bucket_of(event.timestamp)),
                 delta: 1,
                 ttl: Some(self.counter_ttl()),
             }],
@@ -435,33 +462,37 @@ impl SurgeEngine {
     /// latest pings and one atomic batch of writes for the whole slice.
     async fn apply_pings(
         &self,
-        pings: &[(CellIndex, DriverLocationUpdated)],
-        touched: &mut BTreeSet<CellIndex>,
+        pings: &[(Keys, CellIndex, DriverLocationUpdated)],
+        touched: &mut BTreeSet<(Keys, CellIndex)>,
     ) -> PortResult<Vec<(&'static str, u64)>> {
-        let mut drivers: Vec<&str> = pings
+        // A driver is a driver of one tenant: the same id in two tenants is two drivers.
+        let mut drivers: Vec<(&Keys, &str)> = pings
             .iter()
-            .map(|(_, ping)| ping.driver_id.as_str())
+            .map(|(keys, _, ping)| (keys, ping.driver_id.as_str()))
             .collect();
         drivers.sort_unstable();
         drivers.dedup();
-        let driver_keys: Vec<String> = drivers
-            .iter()
-            .map(|id| self.settings.names.keys.driver(id))
-            .collect();
+        let driver_keys: Vec<String> = drivers.iter().map(|(keys, id)| keys.driver(id)).collect();
         let stored = self.cache.get_many(&driver_keys).await?;
-        let mut latest: HashMap<&str, Option<DriverState>> = drivers
+        let mut latest: HashMap<(&Keys, &str), Option<DriverState>> = drivers
             .iter()
             .zip(stored)
-            .map(|(id, raw)| (*id, raw.and_then(|raw| serde_json::from_slice(&raw).ok())))
+            .map(|(driver, raw)| {
+                (
+                    *driver,
+                    raw.and_then(|raw| serde_json::from_slice(&raw).ok()),
+                )
+            })
             .collect();
         let ttl = Some(self.counter_ttl());
         let oldest_counted = *self.window_buckets(self.clock.now_ms()).start();
         let (mut applied, mut stale) = (0, 0);
         let mut writes = Vec::new();
         let mut changed = BTreeSet::new();
-        for (cell, ping) in pings {
-            touched.insert(*cell);
-            let previous = latest.get(ping.driver_id.as_str()).cloned().flatten();
+        for (keys, cell, ping) in pings {
+            touched.insert((keys.clone(), *cell));
+            let driver = (keys, ping.driver_id.as_str());
+            let previous = latest.get(&driver).cloned().flatten();
             if previous
                 .as_ref()
                 .is_some_and(|previous| previous.timestamp_ms >= ping.timestamp)
@@ -476,24 +507,16 @@ impl SurgeEngine {
                     previous_bucket >= oldest_counted - 1,
                 ) {
                     writes.push(CacheWrite::IncrBy {
-                        key: self
-                            .settings
-                            .names
-                            .keys
-                            .supply(previous_cell, previous_bucket),
+                        key: keys.supply(previous_cell, previous_bucket),
                         delta: -1,
                         ttl,
                     });
-                    touched.insert(previous_cell);
+                    touched.insert((keys.clone(), previous_cell));
                 }
             }
             if ping.available {
                 writes.push(CacheWrite::IncrBy {
-                    key: self
-                        .settings
-                        .names
-                        .keys
-                        .supply(*cell, self.bucket_of(ping.timestamp)),
+                    key: keys.supply(*cell, self.bucket_of(ping.timestamp)),
                     delta: 1,
                     ttl,
                 });
@@ -505,30 +528,31 @@ impl SurgeEngine {
                 lat: ping.lat,
                 lng: ping.lng,
             };
-            latest.insert(ping.driver_id.as_str(), Some(state));
-            changed.insert(ping.driver_id.as_str());
+            latest.insert(driver, Some(state));
+            changed.insert(driver);
             applied += 1;
         }
         for driver in changed {
-            if let Some(Some(state)) = latest.get(driver) {
+            let (keys, driver_id) = driver;
+            if let Some(Some(state)) = latest.get(&driver) {
                 let json = serde_json::to_vec(state)
                     .map_err(|err| PortError::Invalid(format!("driver state: {err}")))?;
                 writes.push(CacheWrite::Set {
-                    key: self.settings.names.keys.driver(driver),
+                    key: keys.driver(driver_id),
                     value: Bytes::from(json),
                     ttl,
                 });
                 writes.push(if state.available {
                     CacheWrite::IndexAdd {
-                        key: self.settings.names.keys.available_drivers(),
-                        member: driver.to_owned(),
+                        key: keys.available_drivers(),
+                        member: driver_id.to_owned(),
                         score: state.timestamp_ms,
                         ttl,
                     }
                 } else {
                     CacheWrite::IndexRemove {
-                        key: self.settings.names.keys.available_drivers(),
-                        member: driver.to_owned(),
+                        key: keys.available_drivers(),
+                        member: driver_id.to_owned(),
                     }
                 });
             }
@@ -544,18 +568,22 @@ impl SurgeEngine {
     async fn trim_indexes(&self) -> PortResult<()> {
         let now_ms = self.clock.now_ms();
         let window_start = self.window_start_ms();
-        self.cache
-            .apply(vec![
-                CacheWrite::IndexTrim {
-                    key: self.settings.names.keys.surge_cells(),
-                    below: now_ms,
-                },
-                CacheWrite::IndexTrim {
-                    key: self.settings.names.keys.available_drivers(),
-                    below: window_start,
-                },
-            ])
-            .await
+        let tenants = std::iter::once(&self.settings.names.keys).chain(self.tenants.values());
+        let writes = tenants
+            .flat_map(|keys| {
+                [
+                    CacheWrite::IndexTrim {
+                        key: keys.surge_cells(),
+                        below: now_ms,
+                    },
+                    CacheWrite::IndexTrim {
+                        key: keys.available_drivers(),
+                        below: window_start,
+                    },
+                ]
+            })
+            .collect();
+        self.cache.apply(writes).await
     }
 
     /// Start of the oldest bucket of the window ending now, Unix milliseconds.
@@ -563,25 +591,21 @@ impl SurgeEngine {
         *self.window_buckets(self.clock.now_ms()).start() * self.bucket_ms()
     }
 
-    /// Window totals `(demand, supply)` of `cells` now.
-    pub async fn window_totals(&self, cells: &[CellIndex]) -> PortResult<Vec<(u64, u64)>> {
+    /// Window totals `(demand, supply)` of `cells` of the tenant whose layout is `keys`, now.
+    pub async fn window_totals(
+        &self,
+        keys: &Keys,
+        cells: &[CellIndex],
+    ) -> PortResult<Vec<(u64, u64)>> {
         let buckets: Vec<i64> = self.window_buckets(self.clock.now_ms()).collect();
-        let mut keys = Vec::with_capacity(cells.len() * buckets.len() * 2);
+        let mut counters = Vec::with_capacity(cells.len() * buckets.len() * 2);
         for cell in cells {
-            keys.extend(
-                buckets
-                    .iter()
-                    .map(|bucket| self.settings.names.keys.demand(*cell, *bucket)),
-            );
-            keys.extend(
-                buckets
-                    .iter()
-                    .map(|bucket| self.settings.names.keys.supply(*cell, *bucket)),
-            );
+            counters.extend(buckets.iter().map(|bucket| keys.demand(*cell, *bucket)));
+            counters.extend(buckets.iter().map(|bucket| keys.supply(*cell, *bucket)));
         }
-        let mut values = Vec::with_capacity(keys.len());
+        let mut values = Vec::with_capacity(counters.len());
         // Bounded requests: a few thousand keys per MGET.
-        for chunk in keys.chunks(4_096) {
+        for chunk in counters.chunks(4_096) {
             values.extend(self.cache.get_many(chunk).await?);
         }
         let sum = |slice: &[Option<Bytes>]| -> u64 {
@@ -603,12 +627,13 @@ impl SurgeEngine {
 
     /// Recomputes `cells` and writes those whose multiplier changed or whose value is about to
     /// expire; forgets (and deletes) cells whose window is empty.
-    async fn publish(&mut self, cells: Vec<CellIndex>) -> PortResult<()> {
+    async fn publish(&mut self, keys: &Keys, cells: Vec<CellIndex>) -> PortResult<()> {
         if cells.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
-        let totals = self.window_totals(&cells).await?;
+        let totals = self.window_totals(keys, &cells).await?;
+        let active = self.active.entry(keys.clone()).or_default();
         let now_ms = self.clock.now_ms();
         let refresh_after_ms = millis(self.settings.surge_ttl) / 2;
         let mut writes = Vec::new();
@@ -617,10 +642,10 @@ impl SurgeEngine {
         for (cell, (demand, supply)) in cells.iter().zip(totals) {
             if demand == 0 && supply == 0 {
                 writes.push(CacheWrite::Delete {
-                    key: self.settings.names.keys.surge(*cell),
+                    key: keys.surge(*cell),
                 });
                 writes.push(CacheWrite::IndexRemove {
-                    key: self.settings.names.keys.surge_cells(),
+                    key: keys.surge_cells(),
                     member: cell.to_string(),
                 });
                 forgotten.push(*cell);
@@ -634,7 +659,7 @@ impl SurgeEngine {
             };
             // The counts are part of the published value (the map shows them), so a change of
             // either is published too, not only a change of the multiplier.
-            let due = match self.active.get(cell).copied().flatten() {
+            let due = match active.get(cell).copied().flatten() {
                 Some(last) => {
                     last.multiplier != value.multiplier
                         || (last.demand, last.supply) != (demand, supply)
@@ -646,12 +671,12 @@ impl SurgeEngine {
                 let json = serde_json::to_vec(&value)
                     .map_err(|err| PortError::Invalid(format!("surge value: {err}")))?;
                 writes.push(CacheWrite::Set {
-                    key: self.settings.names.keys.surge(*cell),
+                    key: keys.surge(*cell),
                     value: Bytes::from(json),
                     ttl: Some(self.settings.surge_ttl),
                 });
                 writes.push(CacheWrite::IndexAdd {
-                    key: self.settings.names.keys.surge_cells(),
+                    key: keys.surge_cells(),
                     member: cell.to_string(),
                     score: now_ms + millis(self.settings.surge_ttl),
                     ttl: Some(self.settings.surge_ttl),
@@ -662,12 +687,13 @@ impl SurgeEngine {
         if !writes.is_empty() {
             self.cache.apply(writes).await?;
         }
+        let active = self.active.entry(keys.clone()).or_default();
         for cell in forgotten {
-            self.active.remove(&cell);
+            active.remove(&cell);
         }
         for (cell, value) in published {
             metrics::histogram!(MULTIPLIER).record(value.multiplier);
-            self.active.insert(
+            active.insert(
                 cell,
                 Some(Published {
                     multiplier: value.multiplier,
@@ -677,7 +703,11 @@ impl SurgeEngine {
                 }),
             );
         }
-        metrics::gauge!(ACTIVE_CELLS).set(self.active.len() as f64);
+        if active.is_empty() {
+            self.active.remove(keys);
+        }
+        let cells: usize = self.active.values().map(HashMap::len).sum();
+        metrics::gauge!(ACTIVE_CELLS).set(cells as f64);
         metrics::histogram!(SURGE_CALCULATION_DURATION).record(started.elapsed().as_secs_f64());
         Ok(())
     }
@@ -733,7 +763,15 @@ impl Processor for SurgeEngine {
                 reason: "cache_state_lost",
             });
         }
-        let refreshed = self.publish(self.active.keys().copied().collect()).await;
+        let mut refreshed = Ok(());
+        let tenants: Vec<(Keys, Vec<CellIndex>)> = self
+            .active
+            .iter()
+            .map(|(keys, cells)| (keys.clone(), cells.keys().copied().collect()))
+            .collect();
+        for (keys, cells) in tenants {
+            refreshed = refreshed.and(self.publish(&keys, cells).await);
+        }
         let trimmed = self.trim_indexes().await;
         refreshed.and(trimmed).map(|()| Tick::Continue)
     }
@@ -816,7 +854,7 @@ mod window_tests {
             .await
             .expect("first ping");
         assert_eq!(
-            engine.window_totals(&[here]).await.expect("totals"),
+            engine.window_totals(&settings.names.keys, &[here]).await.expect("totals"),
             [(0, 1)]
         );
 
@@ -826,7 +864,7 @@ mod window_tests {
             .await
             .expect("second ping");
         assert_eq!(
-            engine.window_totals(&[here, there]).await.expect("totals"),
+            engine.window_totals(&settings.names.keys, &[here, there]).await.expect("totals"),
             [(0, 0), (0, 1)]
         );
     }

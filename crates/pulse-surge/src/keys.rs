@@ -1,12 +1,13 @@
 //! Cache key layout of the surge loop, in one place, behind the deployment's prefix (empty by
-//! default, so the seed's contract `surge:{h3}` holds as is).
+//! default, so the seed's contract `surge:{h3}` holds as is) and the tenant's namespace.
 
 use std::sync::Arc;
 
 use h3o::CellIndex;
+use pulse_core::TenantId;
 
 /// The keys of one deployment. Cheap to clone.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Keys {
     prefix: Arc<str>,
 }
@@ -16,6 +17,19 @@ impl Keys {
     pub fn with_prefix(prefix: &str) -> Self {
         Self {
             prefix: prefix.into(),
+        }
+    }
+
+    /// The layout of `tenant`'s data: the one function that namespaces keys per tenant. The
+    /// `default` tenant keeps the deployment's layout (the seed's `surge:{h3}`); every other
+    /// tenant's keys are prefixed `t:{tenant_id}:` after the deployment prefix. Tenant ids have
+    /// no `:`, so no tenant's keys can alias another's.
+    pub fn for_tenant(&self, tenant: &TenantId) -> Self {
+        if tenant.is_default() {
+            return self.clone();
+        }
+        Self {
+            prefix: format!("{}t:{tenant}:", self.prefix).into(),
         }
     }
 
@@ -73,6 +87,27 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_tenants_keys_are_prefixed_and_the_default_tenants_are_the_contract() {
+        let cell = "8928308280fffff";
+        let acme = TenantId::parse("acme").unwrap();
+        let keys = Keys::with_prefix("staging.");
+        assert_eq!(
+            keys.for_tenant(&acme).surge(cell),
+            "staging.t:acme:surge:8928308280fffff"
+        );
+        assert_eq!(
+            Keys::default().for_tenant(&acme).driver("d1"),
+            "t:acme:driver:d1"
+        );
+        assert_eq!(
+            Keys::default()
+                .for_tenant(&TenantId::default_tenant())
+                .surge(cell),
+            "surge:8928308280fffff"
+        );
+    }
 
     #[test]
     fn the_default_layout_is_the_contract_and_a_prefix_goes_first() {

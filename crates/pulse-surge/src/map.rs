@@ -9,7 +9,7 @@
 //! changed.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +17,7 @@ use h3o::{CellIndex, LatLng};
 use pulse_core::cache::Cache;
 use pulse_core::clock::SharedClock;
 use pulse_core::time::millis;
-use pulse_core::PortResult;
+use pulse_core::{PortResult, TenantId};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -204,6 +204,13 @@ impl SurgeMap {
         }
     }
 
+    /// The same map, of `tenant`'s cells and drivers (see [`crate::keys::Keys::for_tenant`]).
+    pub fn for_tenant(&self, tenant: &TenantId) -> Self {
+        let mut map = self.clone();
+        map.settings.keys = self.settings.keys.for_tenant(tenant);
+        map
+    }
+
     /// The cells and drivers live now.
     pub async fn snapshot(&self) -> PortResult<SurgeSnapshot> {
         let now_ms = self.clock.now_ms();
@@ -379,6 +386,56 @@ impl SurgeFeed {
                 Err(_) => {}
             }
         }
+    }
+}
+
+/// One [`SurgeFeed`] per tenant whose map is watched, started on its first subscriber and
+/// stopped with the process: a tenant's stream never carries another tenant's cells.
+#[derive(Debug, Clone)]
+pub struct SurgeFeeds {
+    map: SurgeMap,
+    interval: Duration,
+    shutdown: CancellationToken,
+    feeds: Arc<Mutex<HashMap<TenantId, SurgeFeed>>>,
+}
+
+impl SurgeFeeds {
+    /// Feeds of `map` (the default tenant's layout) read every `interval`, ending with
+    /// `shutdown`.
+    pub fn new(map: SurgeMap, interval: Duration, shutdown: CancellationToken) -> Self {
+        Self {
+            map,
+            interval,
+            shutdown,
+            feeds: Arc::default(),
+        }
+    }
+
+    /// `tenant`'s map, read on demand.
+    pub fn map(&self, tenant: &TenantId) -> SurgeMap {
+        self.map.for_tenant(tenant)
+    }
+
+    /// Cancelled when the process stops: long-lived streams end then.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// `tenant`'s feed, started (on the current Tokio runtime) when first asked for.
+    pub fn feed(&self, tenant: &TenantId) -> SurgeFeed {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        feeds
+            .entry(tenant.clone())
+            .or_insert_with(|| {
+                let feed = SurgeFeed::new(
+                    self.map.for_tenant(tenant),
+                    self.interval,
+                    self.shutdown.clone(),
+                );
+                tokio::spawn(feed.clone().run());
+                feed
+            })
+            .clone()
     }
 }
 

@@ -9,7 +9,7 @@ use h3o::CellIndex;
 use pulse_core::cache::Cache;
 use pulse_core::clock::SharedClock;
 use pulse_core::time::millis;
-use pulse_core::{PortError, PortResult};
+use pulse_core::{PortError, PortResult, TenantId};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -73,6 +73,9 @@ pub struct Quote {
     pub quote_id: Option<Uuid>,
     /// Until when the quote id is honoured (Unix milliseconds).
     pub expires_at_ms: Option<i64>,
+    /// The user the quote was asked for, if named: only that user may pay with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 /// Quote settings.
@@ -104,9 +107,11 @@ impl QuoteService {
         }
     }
 
-    /// The surge in force for `cell`. Never fails: a cache error yields the fallback.
-    pub async fn current_surge(&self, cell: CellIndex) -> CurrentSurge {
-        match self.cache.get(&self.settings.keys.surge(cell)).await {
+    /// The surge in force for `tenant` in `cell`. Never fails: a cache error yields the
+    /// fallback.
+    pub async fn current_surge(&self, tenant: &TenantId, cell: CellIndex) -> CurrentSurge {
+        let key = self.settings.keys.for_tenant(tenant).surge(cell);
+        match self.cache.get(&key).await {
             Ok(Some(raw)) => match serde_json::from_slice::<SurgeValue>(&raw) {
                 Ok(value) => CurrentSurge {
                     multiplier: value.multiplier,
@@ -136,10 +141,18 @@ impl QuoteService {
         }
     }
 
-    /// Quotes a trip and locks its price under a new quote id (when the cache takes it).
-    pub async fn quote(&self, pickup: Point, dropoff: Option<Point>) -> Quote {
+    /// Quotes a trip for `tenant` (and, when named, `user_id`) and locks its price under a new
+    /// quote id (when the cache takes it). The lock is the tenant's: no other tenant can
+    /// redeem it.
+    pub async fn quote(
+        &self,
+        tenant: &TenantId,
+        user_id: Option<&str>,
+        pickup: Point,
+        dropoff: Option<Point>,
+    ) -> Quote {
         let cell = pickup.cell();
-        let surge = self.current_surge(cell).await;
+        let surge = self.current_surge(tenant, cell).await;
         let distance_m = dropoff.map_or(0.0, |dropoff| pickup.distance_m(&dropoff));
         let mut quote = Quote {
             h3: cell.to_string(),
@@ -150,6 +163,7 @@ impl QuoteService {
             price: self.settings.tariff.price(distance_m, surge.multiplier),
             quote_id: None,
             expires_at_ms: None,
+            user_id: user_id.map(str::to_owned),
         };
         metrics::counter!(QUOTES_TOTAL, "source" => surge.source.label()).increment(1);
         if surge.source == SurgeSource::Fallback {
@@ -164,7 +178,7 @@ impl QuoteService {
             Ok(bytes) => self
                 .cache
                 .set(
-                    &self.settings.keys.quote(&quote_id),
+                    &self.settings.keys.for_tenant(tenant).quote(&quote_id),
                     bytes,
                     Some(self.settings.lock),
                 )
@@ -180,9 +194,10 @@ impl QuoteService {
         quote
     }
 
-    /// The locked quote `quote_id`, unless unknown or expired.
-    pub async fn locked(&self, quote_id: &Uuid) -> PortResult<Option<Quote>> {
-        let Some(raw) = self.cache.get(&self.settings.keys.quote(quote_id)).await? else {
+    /// `tenant`'s locked quote `quote_id`, unless unknown (to that tenant) or expired.
+    pub async fn locked(&self, tenant: &TenantId, quote_id: &Uuid) -> PortResult<Option<Quote>> {
+        let key = self.settings.keys.for_tenant(tenant).quote(quote_id);
+        let Some(raw) = self.cache.get(&key).await? else {
             return Ok(None);
         };
         let quote: Quote = serde_json::from_slice(&raw)
@@ -230,25 +245,38 @@ mod tests {
             .await
             .unwrap();
         let quotes = service(cache, &clock);
-        let quote = quotes.quote(pickup, None).await;
+        let default = TenantId::default_tenant();
+        let other = TenantId::parse("other").unwrap();
+        assert_eq!(
+            quotes.quote(&other, None, pickup, None).await.source,
+            SurgeSource::Default,
+            "another tenant does not see the default tenant's surge"
+        );
+        let quote = quotes.quote(&default, Some("u1"), pickup, None).await;
         assert_eq!((quote.multiplier, quote.source), (2.5, SurgeSource::Live));
         assert_eq!(quote.price.total.amount_minor, 625);
         let id = quote.quote_id.expect("locked");
-        assert_eq!(quotes.locked(&id).await.unwrap(), Some(quote.clone()));
+        assert_eq!(quote.user_id.as_deref(), Some("u1"));
+        assert_eq!(quotes.locked(&default, &id).await.unwrap(), Some(quote.clone()));
+        assert_eq!(
+            quotes.locked(&other, &id).await.unwrap(),
+            None,
+            "the lock is the tenant's"
+        );
         clock.advance(Duration::from_millis(119_999));
         assert_eq!(
-            quotes.locked(&id).await.unwrap(),
+            quotes.locked(&default, &id).await.unwrap(),
             Some(quote),
             "locked until its last millisecond"
         );
         clock.advance(Duration::from_millis(1));
         assert_eq!(
-            quotes.locked(&id).await.unwrap(),
+            quotes.locked(&default, &id).await.unwrap(),
             None,
             "expired at expires_at"
         );
         assert_eq!(
-            quotes.locked(&Uuid::new_v4()).await.unwrap(),
+            quotes.locked(&default, &Uuid::new_v4()).await.unwrap(),
             None,
             "unknown"
         );
@@ -260,7 +288,9 @@ mod tests {
         let quotes = service(MemoryCache::new(Arc::new(clock.clone()), 100), &clock);
         let pickup = Point::new(10.0, 10.0).unwrap();
         let dropoff = Point::new(10.01, 10.0).unwrap();
-        let quote = quotes.quote(pickup, Some(dropoff)).await;
+        let quote = quotes
+            .quote(&TenantId::default_tenant(), None, pickup, Some(dropoff))
+            .await;
         assert_eq!(
             (quote.multiplier, quote.source),
             (1.0, SurgeSource::Default)

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use pulse_core::clock::{SharedClock, SystemClock};
 use pulse_outbox::relay::{Relay, RelaySettings};
 use pulse_surge::engine::EngineSettings;
-use pulse_surge::map::SurgeFeed;
+use pulse_tenants::{IssuedKey, Scope};
 
 use crate::backends::{redact, Backends};
 use crate::config::Config;
@@ -36,8 +36,8 @@ pub struct Application {
     clock: SharedClock,
     engine: EngineSettings,
     relay: RelaySettings,
-    surge_feed: Option<SurgeFeed>,
     backend_timeout: Duration,
+    created_key: Option<IssuedKey>,
 }
 
 /// Name of the breaker on the quote path (the `breaker` label of its metrics).
@@ -75,8 +75,12 @@ impl Application {
         let quotes = wiring::surge::quotes(config, &backends, clock.clone());
         // Every role serves the operational endpoints so each process can be probed and
         // scraped; only the gateway serves the API, each domain its router.
-        let mut surge_feed = None;
-        let (api, pages) = if roles.contains(&Role::Gateway) {
+        let mut created_key = None;
+        let (api, admin, pages) = if roles.contains(&Role::Gateway) {
+            let tenants = wiring::tenants::service(&backends.store, clock.clone());
+            created_key = wiring::tenants::bootstrap(config, &tenants).await?;
+            let guard = wiring::tenants::guard(config, &tenants, clock.clone());
+            let admin = wiring::tenants::admin_router(config, tenants)?;
             let orders = wiring::orders::service(
                 &backends.store,
                 quotes.clone(),
@@ -90,7 +94,6 @@ impl Application {
                 backend_timeout,
                 shutdown.clone(),
             );
-            surge_feed = Some(feed.clone());
             let api = wiring::orders::router(orders, backend_timeout).merge(wiring::surge::router(
                 config,
                 &backends,
@@ -99,11 +102,12 @@ impl Application {
                 clock.clone(),
                 backend_timeout,
             ));
-            (api, pulse_http::map_page::routes())
+            let api = pulse_http::auth::require(api, guard, Scope::Full);
+            (api, Some(admin), pulse_http::map_page::routes())
         } else {
-            (Router::new(), Router::new())
+            (Router::new(), None, Router::new())
         };
-        let router = pulse_http::router(ops, api, pages);
+        let router = pulse_http::router(ops, api, admin, pages);
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -125,8 +129,8 @@ impl Application {
             clock,
             engine: wiring::surge::engine_settings(config),
             relay: config.relay.settings(),
-            surge_feed,
             backend_timeout,
+            created_key,
         })
     }
 
@@ -136,6 +140,11 @@ impl Application {
             .local_addr()
             .map(|addr| addr.port())
             .unwrap_or(0)
+    }
+
+    /// The key of the `default` tenant, when this start created it (an empty store).
+    pub fn created_key(&self) -> Option<&IssuedKey> {
+        self.created_key.as_ref()
     }
 
     /// The roles this process plays.
@@ -174,12 +183,6 @@ impl Application {
                         }
                     }
                 }
-            });
-        }
-        if let Some(feed) = self.surge_feed {
-            supervisor.spawn("surge-feed", async move {
-                feed.run().await;
-                Ok(())
             });
         }
         if self.roles.contains(&Role::Relay) {

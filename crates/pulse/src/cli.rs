@@ -64,6 +64,12 @@ pub enum Command {
         /// Print the closing summary as JSON on stdout (progress stays on stderr)
         #[arg(long)]
         json: bool,
+        /// The API key to send (default: the key `pulse up` wrote into the data directory)
+        #[arg(long, value_name = "KEY", env = "PULSE_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Data directory of a local `pulse up`, where its key is found when --api-key is not given
+        #[arg(long, value_name = "DIR", default_value = "data")]
+        data_dir: std::path::PathBuf,
         /// The city.
         #[command(flatten)]
         city: CityArgs,
@@ -156,6 +162,7 @@ impl CityArgs {
             seed,
             duration: (!duration.is_zero()).then_some(duration),
             concurrency: self.concurrency as usize,
+            api_key: None,
         }
     }
 }

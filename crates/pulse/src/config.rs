@@ -3,6 +3,7 @@
 //! Top-level keys map to `PULSE_<KEY>` (`PULSE_STORE_URL`, `PULSE_LISTEN`, …); nested keys use a
 //! double underscore (`PULSE_EMBEDDED_LOG__RETENTION_HOURS`). The README's configuration table lists them.
 
+use pulse_tenants::config::{AuthConfig, QuotasConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -121,6 +122,24 @@ pub struct Config {
     pub map: MapConfig,
     /// Circuit breaker on the quote path.
     pub quote_breaker: BreakerConfig,
+    /// The token of `/admin/v1` (`PULSE_ADMIN_TOKEN`); unset: one generated on first start into
+    /// `<data_dir>/admin-token`.
+    pub admin_token: Option<Secret>,
+    /// How API keys are checked.
+    pub auth: AuthConfig,
+    /// Each quota class's default per tenant.
+    pub quotas: QuotasConfig,
+}
+
+/// A setting that must never reach a log: its `Debug` shows only that it is set.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl Default for Config {
@@ -146,6 +165,9 @@ impl Default for Config {
             relay: RelayConfig::default(),
             map: MapConfig::default(),
             quote_breaker: BreakerConfig::default(),
+            admin_token: None,
+            auth: AuthConfig::default(),
+            quotas: QuotasConfig::default(),
         }
     }
 }
@@ -292,6 +314,13 @@ impl Config {
             self.relay.validate(),
             self.map.validate(),
             self.quote_breaker.validate("quote_breaker"),
+            self.auth.validate(),
+            self.quotas.validate(),
+            self.admin_token.as_ref().map_or(Ok(()), |token| {
+                pulse_tenants::AdminToken::new(&token.0)
+                    .map(|_| ())
+                    .map_err(|err| format!("admin_token: {err}"))
+            }),
         ];
         for section in sections {
             section.map_err(ConfigError::Invalid)?;

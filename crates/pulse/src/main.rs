@@ -42,9 +42,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         duration,
         json,
         city,
+        api_key,
+        data_dir,
     } = &cli.command
     {
-        return simulate(city.settings(target.clone(), *duration), *json).await;
+        let mut settings = city.settings(target.clone(), *duration);
+        settings.api_key = match api_key {
+            Some(key) => Some(key.clone()),
+            None => pulse::wiring::tenants::read_key_file(data_dir)?,
+        };
+        anyhow::ensure!(
+            settings.api_key.is_some(),
+            "no API key: pass --api-key (or PULSE_API_KEY), or --data-dir of the `pulse up` \
+             whose {} file holds one",
+            pulse::wiring::tenants::API_KEY_FILE
+        );
+        return simulate(settings, *json).await;
     }
     let common = cli.command.common().context("command without settings")?;
     let mut config = Config::load(common.config.as_deref(), &common.flags)?;
@@ -136,6 +149,7 @@ async fn demo(
         ip => ip,
     };
     let url = format!("http://{}", std::net::SocketAddr::new(host, app.port()));
+    let api_key = demo_key(config, &app).await?;
     let running = {
         let city_stop = city_stop.clone();
         tokio::spawn(async move {
@@ -144,9 +158,10 @@ async fn demo(
             outcome
         })
     };
-    let settings = city.settings(url.clone(), duration);
+    let mut settings = city.settings(url.clone(), duration);
+    settings.api_key = Some(api_key.clone());
     eprintln!(
-        "\n  Pulse is running (embedded data in {}).\n  Watch the live surge map: {url}/\n  \
+        "\n  Pulse is running (embedded data in {}).\n  Watch the live surge map: {url}/map#key={api_key}\n  \
          Simulating {} drivers and {} riders (seed {}). Ctrl-C stops.\n",
         config.data_dir.display(),
         settings.drivers,
@@ -157,6 +172,28 @@ async fn demo(
     pulse_stop.cancel();
     running.await.context("pulse task")??;
     print_summary(&outcome?, false)
+}
+
+/// The key the demo's city and map use: the one this start created, else the one in the data
+/// directory, else a new `full` key of the `default` tenant (written there for next time).
+async fn demo_key(config: &Config, app: &Application) -> anyhow::Result<String> {
+    use pulse::wiring::tenants;
+    if let Some(key) = app.created_key() {
+        return Ok(key.api_key.clone());
+    }
+    if let Some(key) = tenants::read_key_file(&config.data_dir)? {
+        return Ok(key);
+    }
+    let service = tenants::service(
+        &app.backends().store,
+        std::sync::Arc::new(pulse_core::clock::SystemClock),
+    );
+    let key = service
+        .create_key(pulse_core::TenantId::DEFAULT, pulse_tenants::Scope::Full)
+        .await
+        .context("cannot create a key for the demo")?;
+    tenants::write_key_file(&config.data_dir, &key.api_key)?;
+    Ok(key.api_key)
 }
 
 /// Prints help and version as clap does; any other parse error as one line.

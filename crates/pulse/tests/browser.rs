@@ -106,6 +106,7 @@ async fn the_map_draws_live_surge_in_headless_chromium() {
             seed: 11,
             duration: Some(Duration::from_secs(60)),
             concurrency: 16,
+            api_key: Some(app.api_key.clone()),
         },
         stop.clone(),
         Progress::quiet(),
@@ -134,7 +135,7 @@ async fn the_map_draws_live_surge_in_headless_chromium() {
         .command(
             reqwest::Method::POST,
             &format!("/session/{id}/url"),
-            Some(json!({ "url": format!("{}/", app.base) })),
+            Some(json!({ "url": format!("{}/#key={}", app.base, app.api_key) })),
         )
         .await;
 

@@ -17,6 +17,14 @@ fn pulse() -> Command {
     command
 }
 
+/// The key `pulse up` wrote into its data directory on first start.
+fn created_key(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("api-key"))
+        .expect("pulse up writes the default tenant's key into the data directory")
+        .trim()
+        .to_owned()
+}
+
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     listener.local_addr().expect("local addr").port()
@@ -109,7 +117,9 @@ async fn up_serves_health_and_metrics_then_exits_zero_on_sigterm() {
         .expect("body");
     assert!(metrics.contains("pulse_http_requests_total"), "{metrics}");
     // Without an OTLP endpoint a trace is still started and named, but not recorded.
-    let quote = reqwest::get(format!("http://127.0.0.1:{port}/api/v1/quote?lat=1&lng=2"))
+    let quote = common::client_with_key(&created_key(data_dir.path()))
+        .get(format!("http://127.0.0.1:{port}/api/v1/quote?lat=1&lng=2"))
+        .send()
         .await
         .expect("quote");
     let traceparent = quote.headers()["traceparent"].to_str().expect("ascii");
@@ -360,7 +370,9 @@ async fn with_an_otlp_endpoint_spans_are_exported_over_http() {
         .spawn()
         .expect("spawn pulse up");
     wait_healthy(port, &mut child).await;
-    let quote = reqwest::get(format!("http://127.0.0.1:{port}/api/v1/quote?lat=1&lng=2"))
+    let quote = common::client_with_key(&created_key(data_dir.path()))
+        .get(format!("http://127.0.0.1:{port}/api/v1/quote?lat=1&lng=2"))
+        .send()
         .await
         .expect("quote");
     let traceparent = quote.headers()["traceparent"].to_str().expect("ascii");

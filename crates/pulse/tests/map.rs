@@ -20,6 +20,7 @@ impl EventStream {
         // No overall timeout: the stream is meant to stay open; each read has its own below.
         let response = reqwest::Client::new()
             .get(format!("{}/api/v1/surge/stream", app.base))
+            .header("x-api-key", &app.api_key)
             .send()
             .await
             .expect("stream request");
@@ -149,7 +150,7 @@ async fn the_map_page_and_its_assets_are_served_from_the_binary() {
     for (path, content_type, needle) in [
         ("/", "text/html", "/map/map.js"),
         ("/map", "text/html", "/map/map.css"),
-        ("/map/map.js", "text/javascript", "EventSource"),
+        ("/map/map.js", "text/javascript", "text/event-stream"),
         ("/map/map.css", "text/css", "{"),
     ] {
         let response = client()

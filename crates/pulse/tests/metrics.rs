@@ -26,6 +26,7 @@ async fn the_operator_metrics_are_present_and_moving_after_a_scripted_run() {
             seed: 21,
             duration: Some(Duration::from_secs(4)),
             concurrency: 8,
+            api_key: Some(app.api_key.clone()),
         },
         CancellationToken::new(),
         Progress::quiet(),

@@ -47,6 +47,10 @@ async fn the_simulator_fills_the_city_and_its_summary_matches_the_server() {
             "2",
         ])
         .arg("--json")
+        // The key `pulse up` wrote into its data directory, found without --api-key.
+        .arg("--data-dir")
+        .arg(data.path())
+        .env_remove("PULSE_API_KEY")
         .output()
         .await
         .expect("pulse simulate runs");
@@ -161,6 +165,8 @@ async fn the_simulator_says_when_pulse_is_not_there() {
             "http://127.0.0.1:9",
             "--duration",
             "1s",
+            "--api-key",
+            "pk_unused",
         ])
         .output()
         .await

@@ -73,7 +73,7 @@ async fn the_surge_expires_when_events_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_replay_the_original_order_and_refuse_a_different_body() {
     let app = TestApp::spawn(|_| {}).await;
-    let client = common::client();
+    let client = app.client();
     let body = json!({ "user_id": "u-idem", "pickup": { "lat": 1.0, "lng": 1.0 }, "dropoff": { "lat": 1.01, "lng": 1.0 } });
     let place = |body: Value| {
         client

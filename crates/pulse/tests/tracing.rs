@@ -144,7 +144,8 @@ async fn distributed_one_order_is_one_trace_across_separate_gateway_relay_and_en
 async fn a_request_without_traceparent_starts_a_trace_and_names_it() {
     exporter();
     let app = TestApp::spawn(|_| {}).await;
-    let response = client()
+    let response = app
+        .client()
         .get(format!("{}/api/v1/quote?lat=52.52&lng=13.405", app.base))
         .send()
         .await
@@ -201,7 +202,8 @@ async fn a_driver_location_is_one_trace_from_http_to_the_engine() {
     let app = TestApp::spawn(|_| {}).await;
     let (trace, caller, traceparent) = caller_context();
     let (lat, lng) = unique_point();
-    let response = client()
+    let response = app
+        .client()
         .post(format!(
             "{}/api/v1/drivers/traced-driver/location",
             app.base

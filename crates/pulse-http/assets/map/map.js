@@ -413,7 +413,13 @@
   setInterval(tick, 1000);
 
   // ---------- connection ----------
-  const STATE_LABELS = { connecting: 'Connecting…', live: 'Live', reconnecting: 'Reconnecting…' };
+  const STATE_LABELS = {
+    connecting: 'Connecting…',
+    live: 'Live',
+    reconnecting: 'Reconnecting…',
+    'no-key': 'No API key: open the URL pulse demo printed (…/map#key=pk_…)',
+    refused: 'API key refused (revoked?)',
+  };
   function setState(state) {
     pulseMap.connected = state === 'live';
     document.body.dataset.state = state;
@@ -433,22 +439,72 @@
     };
   }
 
-  let retryDelay = 1000;
-  function connect() {
-    const es = new EventSource(STREAM_URL);
-    es.addEventListener('open', () => { retryDelay = 1000; setState('live'); });
-    es.addEventListener('snapshot', onEvent(true));
-    es.addEventListener('update', onEvent(false));
-    es.addEventListener('error', () => {
-      setState('reconnecting');
-      // CONNECTING: the browser retries by itself. CLOSED: it gave up (e.g. an HTTP error
-      // status), so retry ourselves with capped, jittered backoff.
-      if (es.readyState === EventSource.CLOSED) {
-        es.close();
-        setTimeout(connect, retryDelay * (0.75 + Math.random() * 0.5));
-        retryDelay = Math.min(retryDelay * 2, 15000);
+  // The API key comes in the URL's fragment (`/map#key=pk_…`, as `pulse demo` prints it): a
+  // fragment never reaches the server, and the page keeps the key only in this tab's session.
+  function apiKey() {
+    const fromHash = new URLSearchParams(location.hash.slice(1)).get('key');
+    if (fromHash) {
+      sessionStorage.setItem('pulse.apiKey', fromHash);
+      history.replaceState(null, '', location.pathname + location.search);
+      return fromHash;
+    }
+    return sessionStorage.getItem('pulse.apiKey');
+  }
+  const KEY = apiKey();
+  const AUTH = KEY ? { 'X-API-Key': KEY } : {};
+
+  // Server-Sent Events over fetch (EventSource cannot send the key header): `event:` and
+  // `data:` lines, a blank line ends an event, `:` lines are keep-alives.
+  async function readStream(res, handlers) {
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = '';
+    let name = 'message';
+    let data = [];
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += decoder.decode(value, { stream: true });
+      let newline;
+      while ((newline = buffer.indexOf('\n')) >= 0) {
+        const line = buffer.slice(0, newline).replace(/\r$/, '');
+        buffer = buffer.slice(newline + 1);
+        if (line === '') {
+          if (data.length && handlers[name]) handlers[name]({ data: data.join('\n') });
+          name = 'message';
+          data = [];
+        } else if (line.startsWith('event:')) {
+          name = line.slice(6).trim();
+        } else if (line.startsWith('data:')) {
+          data.push(line.slice(5).replace(/^ /, ''));
+        }
       }
-    });
+    }
+  }
+
+  let retryDelay = 1000;
+  function retry() {
+    setState('reconnecting');
+    setTimeout(connect, retryDelay * (0.75 + Math.random() * 0.5));
+    retryDelay = Math.min(retryDelay * 2, 15000);
+  }
+  function connect() {
+    if (!KEY) {
+      setState('no-key');
+      return;
+    }
+    fetch(STREAM_URL, { headers: { ...AUTH, Accept: 'text/event-stream' }, cache: 'no-store' })
+      .then((res) => {
+        if (res.status === 401 || res.status === 403) {
+          setState('refused');
+          return null;
+        }
+        if (!res.ok || !res.body) throw new Error(`stream answered ${res.status}`);
+        retryDelay = 1000;
+        setState('live');
+        return readStream(res, { snapshot: onEvent(true), update: onEvent(false) }).then(retry);
+      })
+      .catch(retry);
   }
 
   // ---------- boot ----------
@@ -464,7 +520,7 @@
   render();
 
   // One plain fetch for a fast first paint; the stream's snapshot then takes over (no polling).
-  fetch(CELLS_URL, { cache: 'no-store' })
+  fetch(CELLS_URL, { headers: AUTH, cache: 'no-store' })
     .then((res) => (res.ok ? res.json() : null))
     .then((msg) => { if (msg && !streamSnapshotSeen) apply(msg, true); })
     .catch(() => {}); // the stream is authoritative; a failed first paint is harmless

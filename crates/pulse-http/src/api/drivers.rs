@@ -7,13 +7,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use pulse_core::log::OutgoingRecord;
-use pulse_core::tenant::{TenantId, TENANT_HEADER};
+use pulse_core::tenant::TENANT_HEADER;
 use pulse_proto::v1::DriverLocationUpdated;
 use pulse_proto::Message;
 use pulse_trace::TraceContext;
 use serde::{Deserialize, Serialize};
 
 use super::{rfc3339, to_point, ApiJson, SurgeApi};
+use crate::auth::Caller;
 use crate::ApiError;
 
 /// Longest accepted driver id.
@@ -52,6 +53,7 @@ fn validate_driver_id(driver_id: &str) -> Result<(), ApiError> {
 
 pub(crate) async fn report_location(
     State(state): State<Arc<SurgeApi>>,
+    Caller(caller): Caller,
     Path(driver_id): Path<String>,
     ApiJson(body): ApiJson<Location>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
@@ -68,7 +70,7 @@ pub(crate) async fn report_location(
         lng: point.lng(),
     };
     let mut record = OutgoingRecord::keyed(driver_id.clone(), event.encode_to_vec())
-        .with_header(TENANT_HEADER, TenantId::DEFAULT);
+        .with_header(TENANT_HEADER, caller.tenant.to_string());
     // The engine's span for this ping joins the request's trace (when traces are recorded).
     if let Some(trace) = TraceContext::current() {
         for (name, value) in trace.headers() {

@@ -17,7 +17,7 @@ use pulse_core::clock::SharedClock;
 use pulse_core::log::EventLog;
 use pulse_geo::{GeoError, Point};
 use pulse_orders::OrderService;
-use pulse_surge::map::SurgeFeed;
+use pulse_surge::map::SurgeFeeds;
 use pulse_surge::quotes::QuoteService;
 use serde::Deserialize;
 
@@ -46,8 +46,8 @@ pub struct SurgeApi {
     pub supply_topic: String,
     /// Time.
     pub clock: SharedClock,
-    /// Live surge cells and drivers for the map.
-    pub surge: SurgeFeed,
+    /// Live surge cells and drivers for the map, per tenant.
+    pub surge: SurgeFeeds,
 }
 
 /// The orders domain's routes under `/api/v1`, each request bounded by `timeout`.
@@ -133,8 +133,8 @@ pub(crate) fn to_point(field: &str, lat: f64, lng: f64) -> Result<Point, ApiErro
     })
 }
 
-/// RFC 3339 (UTC, milliseconds) for a Unix-millisecond time.
-pub(crate) fn rfc3339(unix_ms: i64) -> String {
+/// RFC 3339 (UTC, milliseconds) for a Unix-millisecond time: how every API shows a time.
+pub fn rfc3339(unix_ms: i64) -> String {
     let time = UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64);
     humantime::format_rfc3339_millis(time).to_string()
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{rfc3339, ApiJson, LatLng, OrdersApi};
+use crate::auth::Caller;
 use crate::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +76,10 @@ impl From<OrderError> for ApiError {
         match &err {
             OrderError::QuoteUnavailable(_) => unprocessable("quote_unavailable"),
             OrderError::QuoteMismatch { .. } => unprocessable("quote_mismatch"),
+            OrderError::QuoteNotYours(_) => unprocessable("quote_not_yours"),
+            OrderError::QuoteUsed(_) => {
+                ApiError::new(StatusCode::CONFLICT, "quote_used", err.to_string())
+            }
             OrderError::IdempotencyConflict(_) => unprocessable("idempotency_key_reused"),
             OrderError::Backend(port) if port.is_retryable() => {
                 tracing::warn!(error = %err, "order backend unavailable");
@@ -92,6 +97,7 @@ impl From<OrderError> for ApiError {
 
 pub(crate) async fn place(
     State(state): State<Arc<OrdersApi>>,
+    Caller(caller): Caller,
     headers: HeaderMap,
     ApiJson(body): ApiJson<PlaceOrder>,
 ) -> Result<Response, ApiError> {
@@ -110,7 +116,7 @@ pub(crate) async fn place(
         body.dropoff.point("dropoff")?,
         body.quote_id,
     )?;
-    let placed = state.orders.place(request, key).await?;
+    let placed = state.orders.place(&caller.tenant, request, key).await?;
     let mut response = (StatusCode::CREATED, Json(OrderBody::from(placed.order))).into_response();
     if placed.replayed {
         response
@@ -122,11 +128,12 @@ pub(crate) async fn place(
 
 pub(crate) async fn get(
     State(state): State<Arc<OrdersApi>>,
+    Caller(caller): Caller,
     Path(order_id): Path<String>,
 ) -> Result<Json<OrderBody>, ApiError> {
     let id = Uuid::parse_str(&order_id)
         .map_err(|_| ApiError::not_found(format!("no order {order_id:?}")))?;
-    match state.orders.get(id).await? {
+    match state.orders.get(&caller.tenant, id).await? {
         Some(order) => Ok(Json(OrderBody::from(order))),
         None => Err(ApiError::not_found(format!("no order {id}"))),
     }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{rfc3339, to_point, SurgeApi};
+use crate::auth::Caller;
 use crate::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -19,6 +20,8 @@ pub(crate) struct QuoteParams {
     lng: f64,
     dropoff_lat: Option<f64>,
     dropoff_lng: Option<f64>,
+    /// The rider the quote is for: when given, only that user's order can pay it.
+    user_id: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -46,6 +49,7 @@ pub(crate) struct QuoteBody {
 
 pub(crate) async fn quote(
     State(state): State<Arc<SurgeApi>>,
+    Caller(caller): Caller,
     params: Result<Query<QuoteParams>, QueryRejection>,
 ) -> Result<Json<QuoteBody>, ApiError> {
     let Query(params) = params.map_err(|rejection| {
@@ -64,7 +68,13 @@ pub(crate) async fn quote(
             ))
         }
     };
-    let quote = state.quotes.quote(pickup, dropoff).await;
+    if let Some(user_id) = &params.user_id {
+        pulse_orders::validate_user_id(user_id)?;
+    }
+    let quote = state
+        .quotes
+        .quote(&caller.tenant, params.user_id.as_deref(), pickup, dropoff)
+        .await;
     Ok(Json(QuoteBody {
         h3: quote.h3,
         multiplier: quote.multiplier,

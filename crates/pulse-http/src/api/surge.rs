@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::SurgeApi;
+use crate::auth::Caller;
 use crate::ApiError;
 
 /// Comment lines sent on a quiet stream, so proxies keep it open and clients notice a dead one.
@@ -22,8 +23,9 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub(crate) async fn cells(
     State(state): State<Arc<SurgeApi>>,
+    Caller(caller): Caller,
 ) -> Result<Json<SurgeSnapshot>, ApiError> {
-    let snapshot = state.surge.map().snapshot().await.map_err(|err| {
+    let snapshot = state.surge.map(&caller.tenant).snapshot().await.map_err(|err| {
         ApiError::unavailable(format!("cannot read the surge map from the cache: {err}"))
     })?;
     Ok(Json(snapshot))
@@ -63,11 +65,13 @@ impl Follower {
 
 pub(crate) async fn stream(
     State(state): State<Arc<SurgeApi>>,
+    Caller(caller): Caller,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let tenant_feed = state.surge.feed(&caller.tenant);
     // Subscribe before reading the first snapshot, so no change falls between the two.
-    let mut feed = state.surge.subscribe();
+    let mut feed = tenant_feed.subscribe();
     feed.mark_unchanged();
-    let first = Arc::new(state.surge.map().snapshot().await.map_err(|err| {
+    let first = Arc::new(tenant_feed.map().snapshot().await.map_err(|err| {
         ApiError::unavailable(format!("cannot read the surge map from the cache: {err}"))
     })?);
     let follower = Follower {

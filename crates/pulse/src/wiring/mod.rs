@@ -3,3 +3,4 @@
 
 pub mod orders;
 pub mod surge;
+pub mod tenants;

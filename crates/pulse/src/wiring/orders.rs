@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pulse_core::clock::SharedClock;
-use pulse_core::PortResult;
+use pulse_core::{PortResult, TenantId};
 use pulse_orders::{LockedPrice, OrderPrice, OrderService, OrderTopics, PriceLocks};
 use pulse_store::Database;
 use pulse_surge::quotes::QuoteService;
@@ -17,10 +17,11 @@ pub struct QuotedPrices(pub QuoteService);
 
 #[async_trait]
 impl PriceLocks for QuotedPrices {
-    async fn locked(&self, quote_id: &Uuid) -> PortResult<Option<LockedPrice>> {
-        let quote = self.0.locked(quote_id).await?;
+    async fn locked(&self, tenant: &TenantId, quote_id: &Uuid) -> PortResult<Option<LockedPrice>> {
+        let quote = self.0.locked(tenant, quote_id).await?;
         Ok(quote.map(|quote| LockedPrice {
             h3: quote.h3,
+            user_id: quote.user_id,
             price: OrderPrice {
                 total: quote.price.total,
                 multiplier_milli: (quote.multiplier * 1_000.0).round() as i32,

@@ -10,7 +10,7 @@ use pulse_http::api::SurgeApi;
 use pulse_resilience::{Breaker, GuardedCache};
 use pulse_runtime::CancellationToken;
 use pulse_surge::engine::{EngineNames, EngineSettings, SurgeEngine};
-use pulse_surge::map::{SurgeFeed, SurgeMap};
+use pulse_surge::map::{SurgeFeeds, SurgeMap};
 use pulse_surge::quotes::QuoteService;
 
 use crate::backends::Backends;
@@ -34,14 +34,14 @@ pub fn quotes(config: &Config, backends: &Backends, clock: SharedClock) -> Quote
     QuoteService::new(Arc::new(cache), config.pricing.quote_settings(keys), clock)
 }
 
-/// The live map's feed (it runs only while a browser watches).
+/// The live map's feeds, one per tenant watching (each reads only while a browser watches).
 pub fn feed(
     config: &Config,
     backends: &Backends,
     clock: SharedClock,
     backend_timeout: Duration,
     shutdown: CancellationToken,
-) -> SurgeFeed {
+) -> SurgeFeeds {
     let cache = GuardedCache::new(backends.cache.clone(), "map", backend_timeout);
     let map = SurgeMap::new(
         Arc::new(cache),
@@ -51,7 +51,7 @@ pub fn feed(
             EngineNames::with_prefix(&config.prefix).keys,
         ),
     );
-    SurgeFeed::new(map, config.map.refresh(), shutdown)
+    SurgeFeeds::new(map, config.map.refresh(), shutdown)
 }
 
 /// The surge domain's `/api/v1` routes.
@@ -59,7 +59,7 @@ pub fn router(
     config: &Config,
     backends: &Backends,
     quotes: QuoteService,
-    feed: SurgeFeed,
+    feed: SurgeFeeds,
     clock: SharedClock,
     backend_timeout: Duration,
 ) -> Router {

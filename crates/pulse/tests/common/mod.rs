@@ -49,8 +49,22 @@ pub fn client() -> reqwest::Client {
         .expect("http client")
 }
 
+/// A client that sends `api_key` with every request.
+pub fn client_with_key(api_key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-api-key", api_key.parse().expect("header value"));
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .default_headers(headers)
+        .build()
+        .expect("http client")
+}
+
 pub struct TestApp {
     pub base: String,
+    /// A `full` key of the `default` tenant, made for this app.
+    pub api_key: String,
+    http: reqwest::Client,
     shutdown: CancellationToken,
     running: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub log: std::sync::Arc<dyn EventLog>,
@@ -137,9 +151,21 @@ impl TestApp {
         .expect("application builds");
         let base = format!("http://127.0.0.1:{}", app.port());
         let log = app.backends().log.clone();
+        // As an operator would: `pulse keys create --tenant default`.
+        let tenants = pulse::wiring::tenants::service(
+            &app.backends().store,
+            std::sync::Arc::new(pulse_core::clock::SystemClock),
+        );
+        let api_key = tenants
+            .create_key("default", pulse_tenants::Scope::Full)
+            .await
+            .expect("a key for the default tenant")
+            .api_key;
         let running = tokio::spawn(app.run_until_stopped());
         Self {
             base,
+            http: client_with_key(&api_key),
+            api_key,
             shutdown,
             running,
             log,
@@ -147,8 +173,14 @@ impl TestApp {
         }
     }
 
+    /// A client that sends this app's key.
+    pub fn client(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let response = client()
+        let response = self
+            .http
             .get(format!("{}{path}", self.base))
             .send()
             .await
@@ -166,7 +198,8 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = client()
+        let response = self
+            .http
             .post(format!("{}{path}", self.base))
             .json(body)
             .send()
@@ -352,7 +385,7 @@ pub async fn place_order_with_headers(
     headers: &[(&str, &str)],
 ) -> reqwest::Response {
     let (lat, lng) = unique_point();
-    let mut request = client().post(format!("{}/api/v1/orders", app.base));
+    let mut request = app.client().post(format!("{}/api/v1/orders", app.base));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
