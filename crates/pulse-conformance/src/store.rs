@@ -7,16 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pulse_geo::Point;
 use pulse_core::clock::{Clock, ManualClock, SystemClock};
 use pulse_core::{PortError, TenantId};
+use pulse_geo::Point;
 use pulse_orders::{CreateOutcome, IdempotencyKey, Order, OrderStatus, OrderStore};
+use pulse_outbox::{Outbox, OutboxEvent};
+use pulse_store::{Database, Sql};
 use pulse_tenants::{
     AuthError, Authenticator, AuthenticatorSettings, QuotaClass, QuotaSetting, Scope, TenantError,
     Tenants,
 };
-use pulse_outbox::{Outbox, OutboxEvent};
-use pulse_store::{Database, Sql};
 use uuid::Uuid;
 
 /// Running the migrations again changes nothing and fails nothing.
@@ -242,7 +242,12 @@ pub async fn an_order_and_its_outbox_row_land_together_once_per_key(db: &Databas
         .await
         .expect("create");
     assert!(matches!(created, CreateOutcome::Created), "{created:?}");
-    assert_eq!(db.get(&TenantId::default_tenant(), first.id).await.expect("get"), Some(first.clone()));
+    assert_eq!(
+        db.get(&TenantId::default_tenant(), first.id)
+            .await
+            .expect("get"),
+        Some(first.clone())
+    );
     assert_eq!(db.backlog().await.expect("backlog"), backlog_before + 1);
 
     let (retry, retry_event) = order_with_event(&user, 1_700_000_000_500);
@@ -254,7 +259,12 @@ pub async fn an_order_and_its_outbox_row_land_together_once_per_key(db: &Databas
         CreateOutcome::Existing(existing) => assert_eq!(existing, first),
         other => panic!("a reused key must return the first order, got {other:?}"),
     }
-    assert_eq!(db.get(&TenantId::default_tenant(), retry.id).await.expect("get"), None);
+    assert_eq!(
+        db.get(&TenantId::default_tenant(), retry.id)
+            .await
+            .expect("get"),
+        None
+    );
     assert_eq!(db.backlog().await.expect("backlog"), backlog_before + 1);
 
     let (other_user, other_event) = order_with_event(&crate::unique_name("u"), 1_700_000_001_000);
@@ -281,8 +291,15 @@ pub async fn orders_are_seen_only_by_their_tenant(db: &Database) {
         let created = db.create(order, Some(&key), event).await.expect("create");
         assert!(matches!(created, CreateOutcome::Created), "{created:?}");
     }
-    assert_eq!(db.get(&a, order_a.id).await.expect("get"), Some(order_a.clone()));
-    assert_eq!(db.get(&b, order_a.id).await.expect("get"), None, "B cannot read A's order");
+    assert_eq!(
+        db.get(&a, order_a.id).await.expect("get"),
+        Some(order_a.clone())
+    );
+    assert_eq!(
+        db.get(&b, order_a.id).await.expect("get"),
+        None,
+        "B cannot read A's order"
+    );
     assert_eq!(
         db.find_by_idempotency_key(&b, &user, &key)
             .await
@@ -291,7 +308,9 @@ pub async fn orders_are_seen_only_by_their_tenant(db: &Database) {
         Some(order_b.id)
     );
     let tenant_of_row = db
-        .fetch_optional(&Sql::new("SELECT tenant FROM outbox_events WHERE aggregate_id = $1").bind(order_a.id))
+        .fetch_optional(
+            &Sql::new("SELECT tenant FROM outbox_events WHERE aggregate_id = $1").bind(order_a.id),
+        )
         .await
         .expect("outbox row")
         .expect("written");
@@ -309,9 +328,20 @@ pub async fn a_quote_pays_for_one_order_of_its_tenant(db: &Database) {
     let backlog = db.backlog().await.expect("backlog");
     let (second, second_event) = order_of(&a, &crate::unique_name("u"), 1_700_000_000_001, quote);
     let refused = db.create(&second, None, &second_event).await;
-    assert!(matches!(refused, Err(PortError::Conflict(_))), "{refused:?}");
-    assert_eq!(db.get(&a, second.id).await.expect("get"), None, "nothing written");
-    assert_eq!(db.backlog().await.expect("backlog"), backlog, "no outbox row either");
+    assert!(
+        matches!(refused, Err(PortError::Conflict(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        db.get(&a, second.id).await.expect("get"),
+        None,
+        "nothing written"
+    );
+    assert_eq!(
+        db.backlog().await.expect("backlog"),
+        backlog,
+        "no outbox row either"
+    );
     let (other, other_event) = order_of(&b, &crate::unique_name("u"), 1_700_000_000_002, quote);
     let created = db.create(&other, None, &other_event).await.expect("create");
     assert!(matches!(created, CreateOutcome::Created), "{created:?}");
@@ -324,7 +354,10 @@ fn unique_tenant_name() -> String {
 
 async fn new_tenant(db: &Database) -> TenantId {
     let tenants = Tenants::new(Arc::new(db.clone()), Arc::new(SystemClock));
-    let (tenant, _) = tenants.create(&unique_tenant_name(), None).await.expect("tenant");
+    let (tenant, _) = tenants
+        .create(&unique_tenant_name(), None)
+        .await
+        .expect("tenant");
     tenant.tenant_id
 }
 
@@ -343,14 +376,28 @@ pub async fn tenants_and_keys_round_trip(db: &Database) {
         .create(&unique_tenant_name(), Some(7))
         .await
         .expect("create");
-    assert_eq!(made.quotas.get(QuotaClass::Api), Some(QuotaSetting::per_second(7)));
-    assert!(tenants.list().await.expect("list").iter().any(|t| t.tenant_id == made.tenant_id));
+    assert_eq!(
+        made.quotas.get(QuotaClass::Api),
+        Some(QuotaSetting::per_second(7))
+    );
+    assert!(tenants
+        .list()
+        .await
+        .expect("list")
+        .iter()
+        .any(|t| t.tenant_id == made.tenant_id));
     assert!(matches!(
         tenants.create(made.tenant_id.as_str(), None).await,
         Err(TenantError::Exists(_))
     ));
-    assert!(matches!(tenants.create("default", None).await, Err(TenantError::Reserved)));
-    assert!(matches!(tenants.create("Bad Name", None).await, Err(TenantError::InvalidTenant(_))));
+    assert!(matches!(
+        tenants.create("default", None).await,
+        Err(TenantError::Reserved)
+    ));
+    assert!(matches!(
+        tenants.create("Bad Name", None).await,
+        Err(TenantError::InvalidTenant(_))
+    ));
     assert_eq!(full.scope, Scope::Full);
     let principal = auth
         .authenticate(Some(&full.api_key), Scope::Full)
@@ -364,7 +411,10 @@ pub async fn tenants_and_keys_round_trip(db: &Database) {
         .create_key(made.tenant_id.as_str(), Scope::Ingest)
         .await
         .expect("ingest key");
-    assert!(auth.authenticate(Some(&ingest.api_key), Scope::Ingest).await.is_ok());
+    assert!(auth
+        .authenticate(Some(&ingest.api_key), Scope::Ingest)
+        .await
+        .is_ok());
     assert!(matches!(
         auth.authenticate(Some(&ingest.api_key), Scope::Full).await,
         Err(AuthError::Forbidden { .. })
@@ -375,16 +425,38 @@ pub async fn tenants_and_keys_round_trip(db: &Database) {
     ));
     let keys = tenants.keys(made.tenant_id.as_str()).await.expect("keys");
     assert_eq!(
-        keys.iter().map(|key| (&key.key_id, key.scope)).collect::<Vec<_>>(),
+        keys.iter()
+            .map(|key| (&key.key_id, key.scope))
+            .collect::<Vec<_>>(),
         vec![(&full.key_id, Scope::Full), (&ingest.key_id, Scope::Ingest)]
     );
-    assert!(keys.iter().all(|key| key.hash.len() == 64 && !key.hash.contains(&full.api_key)));
+    assert!(keys
+        .iter()
+        .all(|key| key.hash.len() == 64 && !key.hash.contains(&full.api_key)));
     let set = tenants
-        .set_quota(made.tenant_id.as_str(), QuotaClass::Events, Some(QuotaSetting { per_second: 500, burst: 1000 }))
+        .set_quota(
+            made.tenant_id.as_str(),
+            QuotaClass::Events,
+            Some(QuotaSetting {
+                per_second: 500,
+                burst: 1000,
+            }),
+        )
         .await
         .expect("set quota");
-    assert_eq!(set.quotas.api, Some(QuotaSetting::per_second(7)), "other classes kept");
-    assert_eq!(tenants.get(made.tenant_id.as_str()).await.expect("get").quotas, set.quotas);
+    assert_eq!(
+        set.quotas.api,
+        Some(QuotaSetting::per_second(7)),
+        "other classes kept"
+    );
+    assert_eq!(
+        tenants
+            .get(made.tenant_id.as_str())
+            .await
+            .expect("get")
+            .quotas,
+        set.quotas
+    );
 }
 
 /// A revoked key is refused once the authenticator's cache entry ages out (and at once by a
@@ -399,28 +471,67 @@ pub async fn a_revoked_key_is_refused_within_the_cache_ttl(db: &Database) {
     };
     let auth = Authenticator::new(Arc::new(db.clone()), Arc::new(clock.clone()), settings);
     let tenant = new_tenant(db).await;
-    let old = tenants.create_key(tenant.as_str(), Scope::Full).await.expect("old");
-    let new = tenants.create_key(tenant.as_str(), Scope::Full).await.expect("new");
+    let old = tenants
+        .create_key(tenant.as_str(), Scope::Full)
+        .await
+        .expect("old");
+    let new = tenants
+        .create_key(tenant.as_str(), Scope::Full)
+        .await
+        .expect("new");
     for key in [&old, &new] {
-        assert!(auth.authenticate(Some(&key.api_key), Scope::Full).await.is_ok());
+        assert!(auth
+            .authenticate(Some(&key.api_key), Scope::Full)
+            .await
+            .is_ok());
     }
-    let wrong_secret = format!("{}{}", &old.api_key[..old.api_key.len() - 1], if old.api_key.ends_with('0') { '1' } else { '0' });
-    assert!(matches!(auth.authenticate(Some(&wrong_secret), Scope::Full).await, Err(AuthError::Invalid)));
-    assert!(matches!(auth.authenticate(None, Scope::Full).await, Err(AuthError::Missing)));
+    let wrong_secret = format!(
+        "{}{}",
+        &old.api_key[..old.api_key.len() - 1],
+        if old.api_key.ends_with('0') { '1' } else { '0' }
+    );
+    assert!(matches!(
+        auth.authenticate(Some(&wrong_secret), Scope::Full).await,
+        Err(AuthError::Invalid)
+    ));
+    assert!(matches!(
+        auth.authenticate(None, Scope::Full).await,
+        Err(AuthError::Missing)
+    ));
 
-    let revoked = tenants.revoke_key(old.key_id.as_str()).await.expect("revoke");
+    let revoked = tenants
+        .revoke_key(old.key_id.as_str())
+        .await
+        .expect("revoke");
     assert_eq!(revoked.revoked_at_ms, Some(clock.now_ms()));
     clock.advance(Duration::from_millis(1_000));
-    let again = tenants.revoke_key(old.key_id.as_str()).await.expect("revoke again");
-    assert_eq!(again.revoked_at_ms, revoked.revoked_at_ms, "the first revocation time stays");
+    let again = tenants
+        .revoke_key(old.key_id.as_str())
+        .await
+        .expect("revoke again");
+    assert_eq!(
+        again.revoked_at_ms, revoked.revoked_at_ms,
+        "the first revocation time stays"
+    );
     let fresh = Authenticator::new(Arc::new(db.clone()), Arc::new(clock.clone()), settings);
-    assert!(matches!(fresh.authenticate(Some(&old.api_key), Scope::Full).await, Err(AuthError::Invalid)));
+    assert!(matches!(
+        fresh.authenticate(Some(&old.api_key), Scope::Full).await,
+        Err(AuthError::Invalid)
+    ));
     clock.advance(Duration::from_millis(1_000));
     assert!(
-        matches!(auth.authenticate(Some(&old.api_key), Scope::Full).await, Err(AuthError::Invalid)),
+        matches!(
+            auth.authenticate(Some(&old.api_key), Scope::Full).await,
+            Err(AuthError::Invalid)
+        ),
         "refused once the cached entry is older than the TTL"
     );
-    assert!(auth.authenticate(Some(&new.api_key), Scope::Full).await.is_ok(), "rotation: the new key works");
+    assert!(
+        auth.authenticate(Some(&new.api_key), Scope::Full)
+            .await
+            .is_ok(),
+        "rotation: the new key works"
+    );
     assert!(matches!(
         tenants.revoke_key("zzzzzzzzzzzz").await,
         Err(TenantError::UnknownKey(_))

@@ -248,6 +248,8 @@ pub fn admin_router(api: AdminApi) -> Router {
             api.clone(),
             require_admin,
         ))
-        .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_API_BODY_BYTES))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::api::MAX_API_BODY_BYTES,
+        ))
         .with_state(api)
 }

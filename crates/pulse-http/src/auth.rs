@@ -45,7 +45,9 @@ pub fn presented_key(headers: &HeaderMap) -> Option<String> {
             .decode(credentials)
             .ok()?;
         let decoded = String::from_utf8(decoded).ok()?;
-        let user = decoded.split_once(':').map_or(decoded.as_str(), |(user, _)| user);
+        let user = decoded
+            .split_once(':')
+            .map_or(decoded.as_str(), |(user, _)| user);
         return Some(user.to_owned());
     }
     None
@@ -155,13 +157,26 @@ mod tests {
             (vec![("x-api-key", "pk_key")], Some("pk_key")),
             (vec![("authorization", "Bearer pk_key")], Some("pk_key")),
             (vec![("authorization", "bearer  pk_key ")], Some("pk_key")),
-            (vec![("authorization", format!("Basic {basic}").leak() as &str)], Some("pk_key")),
-            (vec![("authorization", format!("Basic {basic_no_colon}").leak() as &str)], Some("pk_key")),
+            (
+                vec![("authorization", format!("Basic {basic}").leak() as &str)],
+                Some("pk_key"),
+            ),
+            (
+                vec![(
+                    "authorization",
+                    format!("Basic {basic_no_colon}").leak() as &str,
+                )],
+                Some("pk_key"),
+            ),
             (vec![("authorization", "Basic !!!")], None),
             (vec![("authorization", "Digest pk_key")], None),
             (vec![], None),
         ] {
-            assert_eq!(presented_key(&headers(&pairs)).as_deref(), expected, "{pairs:?}");
+            assert_eq!(
+                presented_key(&headers(&pairs)).as_deref(),
+                expected,
+                "{pairs:?}"
+            );
         }
     }
 }

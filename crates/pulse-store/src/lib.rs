@@ -15,10 +15,10 @@
 //! * every pool has an acquire timeout, so a dead database surfaces as an error, not a hang.
 
 mod orders;
-mod tenants;
 pub mod outbox;
 pub mod sql;
 mod sqlite_writer;
+mod tenants;
 pub mod unit_of_work;
 
 #[doc(hidden)]

@@ -58,8 +58,10 @@ fn insert_key(key: &KeyRecord) -> Sql {
 }
 
 fn key_by_id(id: &KeyId) -> Sql {
-    Sql::new(format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.key_id = $1"))
-        .bind(id.as_str())
+    Sql::new(format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.key_id = $1"
+    ))
+    .bind(id.as_str())
 }
 
 #[async_trait::async_trait]

@@ -26,8 +26,8 @@ use h3o::CellIndex;
 use pulse_core::cache::{Cache, CacheWrite, Guarded};
 use pulse_core::clock::SharedClock;
 use pulse_core::log::{ConsumedRecord, EventLog, LogConsumer, TopicSpec};
-use pulse_core::time::millis;
 use pulse_core::tenant::TENANT_HEADER;
+use pulse_core::time::millis;
 use pulse_core::{PortError, PortResult, TenantId};
 use pulse_proto::v1::{DriverLocationUpdated, OrderCreatedEvent};
 use pulse_proto::Message;
@@ -368,7 +368,10 @@ impl SurgeEngine {
             if orders.is_empty() {
                 return Ok(Vec::new());
             }
-            let guarded = orders.iter().map(|(_, _, guarded)| guarded.clone()).collect();
+            let guarded = orders
+                .iter()
+                .map(|(_, _, guarded)| guarded.clone())
+                .collect();
             self.cache.apply_if_absent_many(guarded).await
         };
         let supply = async {
@@ -854,7 +857,10 @@ mod window_tests {
             .await
             .expect("first ping");
         assert_eq!(
-            engine.window_totals(&settings.names.keys, &[here]).await.expect("totals"),
+            engine
+                .window_totals(&settings.names.keys, &[here])
+                .await
+                .expect("totals"),
             [(0, 1)]
         );
 
@@ -864,7 +870,10 @@ mod window_tests {
             .await
             .expect("second ping");
         assert_eq!(
-            engine.window_totals(&settings.names.keys, &[here, there]).await.expect("totals"),
+            engine
+                .window_totals(&settings.names.keys, &[here, there])
+                .await
+                .expect("totals"),
             [(0, 0), (0, 1)]
         );
     }

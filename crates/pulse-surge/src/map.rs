@@ -423,7 +423,10 @@ impl SurgeFeeds {
 
     /// `tenant`'s feed, started (on the current Tokio runtime) when first asked for.
     pub fn feed(&self, tenant: &TenantId) -> SurgeFeed {
-        let mut feeds = self.feeds.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut feeds = self
+            .feeds
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         feeds
             .entry(tenant.clone())
             .or_insert_with(|| {

@@ -257,7 +257,10 @@ mod tests {
         assert_eq!(quote.price.total.amount_minor, 625);
         let id = quote.quote_id.expect("locked");
         assert_eq!(quote.user_id.as_deref(), Some("u1"));
-        assert_eq!(quotes.locked(&default, &id).await.unwrap(), Some(quote.clone()));
+        assert_eq!(
+            quotes.locked(&default, &id).await.unwrap(),
+            Some(quote.clone())
+        );
         assert_eq!(
             quotes.locked(&other, &id).await.unwrap(),
             None,

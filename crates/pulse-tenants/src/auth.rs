@@ -162,7 +162,10 @@ impl Authenticator {
     }
 
     fn cached(&self, key_id: &KeyId) -> Option<Cached> {
-        let cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         cache.get(key_id).cloned()
     }
 
@@ -173,7 +176,10 @@ impl Authenticator {
         now_ms: i64,
         ttl_ms: i64,
     ) {
-        let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if cache.len() >= self.settings.max_cached && !cache.contains_key(key_id) {
             cache.retain(|_, cached| now_ms - cached.fetched_at_ms < ttl_ms);
             if cache.len() >= self.settings.max_cached && found.is_none() {

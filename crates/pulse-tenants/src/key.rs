@@ -204,7 +204,10 @@ mod tests {
         assert_ne!(other.key_id(), Some(id), "ids are random");
         assert!(!other.matches(&key.hash()));
         assert!(!key.matches("not hex"));
-        assert!(!format!("{key:?}").contains(&key.expose()[16..]), "Debug hides the secret");
+        assert!(
+            !format!("{key:?}").contains(&key.expose()[16..]),
+            "Debug hides the secret"
+        );
     }
 
     #[test]

@@ -65,7 +65,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// The API key to send (default: the key `pulse up` wrote into the data directory)
-        #[arg(long, value_name = "KEY", env = "PULSE_API_KEY", hide_env_values = true)]
+        #[arg(
+            long,
+            value_name = "KEY",
+            env = "PULSE_API_KEY",
+            hide_env_values = true
+        )]
         api_key: Option<String>,
         /// Data directory of a local `pulse up`, where its key is found when --api-key is not given
         #[arg(long, value_name = "DIR", default_value = "data")]
@@ -73,6 +78,18 @@ pub enum Command {
         /// The city.
         #[command(flatten)]
         city: CityArgs,
+    },
+    /// Manage tenants (they own orders, drivers, surge and keys)
+    Tenants {
+        /// What to do.
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manage API keys
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        command: KeyCommand,
     },
     /// Run Pulse (embedded, every role) with the simulator driving it, and print the map's URL
     Demo {
@@ -82,6 +99,78 @@ pub enum Command {
         /// The city.
         #[command(flatten)]
         city: CityArgs,
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+/// `pulse tenants …`: works on the store of the given settings, also while Pulse runs on it.
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant and print its first (full) key as JSON {"tenant_id", "api_key", …}
+    Create {
+        /// Tenant id: 1 to 32 of a-z, 0-9, '_', '-' ("default" is reserved)
+        name: String,
+        /// Its `api` quota, requests per second (burst: one second's worth; default: [quotas] api)
+        #[arg(long, value_name = "N")]
+        rate: Option<u32>,
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// List the tenants and their quotas as JSON
+    List {
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Set a tenant's quota of one class (per second; burst defaults to one second's worth)
+    SetRate {
+        /// Tenant id
+        name: String,
+        /// Units per second
+        rate: u32,
+        /// Quota class: api (requests), events (ingested events), jobs (enqueued jobs)
+        #[arg(long, default_value = "api")]
+        class: String,
+        /// Units allowed at once on a full bucket
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+/// `pulse keys …`: works on the store of the given settings, also while Pulse runs on it.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key for a tenant and print it as JSON (shown once)
+    Create {
+        /// The tenant it acts for
+        #[arg(long)]
+        tenant: String,
+        /// full (every route of the tenant) or ingest (only event-ingest routes)
+        #[arg(long, default_value = "full")]
+        scope: String,
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// List a tenant's keys (never their secrets) as JSON
+    List {
+        /// The tenant
+        #[arg(long)]
+        tenant: String,
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Revoke a key: every process refuses it within auth.key_cache_ttl_ms
+    Revoke {
+        /// The key id (the part after pk_ and before the next _)
+        key_id: String,
         /// Settings.
         #[command(flatten)]
         common: CommonArgs,
@@ -175,6 +264,16 @@ impl Command {
             | Command::Serve { common, .. }
             | Command::Migrate { common }
             | Command::Demo { common, .. } => Some(common),
+            Command::Tenants { command } => Some(match command {
+                TenantCommand::Create { common, .. }
+                | TenantCommand::List { common }
+                | TenantCommand::SetRate { common, .. } => common,
+            }),
+            Command::Keys { command } => Some(match command {
+                KeyCommand::Create { common, .. }
+                | KeyCommand::List { common, .. }
+                | KeyCommand::Revoke { common, .. } => common,
+            }),
             Command::Simulate { .. } => None,
         }
     }

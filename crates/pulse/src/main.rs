@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use pulse::backends::{redact, Backends};
-use pulse::cli::{CityArgs, Cli, Command};
+use pulse::cli::{CityArgs, Cli, Command, KeyCommand, TenantCommand};
 use pulse::{telemetry, Application, Config};
 use pulse_runtime::{parse_roles, CancellationToken, Role};
 use pulse_sim::report::{Progress, Summary};
@@ -81,6 +81,18 @@ async fn run_command(cli: &Cli, config: &Config) -> anyhow::Result<()> {
         Command::Serve { role, .. } => serve(config, parse_roles(role)?).await,
         Command::Demo { duration, city, .. } => demo(config, city, *duration).await,
         Command::Simulate { .. } => unreachable!("handled above"),
+        Command::Tenants { command } => {
+            let store = open_migrated_store(config).await?;
+            let outcome = tenant_command(&store, command).await;
+            store.close().await;
+            outcome
+        }
+        Command::Keys { command } => {
+            let store = open_migrated_store(config).await?;
+            let outcome = key_command(&store, command, config).await;
+            store.close().await;
+            outcome
+        }
         Command::Migrate { .. } => {
             let store = Backends::open_store(config).await?;
             store.migrate().await?;
@@ -98,6 +110,95 @@ async fn serve(config: &Config, roles: std::collections::BTreeSet<Role>) -> anyh
         .await
         .context("pulse could not start")?;
     app.run_until_stopped().await
+}
+
+/// The store, migrated when the config says so (a `pulse tenants create` before the first
+/// `pulse up` finds its tables).
+async fn open_migrated_store(config: &Config) -> anyhow::Result<pulse_store::Database> {
+    let store = Backends::open_store(config).await?;
+    if config.migrate_on_start {
+        store.migrate().await?;
+    }
+    Ok(store)
+}
+
+fn tenants_on(store: &pulse_store::Database) -> pulse_tenants::Tenants {
+    pulse::wiring::tenants::service(store, std::sync::Arc::new(pulse_core::clock::SystemClock))
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn tenant_command(
+    store: &pulse_store::Database,
+    command: &TenantCommand,
+) -> anyhow::Result<()> {
+    let tenants = tenants_on(store);
+    match command {
+        TenantCommand::Create { name, rate, .. } => {
+            let (_, key) = tenants.create(name, *rate).await?;
+            print_json(&key)
+        }
+        TenantCommand::List { .. } => print_json(&tenants.list().await?),
+        TenantCommand::SetRate {
+            name,
+            rate,
+            class,
+            burst,
+            ..
+        } => {
+            let class = pulse_tenants::QuotaClass::parse(class).with_context(|| {
+                format!("--class {class:?}: the classes are api, events and jobs")
+            })?;
+            let quota = pulse_tenants::QuotaSetting {
+                per_second: *rate,
+                burst: burst.unwrap_or(*rate),
+            };
+            print_json(&tenants.set_quota(name, class, Some(quota)).await?)
+        }
+    }
+}
+
+async fn key_command(
+    store: &pulse_store::Database,
+    command: &KeyCommand,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let tenants = tenants_on(store);
+    match command {
+        KeyCommand::Create { tenant, scope, .. } => {
+            let scope = pulse_tenants::Scope::parse(scope)
+                .with_context(|| format!("--scope {scope:?}: the scopes are full and ingest"))?;
+            print_json(&tenants.create_key(tenant, scope).await?)
+        }
+        KeyCommand::List { tenant, .. } => {
+            let keys: Vec<serde_json::Value> = tenants
+                .keys(tenant)
+                .await?
+                .into_iter()
+                .map(|key| {
+                    serde_json::json!({
+                        "key_id": key.key_id,
+                        "tenant_id": key.tenant,
+                        "scope": key.scope,
+                        "created_at_ms": key.created_at_ms,
+                        "revoked_at_ms": key.revoked_at_ms,
+                    })
+                })
+                .collect();
+            print_json(&keys)
+        }
+        KeyCommand::Revoke { key_id, .. } => {
+            let key = tenants.revoke_key(key_id).await?;
+            eprintln!(
+                "revoked key {} of tenant {}: refused everywhere within {} ms",
+                key.key_id, key.tenant, config.auth.key_cache_ttl_ms
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Runs the simulator against a running Pulse and prints its summary.

@@ -25,9 +25,14 @@ pub(crate) async fn cells(
     State(state): State<Arc<SurgeApi>>,
     Caller(caller): Caller,
 ) -> Result<Json<SurgeSnapshot>, ApiError> {
-    let snapshot = state.surge.map(&caller.tenant).snapshot().await.map_err(|err| {
-        ApiError::unavailable(format!("cannot read the surge map from the cache: {err}"))
-    })?;
+    let snapshot = state
+        .surge
+        .map(&caller.tenant)
+        .snapshot()
+        .await
+        .map_err(|err| {
+            ApiError::unavailable(format!("cannot read the surge map from the cache: {err}"))
+        })?;
     Ok(Json(snapshot))
 }
 
