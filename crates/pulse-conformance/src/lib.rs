@@ -9,7 +9,8 @@
 //!
 //! Adapter crates call the macros from their own tests, so `cargo test -p pulse-kafka` shows
 //! `event_log_conformance::append_keeps_per_key_order ... ok` for Kafka, and the same names for the
-//! embedded log. The [`services`] module finds the real PostgreSQL, Kafka and Redis started by
+//! embedded log (`rate_limiter_suite!` likewise for the in-process and Redis rate limiters).
+//! The [`services`] module finds the real PostgreSQL, Kafka and Redis started by
 //! `scripts/services`, and fails loudly when one is missing. The [`faults`] module wraps any
 //! adapter to inject the failures the guarantees are about (failed, hung and unacknowledged
 //! appends, redelivery, cache writes failing mid-batch).
@@ -18,6 +19,7 @@ pub mod cache;
 pub mod event_log;
 pub mod faults;
 pub mod outbox;
+pub mod rate_limit;
 pub mod services;
 pub mod store;
 
@@ -108,6 +110,30 @@ macro_rules! cache_suite {
                 index_ranges_by_score,
                 index_writes_apply_under_a_guard,
                 indexes_and_values_do_not_mix,
+            );
+        }
+    };
+}
+
+/// Stamps out the rate limiter suite in a module `rate_limiter_conformance`, for a factory of
+/// [`rate_limit::LimiterUnderTest`]s (the limiter, and whether the suite moves its clock or
+/// sleeps).
+#[macro_export]
+macro_rules! rate_limiter_suite {
+    ($factory:expr) => {
+        mod rate_limiter_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__stamp_cases!(rate_limit, $factory;
+                a_fresh_key_allows_burst_calls_then_denies_for_one_interval,
+                a_denied_call_passes_once_its_retry_after_has_passed,
+                cost_spends_that_many_cells_and_a_batch_above_remaining_spends_none,
+                a_cost_above_burst_is_always_denied,
+                keys_are_independent,
+                remaining_and_reset_track_spending_and_refill,
+                a_cost_of_zero_reads_without_spending,
+                concurrent_calls_spend_each_cell_once,
+                an_invalid_quota_is_refused_without_retry,
             );
         }
     };

@@ -1,7 +1,8 @@
 //! Domain-free core of Pulse.
 //!
 //! This crate defines the *ports* every other crate talks through — the event log
-//! ([`log::EventLog`]), the cache/state store ([`cache::Cache`]) and time ([`clock::Clock`]) — plus
+//! ([`log::EventLog`]), the cache/state store ([`cache::Cache`]), per-key quotas
+//! ([`rate_limit::RateLimiter`]) and time ([`clock::Clock`]) — plus
 //! the error type they share and the [`TenantId`] every per-tenant port stores. It performs no I/O of its own: adapters (embedded log, Kafka, Redis,
 //! in-process memory) implement these traits, domain crates consume them, and only the `pulse`
 //! binary wires one to the other.
@@ -10,7 +11,9 @@
 //! * an append returns only once the records are durable;
 //! * records with the same key keep their order within a topic;
 //! * a consumer group resumes from the last *committed* position and commits only when told;
-//! * cache entries with a TTL are never returned after they expired.
+//! * cache entries with a TTL are never returned after they expired;
+//! * a rate limiter runs GCRA exactly as [`rate_limit::decide`] does, and a denied call spends
+//!   nothing.
 
 pub mod cache;
 pub mod clock;
@@ -18,6 +21,7 @@ pub mod error;
 pub mod health;
 pub mod log;
 pub mod money;
+pub mod rate_limit;
 pub mod retry;
 pub mod tenant;
 pub mod time;

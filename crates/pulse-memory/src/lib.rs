@@ -1,5 +1,6 @@
 //! In-process TTL store: the embedded adapter of the [`Cache`] port, standing in for Redis when
-//! Pulse runs on one machine.
+//! Pulse runs on one machine. Its rate limiter ([`MemoryRateLimiter`], in [`rate_limit`]) is
+//! the embedded adapter of the rate limiter port.
 //!
 //! Hand-written rather than built on a caching crate because it must take time from the
 //! [`Clock`](pulse_core::clock::Clock) port (so TTLs are testable without sleeping) and offer
@@ -47,6 +48,10 @@ use bytes::Bytes;
 use pulse_core::cache::{Cache, CacheWrite, Guarded};
 use pulse_core::clock::{SharedClock, SystemClock};
 use pulse_core::{PortError, PortResult};
+
+pub mod rate_limit;
+
+pub use rate_limit::MemoryRateLimiter;
 
 const BACKEND: &str = "memory-cache";
 

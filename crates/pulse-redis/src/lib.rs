@@ -1,4 +1,5 @@
-//! Redis adapter of the [`Cache`] port.
+//! Redis adapters of the [`Cache`] port ([`RedisCache`]) and of the rate limiter port
+//! ([`RedisRateLimiter`], in [`rate_limit`]), which share one connection and everything below.
 //!
 //! Chosen with `--cache redis://host:port[/db]`. A [`ConnectionManager`] multiplexes one
 //! connection and reconnects with backoff after Redis restarts; every call carries a response
@@ -24,6 +25,10 @@ use pulse_core::cache::{Cache, CacheWrite, Guarded};
 use pulse_core::{PortError, PortResult};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Pipeline, RedisError};
+
+pub mod rate_limit;
+
+pub use rate_limit::RedisRateLimiter;
 
 const BACKEND: &str = "redis";
 
@@ -231,7 +236,10 @@ impl RedisCache {
 
     /// Runs one call on the connection: at once an error while Redis refuses connections, else
     /// the call bounded by the response timeout (which also bounds a wait for a reconnection).
-    async fn call<T, F>(&self, call: impl FnOnce(ConnectionManager) -> F) -> PortResult<T>
+    pub(crate) async fn call<T, F>(
+        &self,
+        call: impl FnOnce(ConnectionManager) -> F,
+    ) -> PortResult<T>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
@@ -289,7 +297,7 @@ impl Inner {
         if state.is_some() {
             return;
         }
-        tracing::warn!(url = %this.url, error = %err, "Redis refuses connections; cache calls fail at once until it answers");
+        tracing::warn!(url = %this.url, error = %err, "Redis refuses connections; calls fail at once until it answers");
         *state = Some(Refusing {
             since: Instant::now(),
             error: err.to_string(),
