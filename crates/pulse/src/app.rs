@@ -91,14 +91,16 @@ impl Application {
                 shutdown.clone(),
             );
             surge_feed = Some(feed.clone());
-            let api = wiring::orders::router(orders, backend_timeout).merge(wiring::surge::router(
-                config,
-                &backends,
-                quotes,
-                feed,
-                clock.clone(),
-                backend_timeout,
-            ));
+            let body = pulse_http::BodyLimits::default();
+            let api =
+                wiring::orders::router(orders, backend_timeout, body).merge(wiring::surge::router(
+                    config,
+                    &backends,
+                    quotes,
+                    feed,
+                    clock.clone(),
+                    backend_timeout,
+                ));
             (api, pulse_http::map_page::routes())
         } else {
             (Router::new(), Router::new())

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{rfc3339, ApiJson, LatLng, OrdersApi};
-use crate::ApiError;
+use crate::{ApiError, ApiPath};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,7 +122,7 @@ pub(crate) async fn place(
 
 pub(crate) async fn get(
     State(state): State<Arc<OrdersApi>>,
-    Path(order_id): Path<String>,
+    ApiPath(order_id): ApiPath<String>,
 ) -> Result<Json<OrderBody>, ApiError> {
     let id = Uuid::parse_str(&order_id)
         .map_err(|_| ApiError::not_found(format!("no order {order_id:?}")))?;
