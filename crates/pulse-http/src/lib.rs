@@ -10,7 +10,8 @@
 //! `/api/v1`; this crate wraps them with request metrics,
 //! tracing, a body size limit, a JSON 404 and a JSON 405, so every error a client sees has the
 //! shape `{"error":{"code":"...","message":"..."}}`. Each router reads its bodies whole within
-//! its own [`BodyLimits`] ([`body`]); path parameters are strict identifiers ([`path`]);
+//! its own [`BodyLimits`] ([`body`]); path parameters are strict identifiers ([`path`]); the
+//! server loop with its timeouts and connection limit is [`server`].
 
 pub mod api;
 pub mod body;
@@ -21,6 +22,7 @@ mod metrics_layer;
 mod objects;
 mod ops;
 pub mod path;
+pub mod server;
 mod trace_layer;
 
 use std::sync::Arc;

@@ -38,6 +38,7 @@ pub struct Application {
     relay: RelaySettings,
     surge_feed: Option<SurgeFeed>,
     backend_timeout: Duration,
+    http: pulse_http::server::HttpConfig,
 }
 
 /// Name of the breaker on the quote path (the `breaker` label of its metrics).
@@ -91,7 +92,7 @@ impl Application {
                 shutdown.clone(),
             );
             surge_feed = Some(feed.clone());
-            let body = pulse_http::BodyLimits::default();
+            let body = config.http.api_body_limits();
             let api =
                 wiring::orders::router(orders, backend_timeout, body).merge(wiring::surge::router(
                     config,
@@ -129,6 +130,7 @@ impl Application {
             relay: config.relay.settings(),
             surge_feed,
             backend_timeout,
+            http: config.http.clone(),
         })
     }
 
@@ -156,9 +158,9 @@ impl Application {
         let stop = self.shutdown.clone();
         let listener = self.listener;
         let router = self.router;
+        let http = self.http;
         supervisor.spawn("http", async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
+            pulse_http::server::serve(listener, router, http, stop)
                 .await
                 .map_err(Into::into)
         });

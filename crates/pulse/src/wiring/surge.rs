@@ -72,7 +72,7 @@ pub fn router(
             surge: feed,
         },
         backend_timeout,
-        pulse_http::BodyLimits::default(),
+        config.http.api_body_limits(),
     )
 }
 
