@@ -129,8 +129,9 @@ pub fn raise_open_file_limit(max_connections: usize) -> Option<u64> {
                 tracing::warn!(
                     open_files = limit,
                     max_connections,
-                    "the open-file limit is below http.max_connections plus {RESERVED_FILE_DESCRIPTORS}; \
-                     accepting may fail before the connection limit is reached"
+                    reserved = RESERVED_FILE_DESCRIPTORS,
+                    "the open-file limit leaves less than `reserved` descriptors beside \
+                     http.max_connections; accepting may fail before the connection limit"
                 );
             } else {
                 tracing::info!(open_files = limit, max_connections, "open-file limit");
