@@ -8,16 +8,23 @@
 //!
 //! The gateway adds the live surge map page ([`map_page`]). Domain crates contribute routes under
 //! `/api/v1`; this crate wraps them with request metrics,
-//! tracing, a body size limit and a JSON 404, so every error a client sees has the shape
-//! `{"error":{"code":"...","message":"..."}}`.
+//! tracing, a body size limit, a JSON 404 and a JSON 405, so every error a client sees has the
+//! shape `{"error":{"code":"...","message":"..."}}`. Each router reads its bodies whole within
+//! its own [`BodyLimits`] ([`body`]); path parameters are strict identifiers ([`path`]); the
+//! server loop with its timeouts and connection limit is [`server`].
 
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod body;
 mod error;
+mod limits;
 pub mod map_page;
 mod metrics_layer;
+mod objects;
 mod ops;
+pub mod path;
+pub mod server;
 mod trace_layer;
 
 use std::sync::Arc;
@@ -29,9 +36,10 @@ use pulse_core::health::HealthCheck;
 pub use error::ApiError;
 pub use metrics_exporter_prometheus::PrometheusHandle;
 pub use metrics_layer::{install_metrics_recorder, HTTP_REQUESTS_TOTAL, HTTP_REQUEST_DURATION};
+pub use path::ApiPath;
 
-/// Largest request body accepted anywhere (routes may set lower limits).
-pub const MAX_BODY_BYTES: usize = 256 * 1024;
+pub use body::BodyLimits;
+pub use limits::MAX_BODY_BYTES;
 
 /// What the operational endpoints need.
 #[derive(Clone)]
@@ -64,9 +72,11 @@ pub fn router(ops: OpsState, api: Router, admin: Option<Router>, pages: Router) 
     }
     router
         .fallback(error::not_found)
+        .layer(axum::middleware::from_fn(error::json_method_not_allowed))
         .layer(axum::middleware::from_fn(metrics_layer::record_request))
         .layer(axum::middleware::from_fn(trace_layer::trace_request))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            MAX_BODY_BYTES,
-        ))
+        .layer(axum::middleware::from_fn(limits::cap_body))
 }
+
+#[cfg(test)]
+mod hostile_tests;

@@ -16,8 +16,8 @@ mod service;
 use pulse_core::log::TopicSpec;
 
 pub use model::{
-    validate_user_id, IdempotencyKey, NewOrder, Order, OrderPrice, OrderStatus, ValidationError,
-    MAX_IDEMPOTENCY_KEY_CHARS, MAX_USER_ID_CHARS,
+    is_hidden_or_control, validate_user_id, IdempotencyKey, NewOrder, Order, OrderPrice,
+    OrderStatus, ValidationError, MAX_IDEMPOTENCY_KEY_CHARS, MAX_USER_ID_CHARS,
 };
 pub use ports::{CreateOutcome, LockedPrice, OrderStore, PriceLocks};
 pub use service::{OrderError, OrderService, Placed, AGGREGATE_TYPE, ORDERS_PLACED_TOTAL};

@@ -110,10 +110,10 @@ pub fn validate_user_id(user_id: &str) -> Result<(), ValidationError> {
             format!("must be 1 to {MAX_USER_ID_CHARS} characters without surrounding spaces"),
         ));
     }
-    if user_id.chars().any(char::is_control) {
+    if user_id.chars().any(is_hidden_or_control) {
         return Err(ValidationError::field(
             "user_id",
-            "must not contain control characters",
+            "must be printable: no control, bidirectional-override or isolate characters",
         ));
     }
     Ok(())
@@ -135,6 +135,18 @@ impl NewOrder {
             quote_id,
         })
     }
+}
+
+/// Characters that must not appear in a free-text identifier (a user id, an e-mail address):
+/// controls, and the bidirectional marks, embeddings, overrides and isolates (U+061C, U+200E,
+/// U+200F, U+202A–U+202E, U+2066–U+2069) that make text display other than it reads (a
+/// "Trojan source" user id in a dashboard or a log).
+pub fn is_hidden_or_control(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
 }
 
 /// A locked price an order pays.
@@ -194,6 +206,46 @@ mod tests {
             assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
         }
         assert_eq!(OrderStatus::parse("pending"), None);
+    }
+
+    fn point() -> Point {
+        Point::new(52.52, 13.405).expect("a valid point")
+    }
+
+    #[test]
+    fn user_ids_may_be_printable_unicode_such_as_e_mail_addresses() {
+        let longest = "é".repeat(MAX_USER_ID_CHARS);
+        for good in [
+            "rider-1",
+            "ana.müller@example.org",
+            "José",
+            "用户",
+            longest.as_str(),
+        ] {
+            let order = NewOrder::new(good, point(), point(), None).expect(good);
+            assert_eq!(order.user_id, good);
+        }
+    }
+
+    #[test]
+    fn user_ids_with_controls_bidi_overrides_or_isolates_or_too_long_are_refused() {
+        let overlong = "u".repeat(MAX_USER_ID_CHARS + 1);
+        for bad in [
+            "",
+            " padded",
+            "nul\0",
+            "new\nline",
+            "evil\u{202E}gpj.exe",
+            "left\u{202A}embed",
+            "isolate\u{2066}x\u{2069}",
+            "mark\u{200F}",
+            "mark\u{200E}",
+            "arabic\u{061C}mark",
+            overlong.as_str(),
+        ] {
+            let err = NewOrder::new(bad, point(), point(), None).expect_err(bad);
+            assert!(err.to_string().starts_with("user_id: "), "{err}");
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub struct Application {
     relay: RelaySettings,
     backend_timeout: Duration,
     created_key: Option<IssuedKey>,
+    http: pulse_http::server::HttpConfig,
 }
 
 /// Name of the breaker on the quote path (the `breaker` label of its metrics).
@@ -94,14 +95,16 @@ impl Application {
                 backend_timeout,
                 shutdown.clone(),
             );
-            let api = wiring::orders::router(orders, backend_timeout).merge(wiring::surge::router(
-                config,
-                &backends,
-                quotes,
-                feed,
-                clock.clone(),
-                backend_timeout,
-            ));
+            let body = config.http.api_body_limits();
+            let api =
+                wiring::orders::router(orders, backend_timeout, body).merge(wiring::surge::router(
+                    config,
+                    &backends,
+                    quotes,
+                    feed,
+                    clock.clone(),
+                    backend_timeout,
+                ));
             let api = pulse_http::auth::require(api, guard, Scope::Full);
             (api, Some(admin), pulse_http::map_page::routes())
         } else {
@@ -131,6 +134,7 @@ impl Application {
             relay: config.relay.settings(),
             backend_timeout,
             created_key,
+            http: config.http.clone(),
         })
     }
 
@@ -163,9 +167,9 @@ impl Application {
         let stop = self.shutdown.clone();
         let listener = self.listener;
         let router = self.router;
+        let http = self.http;
         supervisor.spawn("http", async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
+            pulse_http::server::serve(listener, router, http, stop)
                 .await
                 .map_err(Into::into)
         });

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::{Figment, Provider};
+use pulse_http::server::HttpConfig;
 use pulse_outbox::relay::RelayConfig;
 use pulse_resilience::BreakerConfig;
 use pulse_surge::config::{MapConfig, PricingConfig, SurgeConfig};
@@ -122,6 +123,8 @@ pub struct Config {
     pub map: MapConfig,
     /// Circuit breaker on the quote path.
     pub quote_breaker: BreakerConfig,
+    /// HTTP server: timeouts and the connection limit.
+    pub http: HttpConfig,
     /// The token of `/admin/v1` (`PULSE_ADMIN_TOKEN`); unset: one generated on first start into
     /// `<data_dir>/admin-token`.
     pub admin_token: Option<Secret>,
@@ -168,6 +171,7 @@ impl Default for Config {
             admin_token: None,
             auth: AuthConfig::default(),
             quotas: QuotasConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -321,6 +325,8 @@ impl Config {
                     .map(|_| ())
                     .map_err(|err| format!("admin_token: {err}"))
             }),
+            self.http
+                .validate(std::time::Duration::from_secs(self.backend_timeout_secs)),
         ];
         for section in sections {
             section.map_err(ConfigError::Invalid)?;
@@ -471,6 +477,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unsupported store URL"));
+    }
+
+    #[test]
+    fn http_timeouts_must_outlast_the_backend_timeout_and_the_body_read() {
+        let mut config = Config::default();
+        config.http.idle_timeout_ms = 5_000;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("http.idle_timeout_ms"), "{err}");
+        config.http = pulse_http::server::HttpConfig {
+            max_connections: 0,
+            ..Default::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("http.max_connections"));
+        config.http = pulse_http::server::HttpConfig {
+            header_read_timeout_ms: 0,
+            ..Default::default()
+        };
+        assert!(config.validate().is_err());
     }
 
     #[test]

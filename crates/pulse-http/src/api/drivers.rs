@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use pulse_core::log::OutgoingRecord;
@@ -15,10 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{rfc3339, to_point, ApiJson, SurgeApi};
 use crate::auth::Caller;
-use crate::ApiError;
-
-/// Longest accepted driver id.
-pub(crate) const MAX_DRIVER_ID_CHARS: usize = 50;
+use crate::{ApiError, ApiPath};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,28 +33,12 @@ pub(crate) struct Accepted {
     accepted_at: String,
 }
 
-fn validate_driver_id(driver_id: &str) -> Result<(), ApiError> {
-    let valid = !driver_id.is_empty()
-        && driver_id.len() <= MAX_DRIVER_ID_CHARS
-        && driver_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "driver_id must be 1 to {MAX_DRIVER_ID_CHARS} characters of [A-Za-z0-9._:-]"
-        )))
-    }
-}
-
 pub(crate) async fn report_location(
     State(state): State<Arc<SurgeApi>>,
     Caller(caller): Caller,
-    Path(driver_id): Path<String>,
+    ApiPath(driver_id): ApiPath<String>,
     ApiJson(body): ApiJson<Location>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    validate_driver_id(&driver_id)?;
     let point = to_point("location", body.lat, body.lng)?;
     let cell = point.cell().to_string();
     let now_ms = state.clock.now_ms();

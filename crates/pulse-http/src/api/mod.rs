@@ -21,12 +21,15 @@ use pulse_surge::map::SurgeFeeds;
 use pulse_surge::quotes::QuoteService;
 use serde::Deserialize;
 
+use crate::body::BodyLimits;
 use crate::ApiError;
 
+pub use crate::body::MAX_API_BODY_BYTES;
 pub use json::ApiJson;
 
-/// Largest JSON body the API accepts.
-pub const MAX_API_BODY_BYTES: usize = 16 * 1024;
+/// Comment lines sent on a quiet live stream, so proxies keep it open and clients notice a dead
+/// one (the server's idle timeout must exceed it).
+pub const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// What the orders domain's handlers need.
 #[derive(Debug, Clone)]
@@ -50,18 +53,19 @@ pub struct SurgeApi {
     pub surge: SurgeFeeds,
 }
 
-/// The orders domain's routes under `/api/v1`, each request bounded by `timeout`.
-pub fn orders_router(state: OrdersApi, timeout: Duration) -> Router {
+/// The orders domain's routes under `/api/v1`, each request bounded by `timeout` once its body
+/// (within `body`) has arrived.
+pub fn orders_router(state: OrdersApi, timeout: Duration, body: BodyLimits) -> Router {
     let routes = Router::new()
         .route("/orders", post(orders::place))
         .route("/orders/{order_id}", get(orders::get))
         .with_state(Arc::new(state));
-    bounded(routes, timeout)
+    bounded(routes, timeout, body)
 }
 
 /// The surge domain's routes under `/api/v1`: every request bounded by `timeout` but the live
-/// stream, which is meant to stay open (it ends with the process instead).
-pub fn surge_router(state: SurgeApi, timeout: Duration) -> Router {
+/// stream, which is meant to stay open (it ends with the process instead). Bodies within `body`.
+pub fn surge_router(state: SurgeApi, timeout: Duration, body: BodyLimits) -> Router {
     // Shared, not cloned per request: a clone of the services is a dozen reference counts.
     let state = Arc::new(state);
     let routes = Router::new()
@@ -75,20 +79,24 @@ pub fn surge_router(state: SurgeApi, timeout: Duration) -> Router {
     let streams = Router::new()
         .route("/surge/stream", get(surge::stream))
         .with_state(state);
-    bounded(routes, timeout).merge(streams.layer(body_limit()))
+    bounded(routes, timeout, body).merge(with_body_limits(streams, body))
 }
 
-fn body_limit() -> axum::extract::DefaultBodyLimit {
-    axum::extract::DefaultBodyLimit::max(MAX_API_BODY_BYTES)
+/// `routes` reading each body whole within `body` first, then bounded by a deadline of
+/// `timeout`: the deadline covers the backend work, not a slow client's upload.
+pub(crate) fn bounded(routes: Router, timeout: Duration, body: BodyLimits) -> Router {
+    let routes = routes.layer(axum::middleware::from_fn(move |request, next| {
+        deadline(timeout, request, next)
+    }));
+    with_body_limits(routes, body)
 }
 
-/// `routes` with the API's body limit and a deadline of `timeout` per request.
-fn bounded(routes: Router, timeout: Duration) -> Router {
+fn with_body_limits(routes: Router, body: BodyLimits) -> Router {
     routes
         .layer(axum::middleware::from_fn(move |request, next| {
-            deadline(timeout, request, next)
+            crate::body::read_body(body, request, next)
         }))
-        .layer(body_limit())
+        .layer(axum::extract::DefaultBodyLimit::max(body.max_bytes))
 }
 
 /// Answers 503 when a request outlives `timeout`, so a hung backend (a stopped PostgreSQL, a

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{rfc3339, ApiJson, LatLng, OrdersApi};
 use crate::auth::Caller;
-use crate::ApiError;
+use crate::{ApiError, ApiPath};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,7 +129,7 @@ pub(crate) async fn place(
 pub(crate) async fn get(
     State(state): State<Arc<OrdersApi>>,
     Caller(caller): Caller,
-    Path(order_id): Path<String>,
+    ApiPath(order_id): ApiPath<String>,
 ) -> Result<Json<OrderBody>, ApiError> {
     let id = Uuid::parse_str(&order_id)
         .map_err(|_| ApiError::not_found(format!("no order {order_id:?}")))?;

@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -14,12 +13,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::SurgeApi;
+use super::{SurgeApi, STREAM_KEEP_ALIVE as KEEP_ALIVE};
 use crate::auth::Caller;
 use crate::ApiError;
-
-/// Comment lines sent on a quiet stream, so proxies keep it open and clients notice a dead one.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub(crate) async fn cells(
     State(state): State<Arc<SurgeApi>>,

@@ -30,9 +30,13 @@ impl PriceLocks for QuotedPrices {
     }
 }
 
-/// The orders domain's `/api/v1` routes.
-pub fn router(orders: OrderService, backend_timeout: std::time::Duration) -> axum::Router {
-    pulse_http::api::orders_router(pulse_http::api::OrdersApi { orders }, backend_timeout)
+/// The orders domain's `/api/v1` routes, bodies within `body`.
+pub fn router(
+    orders: OrderService,
+    backend_timeout: std::time::Duration,
+    body: pulse_http::BodyLimits,
+) -> axum::Router {
+    pulse_http::api::orders_router(pulse_http::api::OrdersApi { orders }, backend_timeout, body)
 }
 
 /// The order service on `store`, paying prices `quotes` locked, announcing orders on the

@@ -72,6 +72,7 @@ pub fn router(
             surge: feed,
         },
         backend_timeout,
+        config.http.api_body_limits(),
     )
 }
 
