@@ -256,7 +256,7 @@ pub async fn an_order_and_its_outbox_row_land_together_once_per_key(db: &Databas
         .await
         .expect("retry")
     {
-        CreateOutcome::Existing(existing) => assert_eq!(existing, first),
+        CreateOutcome::Existing(existing) => assert_eq!(*existing, first),
         other => panic!("a reused key must return the first order, got {other:?}"),
     }
     assert_eq!(

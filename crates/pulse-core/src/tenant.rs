@@ -48,6 +48,18 @@ impl TenantId {
         }
     }
 
+    /// What goes before every cache and rate-limit key of this tenant (after the deployment's
+    /// prefix): nothing for the default tenant, which keeps the seed's layout (`surge:{h3}`),
+    /// `t:{tenant_id}:` for every other. The one function that namespaces keys per tenant;
+    /// tenant ids have no `:`, so no tenant's keys can alias another's.
+    pub fn key_namespace(&self) -> String {
+        if self.is_default() {
+            String::new()
+        } else {
+            format!("t:{}:", self.0)
+        }
+    }
+
     /// Whether this is the reserved default tenant.
     pub fn is_default(&self) -> bool {
         self.0 == Self::DEFAULT

@@ -3,6 +3,11 @@
 //! A key is read from `X-API-Key`, `Authorization: Bearer <key>`, or HTTP Basic with the key as
 //! the user name (how Segment's libraries send a write key). The [`Caller`] extractor hands the
 //! authenticated [`Principal`] to handlers; a route outside the gate cannot name a tenant at all.
+//!
+//! After the key, the tenant's quota of the router's class is charged one unit; over it the
+//! answer is 429 with `Retry-After` and the `RateLimit-Policy` / `RateLimit` fields of
+//! draft-ietf-httpapi-ratelimit-headers-10 (e.g. `RateLimit-Policy: "api";q=4000;w=2` and
+//! `RateLimit: "api";r=0;t=1`).
 
 use std::sync::Arc;
 
@@ -13,7 +18,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine as _;
-use pulse_tenants::{AuthError, Authenticator, Principal, Scope};
+use pulse_core::rate_limit::{Quota, RateDecision, RateLimiter};
+use pulse_tenants::config::QuotasConfig;
+use pulse_tenants::{AuthError, Authenticator, Principal, QuotaClass, Scope};
 
 use crate::ApiError;
 
@@ -21,11 +28,140 @@ use crate::ApiError;
 /// `unavailable`).
 pub const AUTH_FAILURES_TOTAL: &str = "pulse_auth_failures_total";
 
+/// Requests answered through the gate, by tenant and outcome (`allowed`, `rate_limited`).
+/// The tenant label is bounded: tenants are created by the operator, never by clients, and
+/// refused keys name no tenant (they are counted in [`AUTH_FAILURES_TOTAL`]).
+pub const TENANT_REQUESTS_TOTAL: &str = "pulse_tenant_requests_total";
+
 /// What the gate in front of a router checks.
 #[derive(Debug, Clone)]
 pub struct ApiGuard {
     /// Checks keys (cached).
     pub authenticator: Authenticator,
+    /// Counts each tenant's quotas.
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Each class's quota for a tenant without its own.
+    pub quotas: QuotasConfig,
+    /// The deployment's prefix, before every rate-limit key.
+    pub key_prefix: String,
+}
+
+impl ApiGuard {
+    /// The rate-limit key of `tenant`'s `class`: `{prefix}{tenant namespace}quota:{class}`.
+    fn quota_key(&self, principal: &Principal, class: QuotaClass) -> String {
+        format!(
+            "{}{}quota:{}",
+            self.key_prefix,
+            principal.tenant.key_namespace(),
+            class.as_str()
+        )
+    }
+
+    /// Charges `cost` units of `class` to the caller's tenant: `Err` is the 429 to answer.
+    /// A limiter error lets the request through (the ingress fails open; the limiter's own
+    /// fallback already answered if it could).
+    pub async fn charge(
+        &self,
+        principal: &Principal,
+        class: QuotaClass,
+        cost: u32,
+    ) -> Result<(), Response> {
+        let setting = self.quotas.effective(&principal.quotas, class);
+        let quota = match Quota::new(f64::from(setting.per_second), setting.burst) {
+            Ok(quota) => quota,
+            Err(err) => {
+                tracing::error!(tenant = %principal.tenant, error = %err, "unusable quota; not limiting");
+                return Ok(());
+            }
+        };
+        let decision = match self
+            .limiter
+            .check(&self.quota_key(principal, class), &quota, cost)
+            .await
+        {
+            Ok(decision) => decision,
+            Err(err) => {
+                tracing::debug!(tenant = %principal.tenant, error = %err, "rate limiter failed; letting the request through");
+                return Ok(());
+            }
+        };
+        let outcome = if decision.allowed {
+            "allowed"
+        } else {
+            "rate_limited"
+        };
+        metrics::counter!(
+            TENANT_REQUESTS_TOTAL,
+            "tenant" => principal.tenant.to_string(),
+            "class" => class.as_str(),
+            "outcome" => outcome
+        )
+        .increment(1);
+        if decision.allowed {
+            return Ok(());
+        }
+        Err(rate_limited(
+            principal,
+            class,
+            setting.per_second,
+            setting.burst,
+            &decision,
+        ))
+    }
+}
+
+/// Whole seconds, rounded up, at least `min`.
+fn ceil_secs(duration: std::time::Duration, min: u64) -> u64 {
+    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    secs.max(min)
+}
+
+/// The 429: the house JSON error with `Retry-After`, `RateLimit-Policy` and `RateLimit`.
+fn rate_limited(
+    principal: &Principal,
+    class: QuotaClass,
+    per_second: u32,
+    burst: u32,
+    decision: &RateDecision,
+) -> Response {
+    let retry_after = ceil_secs(decision.retry_after, 1);
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!(
+            "tenant {} is over its {} quota ({per_second}/s, burst {burst}); retry after \
+             {retry_after} s",
+            principal.tenant,
+            class.as_str()
+        ),
+    )
+    .into_response();
+    // The bucket refills completely in burst / rate seconds: the policy's window.
+    let window = u64::from(burst)
+        .div_ceil(u64::from(per_second.max(1)))
+        .max(1);
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("retry-after", retry_after.to_string()),
+        (
+            "ratelimit-policy",
+            format!("\"{}\";q={burst};w={window}", class.as_str()),
+        ),
+        (
+            "ratelimit",
+            format!(
+                "\"{}\";r={};t={}",
+                class.as_str(),
+                decision.remaining,
+                ceil_secs(decision.reset, 0)
+            ),
+        ),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    response
 }
 
 /// The key a request presents, if any: `X-API-Key`, else `Authorization` (Bearer, or Basic with
@@ -79,16 +215,23 @@ fn failure_reason(err: &AuthError) -> &'static str {
     }
 }
 
-/// `routes` behind the gate: every request must present a key whose scope permits `scope`.
-pub fn require(routes: Router, guard: Arc<ApiGuard>, scope: Scope) -> Router {
+/// `routes` behind the gate: every request must present a key whose scope permits `scope`,
+/// and is charged one unit of its tenant's `class` quota (a route whose cost is its batch's
+/// length passes [`QuotaClass`] `None` here and calls [`ApiGuard::charge`] itself).
+pub fn require(
+    routes: Router,
+    guard: Arc<ApiGuard>,
+    scope: Scope,
+    class: Option<QuotaClass>,
+) -> Router {
     routes.layer(axum::middleware::from_fn_with_state(
-        (guard, scope),
+        (guard, scope, class),
         authenticate,
     ))
 }
 
 async fn authenticate(
-    State((guard, scope)): State<(Arc<ApiGuard>, Scope)>,
+    State((guard, scope, class)): State<(Arc<ApiGuard>, Scope, Option<QuotaClass>)>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -99,6 +242,11 @@ async fn authenticate(
         .await
     {
         Ok(principal) => {
+            if let Some(class) = class {
+                if let Err(refused) = guard.charge(&principal, class, 1).await {
+                    return refused;
+                }
+            }
             request.extensions_mut().insert(principal);
             next.run(request).await
         }

@@ -14,7 +14,7 @@ pub enum CreateOutcome {
     /// The order and its event were committed.
     Created,
     /// The user already placed an order with this idempotency key: here it is.
-    Existing(Order),
+    Existing(Box<Order>),
 }
 
 /// Where orders live.

@@ -177,7 +177,7 @@ impl OrderService {
             CreateOutcome::Existing(existing) => {
                 // Lost a race with a concurrent retry carrying the same key.
                 let key = key.expect("an existing order is only reported for a key");
-                Self::replay(existing, &request, &key)
+                Self::replay(*existing, &request, &key)
             }
         }
     }

@@ -140,7 +140,7 @@ impl OrderStore for Database {
             }
             let existing = existing.ok_or_else(|| corrupt(order.id, "not inserted, and no key"))?;
             return match self.fetch_optional(&existing).await? {
-                Some(row) => Ok(CreateOutcome::Existing(order_from_row(&row)?)),
+                Some(row) => Ok(CreateOutcome::Existing(Box::new(order_from_row(&row)?))),
                 None => Err(PortError::unavailable(
                     "store",
                     "the idempotency key's order is not visible yet; retry",
@@ -163,7 +163,7 @@ impl OrderStore for Database {
                 let existing =
                     existing.ok_or_else(|| corrupt(order_id, "not inserted, and no key"))?;
                 match tx.fetch_optional(&existing).await? {
-                    Some(row) => Ok(CreateOutcome::Existing(order_from_row(&row)?)),
+                    Some(row) => Ok(CreateOutcome::Existing(Box::new(order_from_row(&row)?))),
                     None => Err(PortError::unavailable(
                         "store",
                         "the idempotency key's order is not visible yet; retry",

@@ -20,16 +20,15 @@ impl Keys {
         }
     }
 
-    /// The layout of `tenant`'s data: the one function that namespaces keys per tenant. The
-    /// `default` tenant keeps the deployment's layout (the seed's `surge:{h3}`); every other
-    /// tenant's keys are prefixed `t:{tenant_id}:` after the deployment prefix. Tenant ids have
-    /// no `:`, so no tenant's keys can alias another's.
+    /// The layout of `tenant`'s data, namespaced by [`TenantId::key_namespace`] after the
+    /// deployment prefix: the `default` tenant keeps the seed's `surge:{h3}`, every other
+    /// tenant's keys start `t:{tenant_id}:`.
     pub fn for_tenant(&self, tenant: &TenantId) -> Self {
         if tenant.is_default() {
             return self.clone();
         }
         Self {
-            prefix: format!("{}t:{tenant}:", self.prefix).into(),
+            prefix: format!("{}{}", self.prefix, tenant.key_namespace()).into(),
         }
     }
 

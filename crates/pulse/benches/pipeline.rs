@@ -84,10 +84,11 @@ fn main() {
             .map(|writer| {
                 let orders = orders.clone();
                 tokio::spawn(async move {
+                    let tenant = pulse_core::TenantId::default_tenant();
                     for i in (writer..ORDERS).step_by(16) {
                         let request = NewOrder::new(&format!("bench-{i}"), point(i), point(i + 1), None)
                             .expect("order");
-                        orders.place(request, None).await.expect("place");
+                        orders.place(&tenant, request, None).await.expect("place");
                     }
                 })
             })

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use pulse_core::clock::{SharedClock, SystemClock};
 use pulse_outbox::relay::{Relay, RelaySettings};
 use pulse_surge::engine::EngineSettings;
-use pulse_tenants::{IssuedKey, Scope};
+use pulse_tenants::{IssuedKey, QuotaClass, Scope};
 
 use crate::backends::{redact, Backends};
 use crate::config::Config;
@@ -80,7 +80,12 @@ impl Application {
         let (api, admin, pages) = if roles.contains(&Role::Gateway) {
             let tenants = wiring::tenants::service(&backends.store, clock.clone());
             created_key = wiring::tenants::bootstrap(config, &tenants).await?;
-            let guard = wiring::tenants::guard(config, &tenants, clock.clone());
+            let guard = wiring::tenants::guard(
+                config,
+                &tenants,
+                backends.rate_limiter.clone(),
+                clock.clone(),
+            );
             let admin = wiring::tenants::admin_router(config, tenants)?;
             let orders = wiring::orders::service(
                 &backends.store,
@@ -105,7 +110,7 @@ impl Application {
                     clock.clone(),
                     backend_timeout,
                 ));
-            let api = pulse_http::auth::require(api, guard, Scope::Full);
+            let api = pulse_http::auth::require(api, guard, Scope::Full, Some(QuotaClass::Api));
             (api, Some(admin), pulse_http::map_page::routes())
         } else {
             (Router::new(), None, Router::new())

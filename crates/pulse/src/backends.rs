@@ -8,11 +8,14 @@ use async_trait::async_trait;
 use pulse_core::cache::Cache;
 use pulse_core::health::HealthCheck;
 use pulse_core::log::{EventLog, TopicSpec};
+use pulse_core::rate_limit::RateLimiter;
 use pulse_core::PortResult;
 use pulse_embedded_log::{EmbeddedLog, EmbeddedLogOptions};
 use pulse_kafka::{KafkaLog, KafkaOptions};
 use pulse_memory::MemoryCache;
-use pulse_redis::{RedisCache, RedisOptions};
+use pulse_memory::MemoryRateLimiter;
+use pulse_redis::{RedisCache, RedisOptions, RedisRateLimiter};
+use pulse_resilience::{Breaker, FailOpenRateLimiter};
 use pulse_store::{Database, StoreOptions};
 
 use crate::config::{CacheTarget, Config, LogTarget};
@@ -39,7 +42,17 @@ pub struct Backends {
     pub cache: Arc<dyn Cache>,
     /// Set when the cache is in-process, so its expired entries can be swept.
     pub memory_cache: Option<MemoryCache>,
+    /// Per-tenant quotas: in-process beside the in-process cache; on Redis (one count for every
+    /// process), falling open to an in-process limit while Redis does not answer.
+    pub rate_limiter: Arc<dyn RateLimiter>,
 }
+
+/// Name of the ingress limiter (the `limiter` label of `pulse_rate_limiter_fallbacks_total`,
+/// and of its breaker's metrics).
+pub const INGRESS_LIMITER: &str = "ingress";
+
+/// Most tenants' buckets an in-process limiter holds.
+const LOCAL_LIMITER_KEYS: usize = 100_000;
 
 /// Hides the password of a URL before it is logged or printed.
 pub fn redact(url: &str) -> String {
@@ -110,27 +123,38 @@ impl Backends {
             }
         };
         let mut memory_cache = None;
-        let cache: Arc<dyn Cache> = match config.cache_target()? {
-            CacheTarget::Memory => {
-                let cache = MemoryCache::new(
-                    Arc::new(pulse_core::clock::SystemClock),
-                    config.memory_cache.max_entries,
-                );
-                memory_cache = Some(cache.clone());
-                Arc::new(cache)
-            }
-            CacheTarget::Redis(url) => {
-                let options = RedisOptions {
-                    connect_timeout: timeout,
-                    response_timeout: timeout,
-                };
-                Arc::new(
-                    RedisCache::connect(&url, options)
+        let clock: pulse_core::clock::SharedClock = Arc::new(pulse_core::clock::SystemClock);
+        let local_limiter = Arc::new(MemoryRateLimiter::new(clock.clone(), LOCAL_LIMITER_KEYS));
+        let (cache, rate_limiter): (Arc<dyn Cache>, Arc<dyn RateLimiter>) =
+            match config.cache_target()? {
+                CacheTarget::Memory => {
+                    let cache = MemoryCache::new(clock, config.memory_cache.max_entries);
+                    memory_cache = Some(cache.clone());
+                    (Arc::new(cache), local_limiter)
+                }
+                CacheTarget::Redis(url) => {
+                    let options = RedisOptions {
+                        connect_timeout: timeout,
+                        response_timeout: timeout,
+                    };
+                    let cache = RedisCache::connect(&url, options)
                         .await
-                        .with_context(|| format!("cache {}", redact(&url)))?,
-                )
-            }
-        };
+                        .with_context(|| format!("cache {}", redact(&url)))?;
+                    // The ingress fails open: a Redis outage must not stop the API. A limit that
+                    // must hold globally (a third party's quota) uses the Redis limiter alone.
+                    let limiter = FailOpenRateLimiter::new(
+                        INGRESS_LIMITER,
+                        Arc::new(RedisRateLimiter::sharing(&cache)),
+                        local_limiter,
+                        timeout,
+                    )
+                    .with_breaker(Breaker::new(
+                        INGRESS_LIMITER,
+                        &config.quote_breaker.settings(),
+                    ));
+                    (Arc::new(cache), Arc::new(limiter))
+                }
+            };
         for topic in declared_topics() {
             let name = topic.named(&config.prefix);
             log.create_topic(&name, config.topics.partitions)
@@ -142,6 +166,7 @@ impl Backends {
             log,
             cache,
             memory_cache,
+            rate_limiter,
         })
     }
 

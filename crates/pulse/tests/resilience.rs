@@ -66,12 +66,27 @@ async fn quotes_fall_back_while_redis_is_down_and_go_live_when_it_is_back() {
     place_three_orders_and_four_drivers(&app, lat, lng).await;
     wait_for_quote(&app, lat, lng, |quote| quote["surge"]["source"] == "live").await;
 
+    let fallbacks = |page: &str| {
+        metric_sum(
+            page,
+            "pulse_rate_limiter_fallbacks_total",
+            &["limiter=\"ingress\""],
+        )
+        .unwrap_or(0.0)
+    };
+    let before = fallbacks(&app.get("/metrics").await.1);
     let port = redis.stop();
     let down = wait_for_quote(&app, lat, lng, |quote| {
         quote["surge"]["source"] == "fallback"
     })
     .await;
     assert_eq!(down["multiplier"], 1.0);
+    // The quotas live in the same Redis: while it is down requests are still answered (the
+    // ingress limiter fails open to an in-process limit), and each such answer is counted.
+    assert!(
+        fallbacks(&app.get("/metrics").await.1) > before,
+        "the ingress limiter's fallbacks are counted"
+    );
     assert_eq!(down["price"]["total"]["amount_minor"], 250);
     let (status, ready) = app.get_json("/readyz").await;
     assert_eq!(status, 503, "{ready}");

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use pulse_core::clock::SharedClock;
+use pulse_core::rate_limit::RateLimiter;
 use pulse_http::admin::AdminApi;
 use pulse_http::auth::ApiGuard;
 use pulse_store::Database;
@@ -25,10 +26,18 @@ pub fn service(store: &Database, clock: SharedClock) -> Tenants {
     Tenants::new(Arc::new(store.clone()), clock)
 }
 
-/// The key check in front of the API routes.
-pub fn guard(config: &Config, tenants: &Tenants, clock: SharedClock) -> Arc<ApiGuard> {
+/// The key check and quotas in front of the API routes.
+pub fn guard(
+    config: &Config,
+    tenants: &Tenants,
+    limiter: Arc<dyn RateLimiter>,
+    clock: SharedClock,
+) -> Arc<ApiGuard> {
     Arc::new(ApiGuard {
         authenticator: Authenticator::new(tenants.store().clone(), clock, config.auth.settings()),
+        limiter,
+        quotas: config.quotas,
+        key_prefix: config.prefix.clone(),
     })
 }
 
