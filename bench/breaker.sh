@@ -36,14 +36,15 @@ cleanup() {
 }
 trap cleanup EXIT
 wait_for_pulse "$pulse_pid" "$port" "$data/pulse.log"
+key="$(api_key_header "$data")"
 quote="http://127.0.0.1:$port/api/v1/quote?lat=37.7793&lng=-122.4192&dropoff_lat=37.80&dropoff_lng=-122.40"
 
 echo "== quotes, Redis healthy, $connections connections, $duration"
-wrk -t1 -c"$connections" -d"$duration" --latency "$quote"
+wrk -t1 -c"$connections" -d"$duration" --latency -H "$key" "$quote"
 
 kill -STOP "$redis_pid"
 echo "== quotes, Redis hung (SIGSTOP), $connections connections, $duration"
-wrk -t1 -c"$connections" -d"$duration" --latency "$quote"
+wrk -t1 -c"$connections" -d"$duration" --latency -H "$key" "$quote"
 echo "== breaker metrics while Redis is hung"
 curl -s "http://127.0.0.1:$port/metrics" |
   grep -E '^pulse_(circuit_breaker_[a-z_]+|quotes_total)\{' || true

@@ -19,6 +19,16 @@ build_pulse() {
   echo "${CARGO_TARGET_DIR:-target}/release/pulse"
 }
 
+# The quotas stay on the request path (the check runs) but high enough never to refuse the
+# benchmark's load.
+export PULSE_QUOTAS__API__PER_SECOND=1000000 PULSE_QUOTAS__API__BURST=1000000
+
+# api_key_header DATA_DIR — the `X-API-Key` header of the key `pulse up` wrote into DATA_DIR
+# (a build from before API keys writes none and ignores the header).
+api_key_header() {
+  echo "X-API-Key: $(cat "$1/api-key" 2>/dev/null || echo none)"
+}
+
 # wait_for_pulse PID PORT LOG — waits for /healthz; fails (showing LOG) when the process PID
 # died instead, e.g. because the port was taken by another Pulse.
 wait_for_pulse() {

@@ -36,13 +36,14 @@ fi
 pulse_pid=$!
 trap 'kill -TERM $pulse_pid 2>/dev/null; wait $pulse_pid 2>/dev/null; rm -rf "$data"' EXIT
 wait_for_pulse "$pulse_pid" "$port" "$data/pulse.log"
+key="$(api_key_header "$data")"
 
 echo "== $mode: quotes (GET /api/v1/quote), $connections connections, $duration"
-wrk -t1 -c"$connections" -d"$duration" --latency \
+wrk -t1 -c"$connections" -d"$duration" --latency -H "$key" \
   "http://127.0.0.1:$port/api/v1/quote?lat=37.7793&lng=-122.4192&dropoff_lat=37.80&dropoff_lng=-122.40"
 
 echo "== $mode: orders (POST /api/v1/orders), $connections connections, $duration"
-wrk -t1 -c"$connections" -d"$duration" --latency -s bench/orders.lua \
+wrk -t1 -c"$connections" -d"$duration" --latency -H "$key" -s bench/orders.lua \
   "http://127.0.0.1:$port/api/v1/orders"
 
 # The relay shares the machine with the load: report how far behind it ended and how long it
