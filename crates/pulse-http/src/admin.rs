@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -16,7 +16,7 @@ use pulse_tenants::{
 use serde::{Deserialize, Serialize};
 
 use crate::api::{rfc3339, ApiJson};
-use crate::ApiError;
+use crate::{ApiError, ApiPath};
 
 /// What the admin routes need.
 #[derive(Debug, Clone)]
@@ -147,7 +147,7 @@ async fn create_tenant(
 
 async fn get_tenant(
     State(api): AdminState,
-    Path(tenant_id): Path<String>,
+    ApiPath(tenant_id): ApiPath<String>,
 ) -> Result<Json<TenantBody>, ApiError> {
     Ok(Json(api.tenants.get(&tenant_id).await?.into()))
 }
@@ -162,7 +162,7 @@ fn quota_class(name: &str) -> Result<QuotaClass, ApiError> {
 
 async fn set_quota(
     State(api): AdminState,
-    Path((tenant_id, class)): Path<(String, String)>,
+    ApiPath((tenant_id, class)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<SetQuota>,
 ) -> Result<Json<TenantBody>, ApiError> {
     let quota = QuotaSetting {
@@ -178,7 +178,7 @@ async fn set_quota(
 
 async fn clear_quota(
     State(api): AdminState,
-    Path((tenant_id, class)): Path<(String, String)>,
+    ApiPath((tenant_id, class)): ApiPath<(String, String)>,
 ) -> Result<Json<TenantBody>, ApiError> {
     let tenant = api
         .tenants
@@ -189,7 +189,7 @@ async fn clear_quota(
 
 async fn list_keys(
     State(api): AdminState,
-    Path(tenant_id): Path<String>,
+    ApiPath(tenant_id): ApiPath<String>,
 ) -> Result<Json<KeyList>, ApiError> {
     let keys = api.tenants.keys(&tenant_id).await?;
     Ok(Json(KeyList {
@@ -210,15 +210,15 @@ async fn create_key(
 
 async fn revoke_key(
     State(api): AdminState,
-    Path(key_id): Path<String>,
+    ApiPath(key_id): ApiPath<String>,
 ) -> Result<Json<KeyBody>, ApiError> {
     Ok(Json(api.tenants.revoke_key(&key_id).await?.into()))
 }
 
 /// Lets through only requests bearing the admin token.
 async fn require_admin(State(api): AdminState, request: Request, next: Next) -> Response {
-    let presented = crate::auth::presented_key(request.headers());
-    if presented.is_some_and(|token| api.token.matches(&token)) {
+    let presented = crate::auth::bearer_token(request.headers());
+    if presented.is_some_and(|token| api.token.matches(token)) {
         return next.run(request).await;
     }
     metrics::counter!(crate::auth::AUTH_FAILURES_TOTAL, "reason" => "admin_token").increment(1);
@@ -231,10 +231,15 @@ async fn require_admin(State(api): AdminState, request: Request, next: Next) -> 
     .into_response()
 }
 
-/// The admin routes, to nest under `/admin/v1`.
-pub fn admin_router(api: AdminApi) -> Router {
+/// The admin routes, to nest under `/admin/v1`: each request bounded by `timeout`, bodies by
+/// `body`, all behind the admin token.
+pub fn admin_router(
+    api: AdminApi,
+    timeout: std::time::Duration,
+    body: crate::BodyLimits,
+) -> Router {
     let api = Arc::new(api);
-    Router::new()
+    let routes = Router::new()
         .route("/tenants", get(list_tenants).post(create_tenant))
         .route("/tenants/{tenant_id}", get(get_tenant))
         .route(
@@ -244,12 +249,7 @@ pub fn admin_router(api: AdminApi) -> Router {
         .route("/tenants/{tenant_id}/keys", get(list_keys))
         .route("/keys", post(create_key))
         .route("/keys/{key_id}/revoke", post(revoke_key))
-        .layer(axum::middleware::from_fn_with_state(
-            api.clone(),
-            require_admin,
-        ))
-        .layer(axum::extract::DefaultBodyLimit::max(
-            crate::api::MAX_API_BODY_BYTES,
-        ))
-        .with_state(api)
+        .with_state(api.clone());
+    crate::api::bounded(routes, timeout, body)
+        .layer(axum::middleware::from_fn_with_state(api, require_admin))
 }

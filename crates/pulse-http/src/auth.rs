@@ -164,6 +164,13 @@ fn rate_limited(
     response
 }
 
+/// The `Authorization: Bearer` token of a request, if any (how the admin token is sent).
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let authorization = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// The key a request presents, if any: `X-API-Key`, else `Authorization` (Bearer, or Basic with
 /// the key as user name).
 pub fn presented_key(headers: &HeaderMap) -> Option<String> {

@@ -29,6 +29,10 @@ const ORDER_PATH: &str = "/api/v1/orders/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
 const CASE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Headers every request of the table carries: the one place to add an API key.
+/// The admin token the app under test is given.
+const ADMIN_TOKEN: &str = "hostile-corpus-admin-token";
+const ADMIN: &str = "Bearer hostile-corpus-admin-token";
+
 /// The key of the app under test, sent by every case but the authentication ones.
 static API_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -228,6 +232,87 @@ fn cases() -> Vec<Case> {
             ),
             401,
             unauthorized,
+        ),
+        // The admin routes, with the admin token: the same JSON answers.
+        case(
+            "the admin tenant list",
+            request_with_credentials("GET", "/admin/v1/tenants", &[("Authorization", ADMIN)]),
+            200,
+            None,
+        ),
+        case(
+            "an admin path that is not UTF-8",
+            request_with_credentials("GET", "/admin/v1/tenants/%FF", &[("Authorization", ADMIN)]),
+            400,
+            bad,
+        ),
+        case(
+            "an admin path with ..",
+            request_with_credentials(
+                "GET",
+                "/admin/v1/tenants/..%2F..",
+                &[("Authorization", ADMIN)],
+            ),
+            400,
+            bad,
+        ),
+        case(
+            "an unknown tenant",
+            request_with_credentials(
+                "GET",
+                "/admin/v1/tenants/nobody",
+                &[("Authorization", ADMIN)],
+            ),
+            404,
+            Some("not_found"),
+        ),
+        case(
+            "a wrong method on an admin route",
+            request_with_credentials("DELETE", "/admin/v1/tenants", &[("Authorization", ADMIN)]),
+            405,
+            wrong_method,
+        ),
+        case(
+            "an array where the admin API expects an object",
+            request(
+                "POST",
+                "/admin/v1/tenants",
+                &[
+                    ("Authorization", ADMIN),
+                    ("Content-Type", "application/json"),
+                ],
+                br#"["acme", 5]"#,
+            ),
+            400,
+            bad,
+        ),
+        case(
+            "a reserved tenant id",
+            request(
+                "POST",
+                "/admin/v1/tenants",
+                &[
+                    ("Authorization", ADMIN),
+                    ("Content-Type", "application/json"),
+                ],
+                br#"{"tenant_id":"default"}"#,
+            ),
+            409,
+            Some("conflict"),
+        ),
+        case(
+            "an invalid tenant id",
+            request(
+                "POST",
+                "/admin/v1/tenants",
+                &[
+                    ("Authorization", ADMIN),
+                    ("Content-Type", "application/json"),
+                ],
+                "{\"tenant_id\":\"Acme\u{202e}\"}".as_bytes(),
+            ),
+            400,
+            bad,
         ),
         // Controls: the same app answers good requests.
         case(
@@ -729,6 +814,7 @@ async fn a_hostile_client_gets_json_4xx_answers_and_cannot_hold_connections() {
         config.http.idle_timeout_ms = IDLE_TIMEOUT_MS;
         config.http.header_read_timeout_ms = HEADER_READ_TIMEOUT_MS;
         config.http.max_connections = MAX_CONNECTIONS;
+        config.admin_token = Some(pulse::config::Secret(ADMIN_TOKEN.to_owned()));
     })
     .await;
     API_KEY.set(app.api_key.clone()).expect("one app per run");

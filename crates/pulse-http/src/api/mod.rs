@@ -84,7 +84,7 @@ pub fn surge_router(state: SurgeApi, timeout: Duration, body: BodyLimits) -> Rou
 
 /// `routes` reading each body whole within `body` first, then bounded by a deadline of
 /// `timeout`: the deadline covers the backend work, not a slow client's upload.
-pub(crate) fn bounded(routes: Router, timeout: Duration, body: BodyLimits) -> Router {
+pub fn bounded(routes: Router, timeout: Duration, body: BodyLimits) -> Router {
     let routes = routes.layer(axum::middleware::from_fn(move |request, next| {
         deadline(timeout, request, next)
     }));

@@ -44,7 +44,11 @@ pub fn guard(
 /// The admin routes under `/admin/v1`.
 pub fn admin_router(config: &Config, tenants: Tenants) -> anyhow::Result<axum::Router> {
     let token = admin_token(config)?;
-    Ok(pulse_http::admin::admin_router(AdminApi { tenants, token }))
+    Ok(pulse_http::admin::admin_router(
+        AdminApi { tenants, token },
+        std::time::Duration::from_secs(config.backend_timeout_secs),
+        config.http.api_body_limits(),
+    ))
 }
 
 /// `PULSE_ADMIN_TOKEN` when set, else the token in `<data_dir>/admin-token`, generated there on
