@@ -9,7 +9,8 @@
 //! draft-ietf-httpapi-ratelimit-headers-10 (e.g. `RateLimit-Policy: "api";q=4000;w=2` and
 //! `RateLimit: "api";r=0;t=1`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -19,8 +20,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine as _;
 use pulse_core::rate_limit::{Quota, RateDecision, RateLimiter};
+use pulse_core::TenantId;
 use pulse_tenants::config::QuotasConfig;
-use pulse_tenants::{AuthError, Authenticator, Principal, QuotaClass, Scope};
+use pulse_tenants::{AuthError, Authenticator, Principal, QuotaClass, QuotaSetting, Scope};
 
 use crate::ApiError;
 
@@ -36,25 +38,83 @@ pub const TENANT_REQUESTS_TOTAL: &str = "pulse_tenant_requests_total";
 /// What the gate in front of a router checks.
 #[derive(Debug, Clone)]
 pub struct ApiGuard {
-    /// Checks keys (cached).
-    pub authenticator: Authenticator,
-    /// Counts each tenant's quotas.
-    pub limiter: Arc<dyn RateLimiter>,
-    /// Each class's quota for a tenant without its own.
-    pub quotas: QuotasConfig,
-    /// The deployment's prefix, before every rate-limit key.
-    pub key_prefix: String,
+    authenticator: Authenticator,
+    limiter: Arc<dyn RateLimiter>,
+    quotas: QuotasConfig,
+    key_prefix: String,
+    /// What charging a tenant's class needs, built once per tenant, class and quota: the hot
+    /// path formats no key and looks up no metric.
+    charges: Arc<Mutex<HashMap<(TenantId, QuotaClass), Arc<Charge>>>>,
+}
+
+#[derive(Debug)]
+struct Charge {
+    setting: QuotaSetting,
+    quota: Option<Quota>,
+    key: String,
+    allowed: metrics::Counter,
+    limited: metrics::Counter,
 }
 
 impl ApiGuard {
-    /// The rate-limit key of `tenant`'s `class`: `{prefix}{tenant namespace}quota:{class}`.
-    fn quota_key(&self, principal: &Principal, class: QuotaClass) -> String {
-        format!(
-            "{}{}quota:{}",
-            self.key_prefix,
-            principal.tenant.key_namespace(),
-            class.as_str()
-        )
+    /// A gate checking keys with `authenticator` and charging quotas (`quotas` for tenants
+    /// without their own) to `limiter`, under the deployment's `key_prefix`.
+    pub fn new(
+        authenticator: Authenticator,
+        limiter: Arc<dyn RateLimiter>,
+        quotas: QuotasConfig,
+        key_prefix: &str,
+    ) -> Self {
+        Self {
+            authenticator,
+            limiter,
+            quotas,
+            key_prefix: key_prefix.to_owned(),
+            charges: Arc::default(),
+        }
+    }
+
+    fn charge_of(&self, principal: &Principal, class: QuotaClass) -> Arc<Charge> {
+        let setting = self.quotas.effective(&principal.quotas, class);
+        let mut charges = self
+            .charges
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let slot = (principal.tenant.clone(), class);
+        if let Some(charge) = charges
+            .get(&slot)
+            .filter(|charge| charge.setting == setting)
+        {
+            return charge.clone();
+        }
+        let counter = |outcome: &'static str| {
+            metrics::counter!(
+                TENANT_REQUESTS_TOTAL,
+                "tenant" => principal.tenant.to_string(),
+                "class" => class.as_str(),
+                "outcome" => outcome
+            )
+        };
+        let quota = Quota::new(f64::from(setting.per_second), setting.burst)
+            .inspect_err(|err| {
+                tracing::error!(tenant = %principal.tenant, error = %err, "unusable quota; not limiting");
+            })
+            .ok();
+        let charge = Arc::new(Charge {
+            setting,
+            quota,
+            // `{prefix}{tenant namespace}quota:{class}`, e.g. `t:acme:quota:api`.
+            key: format!(
+                "{}{}quota:{}",
+                self.key_prefix,
+                principal.tenant.key_namespace(),
+                class.as_str()
+            ),
+            allowed: counter("allowed"),
+            limited: counter("rate_limited"),
+        });
+        charges.insert(slot, charge.clone());
+        charge
     }
 
     /// Charges `cost` units of `class` to the caller's tenant: `Err` is the 429 to answer.
@@ -66,40 +126,23 @@ impl ApiGuard {
         class: QuotaClass,
         cost: u32,
     ) -> Result<(), Response> {
-        let setting = self.quotas.effective(&principal.quotas, class);
-        let quota = match Quota::new(f64::from(setting.per_second), setting.burst) {
-            Ok(quota) => quota,
-            Err(err) => {
-                tracing::error!(tenant = %principal.tenant, error = %err, "unusable quota; not limiting");
-                return Ok(());
-            }
+        let charge = self.charge_of(principal, class);
+        let Some(quota) = &charge.quota else {
+            return Ok(());
         };
-        let decision = match self
-            .limiter
-            .check(&self.quota_key(principal, class), &quota, cost)
-            .await
-        {
+        let decision = match self.limiter.check(&charge.key, quota, cost).await {
             Ok(decision) => decision,
             Err(err) => {
                 tracing::debug!(tenant = %principal.tenant, error = %err, "rate limiter failed; letting the request through");
                 return Ok(());
             }
         };
-        let outcome = if decision.allowed {
-            "allowed"
-        } else {
-            "rate_limited"
-        };
-        metrics::counter!(
-            TENANT_REQUESTS_TOTAL,
-            "tenant" => principal.tenant.to_string(),
-            "class" => class.as_str(),
-            "outcome" => outcome
-        )
-        .increment(1);
         if decision.allowed {
+            charge.allowed.increment(1);
             return Ok(());
         }
+        charge.limited.increment(1);
+        let setting = charge.setting;
         Err(rate_limited(
             principal,
             class,

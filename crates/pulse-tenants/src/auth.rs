@@ -72,7 +72,8 @@ impl Default for AuthenticatorSettings {
 
 #[derive(Debug, Clone)]
 struct Cached {
-    found: Option<(KeyRecord, Tenant)>,
+    /// Shared, so a hit copies a pointer, not the strings.
+    found: Option<Arc<(KeyRecord, Tenant)>>,
     fetched_at_ms: i64,
 }
 
@@ -109,10 +110,11 @@ impl Authenticator {
         let presented = presented.ok_or(AuthError::Missing)?;
         let key = ApiKey::presented(presented);
         let key_id = key.key_id().ok_or(AuthError::Invalid)?;
-        let (record, tenant) = self.lookup(&key_id).await?.ok_or_else(|| {
+        let found = self.lookup(&key_id).await?.ok_or_else(|| {
             tracing::debug!(%key_id, "unknown API key");
             AuthError::Invalid
         })?;
+        let (record, tenant) = &*found;
         if !key.matches(&record.hash) {
             tracing::debug!(%key_id, "API key with a wrong secret");
             return Err(AuthError::Invalid);
@@ -128,14 +130,14 @@ impl Authenticator {
             });
         }
         Ok(Principal {
-            tenant: record.tenant,
+            tenant: record.tenant.clone(),
             scope: record.scope,
             key_id,
             quotas: tenant.quotas,
         })
     }
 
-    async fn lookup(&self, key_id: &KeyId) -> Result<Option<(KeyRecord, Tenant)>, AuthError> {
+    async fn lookup(&self, key_id: &KeyId) -> Result<Option<Arc<(KeyRecord, Tenant)>>, AuthError> {
         let now_ms = self.clock.now_ms();
         let ttl_ms = millis(self.settings.cache_ttl);
         let cached = self.cached(key_id);
@@ -146,6 +148,7 @@ impl Authenticator {
         }
         match self.store.key(key_id).await {
             Ok(found) => {
+                let found = found.map(Arc::new);
                 self.remember(key_id, found.clone(), now_ms, ttl_ms);
                 Ok(found)
             }
@@ -172,7 +175,7 @@ impl Authenticator {
     fn remember(
         &self,
         key_id: &KeyId,
-        found: Option<(KeyRecord, Tenant)>,
+        found: Option<Arc<(KeyRecord, Tenant)>>,
         now_ms: i64,
         ttl_ms: i64,
     ) {

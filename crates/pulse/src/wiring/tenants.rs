@@ -33,12 +33,12 @@ pub fn guard(
     limiter: Arc<dyn RateLimiter>,
     clock: SharedClock,
 ) -> Arc<ApiGuard> {
-    Arc::new(ApiGuard {
-        authenticator: Authenticator::new(tenants.store().clone(), clock, config.auth.settings()),
+    Arc::new(ApiGuard::new(
+        Authenticator::new(tenants.store().clone(), clock, config.auth.settings()),
         limiter,
-        quotas: config.quotas,
-        key_prefix: config.prefix.clone(),
-    })
+        config.quotas,
+        &config.prefix,
+    ))
 }
 
 /// The admin routes under `/admin/v1`.
