@@ -15,14 +15,19 @@ pub struct ApiError {
     message: String,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+/// The body of every error: `{"error":{"code","message"}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error, example = json!({"error": {"code": "not_found", "message": "no order 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"}}))]
+pub(crate) struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
+/// What went wrong.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorDetail<'a> {
+    /// Stable and machine-readable: `invalid_request`, `unauthorized`, `not_found`, ...
     code: &'a str,
+    /// For people; may change.
     message: &'a str,
 }
 
@@ -74,8 +79,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
-            error: Detail {
+        let body = ErrorBody {
+            error: ErrorDetail {
                 code: self.code,
                 message: &self.message,
             },

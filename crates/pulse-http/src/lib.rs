@@ -6,6 +6,10 @@
 //!   do not;
 //! * `GET /metrics` — Prometheus text format.
 //!
+//! * `GET /api/v1/openapi.json` — the OpenAPI 3.1 document of `/api/v1` and `/admin/v1`
+//!   ([`openapi`]), and `GET /docs` — the API reference page drawing it ([`docs_page`]); both
+//!   without a key, every asset compiled in.
+//!
 //! The gateway adds the live surge map page ([`map_page`]). Domain crates contribute routes under
 //! `/api/v1`; this crate wraps them with request metrics,
 //! tracing, a body size limit, a JSON 404 and a JSON 405, so every error a client sees has the
@@ -17,11 +21,13 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod docs_page;
 mod error;
 mod limits;
 pub mod map_page;
 mod metrics_layer;
 mod objects;
+pub mod openapi;
 mod ops;
 pub mod path;
 pub mod server;
@@ -41,6 +47,11 @@ pub use path::ApiPath;
 pub use body::BodyLimits;
 pub use limits::MAX_BODY_BYTES;
 
+/// Where the public API is mounted.
+pub const API_PREFIX: &str = "/api/v1";
+/// Where the admin API is mounted.
+pub const ADMIN_PREFIX: &str = "/admin/v1";
+
 /// What the operational endpoints need.
 #[derive(Clone)]
 pub struct OpsState {
@@ -59,16 +70,19 @@ impl std::fmt::Debug for OpsState {
     }
 }
 
-/// The full router: operational endpoints, `api` under `/api/v1` (behind [`auth::require`]),
-/// `admin` under `/admin/v1`, `pages` at the root (the map, on a gateway), and the shared
-/// layers.
+/// The full router: operational endpoints, the OpenAPI document and its reference page,
+/// `api` under [`API_PREFIX`] (behind [`auth::require`]), `admin` under [`ADMIN_PREFIX`],
+/// `pages` at the root (the map, on a gateway), and the shared layers. The document is merged
+/// beside `api`, not into it, so it answers without a key.
 pub fn router(ops: OpsState, api: Router, admin: Option<Router>, pages: Router) -> Router {
     let mut router = Router::new()
         .merge(ops::routes(ops))
+        .merge(openapi::routes())
+        .merge(docs_page::routes())
         .merge(pages)
-        .nest("/api/v1", api);
+        .nest(API_PREFIX, api);
     if let Some(admin) = admin {
-        router = router.nest("/admin/v1", admin);
+        router = router.nest(ADMIN_PREFIX, admin);
     }
     router
         .fallback(error::not_found)

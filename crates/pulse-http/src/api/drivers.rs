@@ -12,27 +12,65 @@ use pulse_proto::v1::DriverLocationUpdated;
 use pulse_proto::Message;
 use pulse_trace::TraceContext;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{rfc3339, to_point, ApiJson, SurgeApi};
 use crate::auth::Caller;
+use crate::openapi::responses::*;
 use crate::{ApiError, ApiPath};
 
-#[derive(Debug, Deserialize)]
+/// A driver's position.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = DriverLocation)]
 pub(crate) struct Location {
+    /// Latitude, degrees.
+    #[schema(minimum = -90.0, maximum = 90.0)]
     lat: f64,
+    /// Longitude, degrees.
+    #[schema(minimum = -180.0, maximum = 180.0)]
     lng: f64,
+    /// Whether the driver takes rides now (counts as supply).
     available: bool,
 }
 
-#[derive(Debug, Serialize)]
+/// A position, accepted (durably in the log; the engine counts it shortly).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = LocationAccepted)]
 pub(crate) struct Accepted {
     driver_id: String,
+    /// The position's H3 cell (resolution 8).
     h3: String,
     available: bool,
+    /// RFC 3339, UTC.
+    #[schema(format = DateTime)]
     accepted_at: String,
 }
 
+/// Report a driver's position.
+#[utoipa::path(
+    post,
+    path = "/api/v1/drivers/{driver_id}/location",
+    operation_id = "reportDriverLocation",
+    tag = "surge",
+    params(
+        ("driver_id" = String, Path, min_length = 1, max_length = 64,
+            pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The driver's id."),
+    ),
+    request_body(content = Location, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted: durably in the log.", body = Accepted),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 408, response = RequestTimeout),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(crate) async fn report_location(
     State(state): State<Arc<SurgeApi>>,
     Caller(caller): Caller,

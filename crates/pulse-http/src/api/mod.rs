@@ -2,11 +2,11 @@
 //! locations, quotes and the live surge map ([`surge_router`]). The binary merges the routers of
 //! the domains a process serves.
 
-mod drivers;
+pub(crate) mod drivers;
 mod json;
-mod orders;
-mod quotes;
-mod surge;
+pub(crate) mod orders;
+pub(crate) mod quotes;
+pub(crate) mod surge;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -56,10 +56,15 @@ pub struct SurgeApi {
 /// The orders domain's routes under `/api/v1`, each request bounded by `timeout` once its body
 /// (within `body`) has arrived.
 pub fn orders_router(state: OrdersApi, timeout: Duration, body: BodyLimits) -> Router {
+    orders_routes(timeout, body).with_state(Arc::new(state))
+}
+
+/// [`orders_router`] before it is given its state: what it serves, to list without backends
+/// (the OpenAPI document's coverage test).
+pub fn orders_routes(timeout: Duration, body: BodyLimits) -> Router<Arc<OrdersApi>> {
     let routes = Router::new()
         .route("/orders", post(orders::place))
-        .route("/orders/{order_id}", get(orders::get))
-        .with_state(Arc::new(state));
+        .route("/orders/{order_id}", get(orders::get));
     bounded(routes, timeout, body)
 }
 
@@ -67,31 +72,38 @@ pub fn orders_router(state: OrdersApi, timeout: Duration, body: BodyLimits) -> R
 /// stream, which is meant to stay open (it ends with the process instead). Bodies within `body`.
 pub fn surge_router(state: SurgeApi, timeout: Duration, body: BodyLimits) -> Router {
     // Shared, not cloned per request: a clone of the services is a dozen reference counts.
-    let state = Arc::new(state);
+    surge_routes(timeout, body).with_state(Arc::new(state))
+}
+
+/// [`surge_router`] before it is given its state (see [`orders_routes`]).
+pub fn surge_routes(timeout: Duration, body: BodyLimits) -> Router<Arc<SurgeApi>> {
     let routes = Router::new()
         .route(
             "/drivers/{driver_id}/location",
             post(drivers::report_location),
         )
         .route("/quote", get(quotes::quote))
-        .route("/surge/cells", get(surge::cells))
-        .with_state(state.clone());
-    let streams = Router::new()
-        .route("/surge/stream", get(surge::stream))
-        .with_state(state);
+        .route("/surge/cells", get(surge::cells));
+    let streams = Router::new().route("/surge/stream", get(surge::stream));
     bounded(routes, timeout, body).merge(with_body_limits(streams, body))
 }
 
 /// `routes` reading each body whole within `body` first, then bounded by a deadline of
 /// `timeout`: the deadline covers the backend work, not a slow client's upload.
-pub fn bounded(routes: Router, timeout: Duration, body: BodyLimits) -> Router {
+pub fn bounded<S>(routes: Router<S>, timeout: Duration, body: BodyLimits) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     let routes = routes.layer(axum::middleware::from_fn(move |request, next| {
         deadline(timeout, request, next)
     }));
     with_body_limits(routes, body)
 }
 
-fn with_body_limits(routes: Router, body: BodyLimits) -> Router {
+fn with_body_limits<S>(routes: Router<S>, body: BodyLimits) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     routes
         .layer(axum::middleware::from_fn(move |request, next| {
             crate::body::read_body(body, request, next)
@@ -119,11 +131,16 @@ async fn deadline(
     }
 }
 
-/// `{"lat": .., "lng": ..}` in a request body.
-#[derive(Debug, Clone, Copy, Deserialize)]
+/// A point: `{"lat": .., "lng": ..}` in degrees.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"lat": 52.52, "lng": 13.405}))]
 pub(crate) struct LatLng {
+    /// Latitude, degrees.
+    #[schema(minimum = -90.0, maximum = 90.0)]
     lat: f64,
+    /// Longitude, degrees.
+    #[schema(minimum = -180.0, maximum = 180.0)]
     lng: f64,
 }
 

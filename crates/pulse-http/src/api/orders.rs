@@ -9,38 +9,60 @@ use axum::Json;
 use pulse_core::Money;
 use pulse_orders::{IdempotencyKey, NewOrder, Order, OrderError, ValidationError};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{rfc3339, ApiJson, LatLng, OrdersApi};
 use crate::auth::Caller;
+use crate::openapi::domain;
+use crate::openapi::responses::*;
 use crate::{ApiError, ApiPath};
 
-#[derive(Debug, Deserialize)]
+/// An order to place.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PlaceOrder {
+    /// Who orders: 1 to 50 characters, no surrounding spaces, no control or bidi characters.
+    #[schema(min_length = 1, max_length = 50, example = "rider-17")]
     user_id: String,
+    /// Where to pick up.
     pickup: LatLng,
+    /// Where to drop off.
     dropoff: LatLng,
+    /// A locked quote (`GET /api/v1/quote?...&user_id=`) to pay: the order then costs its price.
     #[serde(default)]
     quote_id: Option<Uuid>,
 }
 
-#[derive(Debug, Serialize)]
+/// What the order costs, from its locked quote.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OrderPrice)]
 struct PriceBody {
+    #[schema(value_type = domain::Money)]
     total: Money,
+    /// The surge multiplier applied.
     multiplier: f64,
 }
 
-#[derive(Debug, Serialize)]
+/// An order.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Order)]
 pub(crate) struct OrderBody {
     order_id: Uuid,
     user_id: String,
+    #[schema(value_type = domain::OrderStatus)]
     status: &'static str,
+    /// The pickup's H3 cell (resolution 8).
     pickup_h3: String,
+    /// The dropoff's H3 cell (resolution 8).
     dropoff_h3: String,
+    /// RFC 3339, UTC.
+    #[schema(format = DateTime)]
     created_at: String,
+    /// The quote it paid, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     quote_id: Option<Uuid>,
+    /// Its price, when it paid a quote.
     #[serde(skip_serializing_if = "Option::is_none")]
     price: Option<PriceBody>,
 }
@@ -95,6 +117,41 @@ impl From<OrderError> for ApiError {
     }
 }
 
+/// Place an order.
+///
+/// With an `Idempotency-Key`, a retry of the same order returns the order first placed (201
+/// with `Idempotent-Replayed: true`) instead of placing another.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders",
+    operation_id = "placeOrder",
+    tag = "orders",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200,
+            pattern = "^[!-~]{1,200}$",
+            description = "1 to 200 printable ASCII characters; the same key with the same \
+                order returns the first one, with another order is 422."),
+    ),
+    request_body(content = PlaceOrder, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The order, placed (or, on a replay, as first placed).",
+            body = OrderBody,
+            headers(("Idempotent-Replayed" = String,
+                description = "`true` when this answers a retry with an earlier order.")),
+        ),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 408, response = RequestTimeout),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(crate) async fn place(
     State(state): State<Arc<OrdersApi>>,
     Caller(caller): Caller,
@@ -126,6 +183,29 @@ pub(crate) async fn place(
     Ok(response)
 }
 
+/// Read an order of the caller's tenant.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders/{order_id}",
+    operation_id = "getOrder",
+    tag = "orders",
+    params(
+        ("order_id" = String, Path, min_length = 1, max_length = 64,
+            pattern = "^[A-Za-z0-9_-]{1,64}$",
+            description = "The order's id (a UUID); an id that is no UUID is 404, one outside \
+                the path charset 400."),
+    ),
+    responses(
+        (status = 200, description = "The order.", body = OrderBody),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(crate) async fn get(
     State(state): State<Arc<OrdersApi>>,
     Caller(caller): Caller,

@@ -15,8 +15,25 @@ use tokio_util::sync::CancellationToken;
 
 use super::{SurgeApi, STREAM_KEEP_ALIVE as KEEP_ALIVE};
 use crate::auth::Caller;
+use crate::openapi::domain;
+use crate::openapi::responses::*;
 use crate::ApiError;
 
+/// The caller's live surge map now: cells with a value, and available drivers.
+#[utoipa::path(
+    get,
+    path = "/api/v1/surge/cells",
+    operation_id = "getSurgeCells",
+    tag = "surge",
+    responses(
+        (status = 200, description = "The map now.", body = domain::SurgeSnapshot),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(crate) async fn cells(
     State(state): State<Arc<SurgeApi>>,
     Caller(caller): Caller,
@@ -64,6 +81,27 @@ impl Follower {
     }
 }
 
+/// Follow the caller's live surge map (Server-Sent Events).
+///
+/// The first event is `snapshot` (data: a `SurgeSnapshot`), then an `update` (data: a
+/// `SurgeUpdate`) whenever something changed; a comment line every 15 s keeps a quiet stream
+/// open. The stream has no deadline: it ends when the client leaves or the server stops.
+#[utoipa::path(
+    get,
+    path = "/api/v1/surge/stream",
+    operation_id = "streamSurge",
+    tag = "surge",
+    responses(
+        (status = 200, description = "An event stream: `event: snapshot` then `event: update`, \
+            each `data:` one JSON object (`SurgeSnapshot`, then `SurgeUpdate`).",
+            content_type = "text/event-stream", body = String),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(crate) async fn stream(
     State(state): State<Arc<SurgeApi>>,
     Caller(caller): Caller,
