@@ -281,7 +281,7 @@ fn every_api_operation_needs_a_key_and_documents_the_gates_errors_and_its_bodys(
             assert_eq!(schemes(operation), [ADMIN_SCHEME], "{label}");
             assert!(has(&["401", "500", "503"]), "{label}");
             if operation.get("requestBody").is_some() {
-                assert!(has(&["400", "413", "415"]), "{label}");
+                assert!(has(&["400", "408", "413", "415"]), "{label}");
             }
         }
         for (status, response) in operation["responses"].as_object().expect("responses") {
