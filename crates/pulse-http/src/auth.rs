@@ -9,6 +9,7 @@
 //! draft-ietf-httpapi-ratelimit-headers-10 (e.g. `RateLimit-Policy: "api";q=4000;w=2` and
 //! `RateLimit: "api";r=0;t=1`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -44,7 +45,18 @@ pub struct ApiGuard {
     key_prefix: String,
     /// What charging a tenant's class needs, built once per tenant, class and quota: the hot
     /// path formats no key and looks up no metric.
-    charges: Arc<Mutex<HashMap<(TenantId, QuotaClass), Arc<Charge>>>>,
+    charges: Arc<Mutex<Charges>>,
+}
+
+/// Per tenant, one slot per quota class (indexed by [`class_slot`]).
+type Charges = HashMap<TenantId, [Option<Arc<Charge>>; 3]>;
+
+fn class_slot(class: QuotaClass) -> usize {
+    match class {
+        QuotaClass::Api => 0,
+        QuotaClass::Events => 1,
+        QuotaClass::Jobs => 2,
+    }
 }
 
 #[derive(Debug)]
@@ -80,9 +92,10 @@ impl ApiGuard {
             .charges
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let slot = (principal.tenant.clone(), class);
+        let slot = class_slot(class);
         if let Some(charge) = charges
-            .get(&slot)
+            .get(&principal.tenant)
+            .and_then(|slots| slots[slot].as_ref())
             .filter(|charge| charge.setting == setting)
         {
             return charge.clone();
@@ -113,7 +126,7 @@ impl ApiGuard {
             allowed: counter("allowed"),
             limited: counter("rate_limited"),
         });
-        charges.insert(slot, charge.clone());
+        charges.entry(principal.tenant.clone()).or_default()[slot] = Some(charge.clone());
         charge
     }
 
@@ -216,15 +229,15 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 
 /// The key a request presents, if any: `X-API-Key`, else `Authorization` (Bearer, or Basic with
 /// the key as user name).
-pub fn presented_key(headers: &HeaderMap) -> Option<String> {
+pub fn presented_key(headers: &HeaderMap) -> Option<Cow<'_, str>> {
     if let Some(value) = headers.get("x-api-key") {
-        return value.to_str().ok().map(|key| key.trim().to_owned());
+        return value.to_str().ok().map(|key| Cow::Borrowed(key.trim()));
     }
     let authorization = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, credentials) = authorization.trim().split_once(' ')?;
     let credentials = credentials.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
-        return Some(credentials.to_owned());
+        return Some(Cow::Borrowed(credentials));
     }
     if scheme.eq_ignore_ascii_case("basic") {
         let decoded = base64::engine::general_purpose::STANDARD
@@ -234,7 +247,7 @@ pub fn presented_key(headers: &HeaderMap) -> Option<String> {
         let user = decoded
             .split_once(':')
             .map_or(decoded.as_str(), |(user, _)| user);
-        return Some(user.to_owned());
+        return Some(Cow::Owned(user.to_owned()));
     }
     None
 }
@@ -317,7 +330,7 @@ async fn authenticate(
 
 /// The authenticated caller of a route behind [`require`].
 #[derive(Debug, Clone)]
-pub struct Caller(pub Principal);
+pub struct Caller(pub Arc<Principal>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
@@ -325,7 +338,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         parts
             .extensions
-            .get::<Principal>()
+            .get::<Arc<Principal>>()
             .cloned()
             .map(Caller)
             .ok_or_else(|| {

@@ -96,6 +96,12 @@ fn unsupported_encoding(encoding: &str, limits: &BodyLimits) -> ApiError {
 
 /// Reads the body of `request` whole under `limits`, then runs the handler with it.
 pub async fn read_body(limits: BodyLimits, request: Request, next: Next) -> Response {
+    // Most reads (quotes, the map) carry no body: nothing to wait for or to cap.
+    if axum::body::HttpBody::is_end_stream(request.body())
+        && !request.headers().contains_key(header::CONTENT_ENCODING)
+    {
+        return next.run(request).await;
+    }
     let (mut parts, body) = request.into_parts();
     let gzip = match parts.headers.get(header::CONTENT_ENCODING) {
         None => false,

@@ -97,8 +97,9 @@ pub(crate) async fn not_found(uri: Uri) -> ApiError {
 /// house shape, keeping its `Allow` header. A middleware rather than
 /// `Router::method_not_allowed_fallback`, so routers merged or nested later are covered too.
 pub(crate) async fn json_method_not_allowed(request: Request, next: Next) -> Response {
+    // Cheap clones (a small enum and shared bytes): the message is built only for a 405.
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let uri = request.uri().clone();
     let response = next.run(request).await;
     if response.status() != StatusCode::METHOD_NOT_ALLOWED
         || response.headers().contains_key(header::CONTENT_TYPE)
@@ -115,7 +116,10 @@ pub(crate) async fn json_method_not_allowed(request: Request, next: Next) -> Res
     let mut answer = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{method} is not allowed on {path}; allowed: {allowed}"),
+        format!(
+            "{method} is not allowed on {}; allowed: {allowed}",
+            uri.path()
+        ),
     )
     .into_response();
     for (name, value) in &parts.headers {

@@ -10,8 +10,10 @@
 
 pub mod breaker;
 pub mod cache;
+pub mod leased;
 pub mod rate_limit;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerSettings, BreakerState};
 pub use cache::GuardedCache;
+pub use leased::LeasedRateLimiter;
 pub use rate_limit::FailOpenRateLimiter;

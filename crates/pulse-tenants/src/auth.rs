@@ -70,10 +70,37 @@ impl Default for AuthenticatorSettings {
     }
 }
 
+/// A looked-up key, ready for the hot path: its digest decoded, its principal built.
+#[derive(Debug)]
+struct Known {
+    record: KeyRecord,
+    digest: Option<[u8; 32]>,
+    principal: Arc<Principal>,
+}
+
+impl Known {
+    fn new(record: KeyRecord, tenant: Tenant) -> Self {
+        let digest = hex::decode(&record.hash)
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok());
+        let principal = Arc::new(Principal {
+            tenant: record.tenant.clone(),
+            scope: record.scope,
+            key_id: record.key_id.clone(),
+            quotas: tenant.quotas,
+        });
+        Self {
+            record,
+            digest,
+            principal,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Cached {
-    /// Shared, so a hit copies a pointer, not the strings.
-    found: Option<Arc<(KeyRecord, Tenant)>>,
+    /// Shared: a hit copies a pointer, not the strings.
+    found: Option<Arc<Known>>,
     fetched_at_ms: i64,
 }
 
@@ -106,16 +133,18 @@ impl Authenticator {
         &self,
         presented: Option<&str>,
         required: Scope,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<Arc<Principal>, AuthError> {
         let presented = presented.ok_or(AuthError::Missing)?;
-        let key = ApiKey::presented(presented);
-        let key_id = key.key_id().ok_or(AuthError::Invalid)?;
-        let found = self.lookup(&key_id).await?.ok_or_else(|| {
+        let key_id = crate::key::id_of(presented).ok_or(AuthError::Invalid)?;
+        let found = self.lookup(key_id).await?.ok_or_else(|| {
             tracing::debug!(%key_id, "unknown API key");
             AuthError::Invalid
         })?;
-        let (record, tenant) = &*found;
-        if !key.matches(&record.hash) {
+        let record = &found.record;
+        let matches = found
+            .digest
+            .is_some_and(|digest| ApiKey::digest_matches(presented, &digest));
+        if !matches {
             tracing::debug!(%key_id, "API key with a wrong secret");
             return Err(AuthError::Invalid);
         }
@@ -129,15 +158,10 @@ impl Authenticator {
                 required,
             });
         }
-        Ok(Principal {
-            tenant: record.tenant.clone(),
-            scope: record.scope,
-            key_id,
-            quotas: tenant.quotas,
-        })
+        Ok(found.principal.clone())
     }
 
-    async fn lookup(&self, key_id: &KeyId) -> Result<Option<Arc<(KeyRecord, Tenant)>>, AuthError> {
+    async fn lookup(&self, key_id: &str) -> Result<Option<Arc<Known>>, AuthError> {
         let now_ms = self.clock.now_ms();
         let ttl_ms = millis(self.settings.cache_ttl);
         let cached = self.cached(key_id);
@@ -146,10 +170,11 @@ impl Authenticator {
                 return Ok(cached.found.clone());
             }
         }
-        match self.store.key(key_id).await {
+        let key_id = KeyId::parse(key_id).map_err(|_| AuthError::Invalid)?;
+        match self.store.key(&key_id).await {
             Ok(found) => {
-                let found = found.map(Arc::new);
-                self.remember(key_id, found.clone(), now_ms, ttl_ms);
+                let found = found.map(|(record, tenant)| Arc::new(Known::new(record, tenant)));
+                self.remember(&key_id, found.clone(), now_ms, ttl_ms);
                 Ok(found)
             }
             // A store outage does not lock out keys seen recently: their last known state is
@@ -164,7 +189,7 @@ impl Authenticator {
         }
     }
 
-    fn cached(&self, key_id: &KeyId) -> Option<Cached> {
+    fn cached(&self, key_id: &str) -> Option<Cached> {
         let cache = self
             .cache
             .lock()
@@ -172,13 +197,7 @@ impl Authenticator {
         cache.get(key_id).cloned()
     }
 
-    fn remember(
-        &self,
-        key_id: &KeyId,
-        found: Option<Arc<(KeyRecord, Tenant)>>,
-        now_ms: i64,
-        ttl_ms: i64,
-    ) {
+    fn remember(&self, key_id: &KeyId, found: Option<Arc<Known>>, now_ms: i64, ttl_ms: i64) {
         let mut cache = self
             .cache
             .lock()

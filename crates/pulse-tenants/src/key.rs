@@ -54,6 +54,12 @@ impl KeyId {
     }
 }
 
+impl std::borrow::Borrow<str> for KeyId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -64,6 +70,20 @@ fn fill(bytes: &mut [u8]) {
     // The operating system's generator does not fail on the platforms Pulse runs on; a key
     // made of zeros would be worse than stopping.
     getrandom::fill(bytes).expect("the operating system's random generator answers");
+}
+
+/// The key id a presented key names, when it has the key shape (`pk_<12 of [a-z0-9]>_<40 hex>`),
+/// without copying it.
+pub(crate) fn id_of(presented: &str) -> Option<&str> {
+    let rest = presented.strip_prefix(KEY_PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    let secret_ok =
+        secret.len() == SECRET_BYTES * 2 && secret.bytes().all(|b| b.is_ascii_hexdigit());
+    let id_ok = id.len() == KEY_ID_CHARS
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    (secret_ok && id_ok).then_some(id)
 }
 
 /// A whole API key as a client presents it. Its `Debug` hides the secret.
@@ -98,19 +118,18 @@ impl ApiKey {
 
     /// The key id it names, when it has the key shape.
     pub fn key_id(&self) -> Option<KeyId> {
-        let rest = self.0.strip_prefix(KEY_PREFIX)?;
-        let (id, secret) = rest.split_once('_')?;
-        let secret_ok =
-            secret.len() == SECRET_BYTES * 2 && secret.bytes().all(|b| b.is_ascii_hexdigit());
-        if !secret_ok {
-            return None;
-        }
-        KeyId::parse(id).ok()
+        id_of(&self.0).map(|id| KeyId(id.to_owned()))
     }
 
     /// The SHA-256 of the key, hex: what the store keeps.
     pub fn hash(&self) -> String {
         hex::encode(Sha256::digest(self.0.as_bytes()))
+    }
+
+    /// Whether the whole key `presented` hashes to `digest`, compared in constant time.
+    pub(crate) fn digest_matches(presented: &str, digest: &[u8; 32]) -> bool {
+        let ours = Sha256::digest(presented.as_bytes());
+        ours.as_slice().ct_eq(digest.as_slice()).into()
     }
 
     /// Whether this key hashes to `stored` (hex), compared in constant time.

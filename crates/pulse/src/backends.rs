@@ -15,7 +15,7 @@ use pulse_kafka::{KafkaLog, KafkaOptions};
 use pulse_memory::MemoryCache;
 use pulse_memory::MemoryRateLimiter;
 use pulse_redis::{RedisCache, RedisOptions, RedisRateLimiter};
-use pulse_resilience::{Breaker, FailOpenRateLimiter};
+use pulse_resilience::{Breaker, FailOpenRateLimiter, LeasedRateLimiter};
 use pulse_store::{Database, StoreOptions};
 
 use crate::config::{CacheTarget, Config, LogTarget};
@@ -142,9 +142,14 @@ impl Backends {
                         .with_context(|| format!("cache {}", redact(&url)))?;
                     // The ingress fails open: a Redis outage must not stop the API. A limit that
                     // must hold globally (a third party's quota) uses the Redis limiter alone.
+                    // Leased: Redis is asked once per batch of units, not once per request.
+                    let shared = LeasedRateLimiter::new(
+                        Arc::new(RedisRateLimiter::sharing(&cache)),
+                        clock.clone(),
+                    );
                     let limiter = FailOpenRateLimiter::new(
                         INGRESS_LIMITER,
-                        Arc::new(RedisRateLimiter::sharing(&cache)),
+                        Arc::new(shared),
                         local_limiter,
                         timeout,
                     )
