@@ -11,12 +11,31 @@ use std::time::{Duration, Instant};
 use common::{client_with_key, unique_point, TestApp};
 use serde_json::{json, Value};
 
-/// `pulse <args> --data-dir <dir>`: its stdout as JSON.
-async fn cli(data_dir: &Path, args: &[&str]) -> Value {
+/// The CLI pointed at the app's store: `--data-dir` on the embedded default, `--store` on
+/// PostgreSQL.
+struct Cli {
+    store: Vec<std::ffi::OsString>,
+}
+
+impl Cli {
+    fn embedded(data_dir: &Path) -> Self {
+        Self {
+            store: vec!["--data-dir".into(), data_dir.into()],
+        }
+    }
+
+    fn postgres(url: &str) -> Self {
+        Self {
+            store: vec!["--store".into(), url.into()],
+        }
+    }
+}
+
+/// `pulse <args> <store flags>`: its stdout as JSON.
+async fn cli(store: &Cli, args: &[&str]) -> Value {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse"))
         .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
+        .args(&store.store)
         .env("PULSE_LOG_LEVEL", "warn")
         .output()
         .await
@@ -72,12 +91,27 @@ fn order_at(user: &str, lat: f64, lng: f64) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenants_see_only_their_own_orders_surge_and_quotes() {
+async fn embedded_tenants_see_only_their_own_orders_surge_and_quotes() {
     let data = tempfile::tempdir().expect("data dir");
     let app = TestApp::spawn_in(data.path(), |_| {}).await;
-    // Made with the CLI while Pulse runs on the same data directory.
-    let a = cli(data.path(), &["tenants", "create", "acme"]).await;
-    let b = cli(data.path(), &["tenants", "create", "globex"]).await;
+    tenants_see_only_their_own_orders_surge_and_quotes(&app, &Cli::embedded(data.path())).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_tenants_see_only_their_own_orders_surge_and_quotes() {
+    let store_url = pulse_conformance::services::fresh_postgres_database().await;
+    let data = tempfile::tempdir().expect("data dir");
+    let url = store_url.clone();
+    let app = TestApp::spawn_in(data.path(), |config| common::distributed(config, url)).await;
+    tenants_see_only_their_own_orders_surge_and_quotes(&app, &Cli::postgres(&store_url)).await;
+    app.stop().await;
+}
+
+async fn tenants_see_only_their_own_orders_surge_and_quotes(app: &TestApp, store: &Cli) {
+    // Made with the CLI while Pulse runs on the same store.
+    let a = cli(store, &["tenants", "create", "acme"]).await;
+    let b = cli(store, &["tenants", "create", "globex"]).await;
     assert_eq!(a["tenant_id"], "acme");
     let (key_a, key_b) = (
         a["api_key"].as_str().expect("key").to_owned(),
@@ -202,24 +236,45 @@ async fn tenants_see_only_their_own_orders_surge_and_quotes() {
         (409, Some("quote_used")),
         "{body}"
     );
-    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scopes_revocation_quotas_and_the_admin_api() {
+async fn embedded_scopes_revocation_quotas_and_the_admin_api() {
     let data = tempfile::tempdir().expect("data dir");
     let app = TestApp::spawn_in(data.path(), |config| {
         config.auth.key_cache_ttl_ms = 500;
     })
     .await;
-    let slow = cli(data.path(), &["tenants", "create", "slow", "--rate", "2"]).await;
+    scopes_revocation_quotas_and_the_admin_api(&app, data.path(), &Cli::embedded(data.path()))
+        .await;
+    app.stop().await;
+}
+
+/// On PostgreSQL, Kafka and Redis: the quota is counted in Redis (a 2/s quota is asked of it on
+/// every call, too small to lease), revocation goes through PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_scopes_revocation_quotas_and_the_admin_api() {
+    let store_url = pulse_conformance::services::fresh_postgres_database().await;
+    let data = tempfile::tempdir().expect("data dir");
+    let url = store_url.clone();
+    let app = TestApp::spawn_in(data.path(), |config| {
+        common::distributed(config, url);
+        config.auth.key_cache_ttl_ms = 500;
+    })
+    .await;
+    scopes_revocation_quotas_and_the_admin_api(&app, data.path(), &Cli::postgres(&store_url)).await;
+    app.stop().await;
+}
+
+async fn scopes_revocation_quotas_and_the_admin_api(app: &TestApp, data_dir: &Path, store: &Cli) {
+    let slow = cli(store, &["tenants", "create", "slow", "--rate", "2"]).await;
     let slow_key = slow["api_key"].as_str().expect("key").to_owned();
-    let other = cli(data.path(), &["tenants", "create", "busy"]).await;
+    let other = cli(store, &["tenants", "create", "busy"]).await;
     let other_key = other["api_key"].as_str().expect("key").to_owned();
 
     // An ingest key opens no /api/v1 route: 403.
     let ingest = cli(
-        data.path(),
+        store,
         &["keys", "create", "--tenant", "busy", "--scope", "ingest"],
     )
     .await;
@@ -303,7 +358,7 @@ async fn scopes_revocation_quotas_and_the_admin_api() {
         200
     );
     let key_id = other["key_id"].as_str().expect("key id");
-    cli(data.path(), &["keys", "revoke", key_id]).await;
+    cli(store, &["keys", "revoke", key_id]).await;
     let revoked_at = Instant::now();
     loop {
         let status = get(&app, Some(&other_key), "/api/v1/quote?lat=1&lng=2")
@@ -321,10 +376,10 @@ async fn scopes_revocation_quotas_and_the_admin_api() {
     }
 
     // The admin API: the generated token opens it, nothing else does.
-    let token = std::fs::read_to_string(data.path().join("admin-token")).expect("admin token file");
+    let token = std::fs::read_to_string(data_dir.join("admin-token")).expect("admin token file");
     let token = token.trim();
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(data.path().join("admin-token"))
+        &std::fs::metadata(data_dir.join("admin-token"))
             .unwrap()
             .permissions(),
     );
@@ -413,5 +468,4 @@ async fn scopes_revocation_quotas_and_the_admin_api() {
     .await;
     assert_eq!(status, 200, "{revoked}");
     assert!(revoked["revoked_at"].is_string());
-    app.stop().await;
 }
