@@ -60,7 +60,7 @@ async fn assert_operational_endpoints(app: &TestApp) {
         "the contract topics, declared by their domains"
     );
     for topic in pulse::backends::declared_topics() {
-        let name = topic.named(common::test_prefix());
+        let name = topic.named(&common::test_prefix());
         assert!(
             app.log
                 .partition_count(&name)

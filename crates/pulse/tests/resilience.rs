@@ -42,11 +42,13 @@ async fn restart_loses_nothing_and_counts_once(configure: impl Fn(&mut pulse::Co
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_restart_of_every_role_loses_no_order_and_counts_none_twice() {
+    let _serial = common::one_at_a_time().await;
     restart_loses_nothing_and_counts_once(|_| {}).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributed_restart_of_every_role_loses_no_order_and_counts_none_twice() {
+    let _serial = common::one_at_a_time().await;
     let store_url = services::fresh_postgres_database().await;
     // With the start-up replay on, too: the restarted engine seeks back a whole window on Kafka
     // and the guards absorb what it had counted.
@@ -59,6 +61,7 @@ async fn distributed_restart_of_every_role_loses_no_order_and_counts_none_twice(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotes_fall_back_while_redis_is_down_and_go_live_when_it_is_back() {
+    let _serial = common::one_at_a_time().await;
     let port = free_port();
     let redis = OwnRedis::start(port);
     let app = TestApp::spawn(|config| config.cache_url = format!("redis://127.0.0.1:{port}")).await;
@@ -91,8 +94,14 @@ async fn quotes_fall_back_while_redis_is_down_and_go_live_when_it_is_back() {
             started.elapsed() < Duration::from_secs(10),
             "the ingress limiter's fallbacks are counted"
         );
-        let answered = app.get_json(&format!("/api/v1/quote?lat={lat}&lng={lng}")).await;
-        assert_eq!(answered.0, 200, "answered while Redis is down: {}", answered.1);
+        let answered = app
+            .get_json(&format!("/api/v1/quote?lat={lat}&lng={lng}"))
+            .await;
+        assert_eq!(
+            answered.0, 200,
+            "answered while Redis is down: {}",
+            answered.1
+        );
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     assert_eq!(down["price"]["total"]["amount_minor"], 250);
@@ -111,6 +120,7 @@ async fn quotes_fall_back_while_redis_is_down_and_go_live_when_it_is_back() {
 /// last window from the log and publishes the right surge again, and says so on `/metrics`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_rebuilds_the_windows_a_restarted_redis_lost() {
+    let _serial = common::one_at_a_time().await;
     let port = free_port();
     let redis = OwnRedis::start(port);
     let data_dir = tempfile::tempdir().expect("temp dir");
@@ -194,6 +204,7 @@ impl Drop for OwnKafka {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_accepted_while_kafka_is_down_all_arrive_once_it_is_back() {
+    let _serial = common::one_at_a_time().await;
     let kafka = OwnKafka::start();
     let store_url = services::fresh_postgres_database().await;
     let log_url = kafka.url();
@@ -262,6 +273,7 @@ async fn orders_accepted_while_kafka_is_down_all_arrive_once_it_is_back() {
 /// goes back to polling (which a rebalance needs) instead of waiting on the group coordinator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offset_commit_while_kafka_is_down_returns_within_the_request_timeout() {
+    let _serial = common::one_at_a_time().await;
     use pulse_core::log::EventLog;
     use pulse_kafka::{KafkaLog, KafkaOptions};
 

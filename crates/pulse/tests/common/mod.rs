@@ -15,28 +15,45 @@ use pulse_core::log::EventLog;
 use pulse_runtime::{CancellationToken, Role};
 use serde_json::Value;
 
-/// The prefix of every topic and group this test run uses: its own, so a `pulse up` (or another
-/// test run, or a benchmark) on the same Kafka neither joins its groups nor reads its topics.
-pub fn test_prefix() -> &'static str {
-    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PREFIX.get_or_init(|| {
+/// The prefix of every topic, group and cache key the calling test uses: its own, so a
+/// `pulse up` (or another test run, or a benchmark) on the same Kafka and Redis neither joins its
+/// groups nor reads its topics — and neither does another test of the same binary running at
+/// the same time (two tests' engines in one consumer group would take each other's partitions).
+/// The apps one test starts share it (a restart, a split deployment). It is derived from the
+/// test's thread (the test harness names it after the test), so call it from the test's body.
+pub fn test_prefix() -> String {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| {
         // `scripts/test` names the run, so it can delete the run's topics when it ends.
         let run = std::env::var("PULSE_TEST_RUN")
             .ok()
             .filter(|run| !run.is_empty() && run.bytes().all(|b| b.is_ascii_alphanumeric()))
             .map(|run| format!("{}-", run.to_ascii_lowercase()))
             .unwrap_or_default();
-        format!(
-            "test-{run}{}-{:04x}.",
-            std::process::id(),
-            fastrand::u16(..)
-        )
-    })
+        format!("test-{run}{}-{:04x}", std::process::id(), fastrand::u16(..))
+    });
+    let test = std::thread::current().name().map_or(0, |name| {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        name.hash(&mut hasher);
+        hasher.finish() as u32
+    });
+    format!("{run}-{test:08x}.")
+}
+
+/// Holds the other tests of this binary that take it until the guard drops: for tests that stop
+/// and start brokers of their own or time a recovery, whose waits a neighbour's broker start-up
+/// (a JVM) on two cores can starve.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await
 }
 
 /// The engine's group and topics in this test run.
 pub fn names() -> pulse_surge::engine::EngineNames {
-    pulse_surge::engine::EngineNames::with_prefix(test_prefix())
+    pulse_surge::engine::EngineNames::with_prefix(&test_prefix())
 }
 
 /// Every request of a test gives up after this, so a hang fails with a message.
@@ -132,7 +149,7 @@ impl TestApp {
         let mut config = Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: data_dir.to_owned(),
-            prefix: test_prefix().to_owned(),
+            prefix: test_prefix(),
             ..Config::default()
         };
         configure(&mut config);
