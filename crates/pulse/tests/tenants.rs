@@ -120,7 +120,7 @@ async fn tenants_see_only_their_own_orders_surge_and_quotes(app: &TestApp, store
     assert!(key_a.starts_with("pk_"), "{a}");
 
     // No key, a made-up key: 401 with the house error shape.
-    let (status, body) = get(&app, None, "/api/v1/quote?lat=1&lng=2").await;
+    let (status, body) = get(app, None, "/api/v1/quote?lat=1&lng=2").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (401, Some("unauthorized")),
@@ -128,7 +128,7 @@ async fn tenants_see_only_their_own_orders_surge_and_quotes(app: &TestApp, store
     );
     let made_up = format!("pk_aaaaaaaaaaaa_{}", "0".repeat(40));
     assert_eq!(
-        get(&app, Some(&made_up), "/api/v1/quote?lat=1&lng=2")
+        get(app, Some(&made_up), "/api/v1/quote?lat=1&lng=2")
             .await
             .0,
         401
@@ -138,7 +138,7 @@ async fn tenants_see_only_their_own_orders_surge_and_quotes(app: &TestApp, store
     let (lat, lng) = unique_point();
     for n in 0..2 {
         let (status, body) = post(
-            &app,
+            app,
             Some(&key_a),
             &format!("/api/v1/drivers/acme-driver-{n}/location"),
             &json!({ "lat": lat, "lng": lng, "available": true }),
@@ -149,7 +149,7 @@ async fn tenants_see_only_their_own_orders_surge_and_quotes(app: &TestApp, store
     let mut order_of_a = Value::Null;
     for n in 0..8 {
         let (status, order) = post(
-            &app,
+            app,
             Some(&key_a),
             "/api/v1/orders",
             &order_at(&format!("rider-{n}"), lat, lng),
@@ -161,7 +161,7 @@ async fn tenants_see_only_their_own_orders_surge_and_quotes(app: &TestApp, store
     let quote_path = format!("/api/v1/quote?lat={lat}&lng={lng}");
     let started = Instant::now();
     loop {
-        let (status, quote) = get(&app, Some(&key_a), &quote_path).await;
+        let (status, quote) = get(app, Some(&key_a), &quote_path).await;
         assert_eq!(status, 200, "{quote}");
         if quote["multiplier"].as_f64().unwrap_or(1.0) > 1.0 {
             break;
@@ -173,7 +173,7 @@ async fn tenants_see_only_their_own_orders_surge_and_quotes(app: &TestApp, store
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // B's quote in the same cell: A's drivers and orders do not count.
-    let (status, quote_b) = get(&app, Some(&key_b), &quote_path).await;
+    let (status, quote_b) = get(app, Some(&key_b), &quote_path).await;
     assert_eq!(status, 200);
     assert_eq!(quote_b["multiplier"], 1.0, "{quote_b}");
     assert_eq!(quote_b["surge"]["source"], "default", "{quote_b}");
@@ -194,8 +194,8 @@ async fn tenants_see_only_their_own_orders_surge_and_quotes(app: &TestApp, store
         "/api/v1/orders/{}",
         order_of_a["order_id"].as_str().expect("id")
     );
-    assert_eq!(get(&app, Some(&key_a), &order_path).await.0, 200);
-    let (status, body) = get(&app, Some(&key_b), &order_path).await;
+    assert_eq!(get(app, Some(&key_a), &order_path).await.0, 200);
+    let (status, body) = get(app, Some(&key_b), &order_path).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (404, Some("not_found")),
@@ -203,21 +203,21 @@ async fn tenants_see_only_their_own_orders_surge_and_quotes(app: &TestApp, store
     );
 
     // A's quote lock is A's and its user's, and pays for one order.
-    let (_, quote) = get(&app, Some(&key_a), &format!("{quote_path}&user_id=rider-q")).await;
+    let (_, quote) = get(app, Some(&key_a), &format!("{quote_path}&user_id=rider-q")).await;
     let quote_id = quote["quote_id"].as_str().expect("locked").to_owned();
     let with_quote = |user: &str| {
         let mut body = order_at(user, lat, lng);
         body["quote_id"] = json!(quote_id);
         body
     };
-    let (status, body) = post(&app, Some(&key_b), "/api/v1/orders", &with_quote("rider-q")).await;
+    let (status, body) = post(app, Some(&key_b), "/api/v1/orders", &with_quote("rider-q")).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (422, Some("quote_unavailable")),
         "{body}"
     );
     let (status, body) = post(
-        &app,
+        app,
         Some(&key_a),
         "/api/v1/orders",
         &with_quote("someone-else"),
@@ -228,9 +228,9 @@ async fn tenants_see_only_their_own_orders_surge_and_quotes(app: &TestApp, store
         (422, Some("quote_not_yours")),
         "{body}"
     );
-    let (status, body) = post(&app, Some(&key_a), "/api/v1/orders", &with_quote("rider-q")).await;
+    let (status, body) = post(app, Some(&key_a), "/api/v1/orders", &with_quote("rider-q")).await;
     assert_eq!(status, 201, "{body}");
-    let (status, body) = post(&app, Some(&key_a), "/api/v1/orders", &with_quote("rider-q")).await;
+    let (status, body) = post(app, Some(&key_a), "/api/v1/orders", &with_quote("rider-q")).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (409, Some("quote_used")),
@@ -278,12 +278,7 @@ async fn scopes_revocation_quotas_and_the_admin_api(app: &TestApp, data_dir: &Pa
         &["keys", "create", "--tenant", "busy", "--scope", "ingest"],
     )
     .await;
-    let (status, body) = get(
-        &app,
-        ingest["api_key"].as_str(),
-        "/api/v1/quote?lat=1&lng=2",
-    )
-    .await;
+    let (status, body) = get(app, ingest["api_key"].as_str(), "/api/v1/quote?lat=1&lng=2").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("forbidden")),
@@ -295,7 +290,7 @@ async fn scopes_revocation_quotas_and_the_admin_api(app: &TestApp, data_dir: &Pa
     let mut limited = None;
     for _ in 0..6 {
         let (status, headers, body) = call(
-            &app,
+            app,
             Some(&slow_key),
             reqwest::Method::GET,
             "/api/v1/quote?lat=1&lng=2",
@@ -308,7 +303,7 @@ async fn scopes_revocation_quotas_and_the_admin_api(app: &TestApp, data_dir: &Pa
         }
         assert_eq!(status, 200, "{body}");
         assert_eq!(
-            get(&app, Some(&other_key), "/api/v1/quote?lat=1&lng=2")
+            get(app, Some(&other_key), "/api/v1/quote?lat=1&lng=2")
                 .await
                 .0,
             200
@@ -333,7 +328,7 @@ async fn scopes_revocation_quotas_and_the_admin_api(app: &TestApp, data_dir: &Pa
         "{headers:?}"
     );
     assert_eq!(
-        get(&app, Some(&other_key), "/api/v1/quote?lat=1&lng=2")
+        get(app, Some(&other_key), "/api/v1/quote?lat=1&lng=2")
             .await
             .0,
         200
@@ -352,7 +347,7 @@ async fn scopes_revocation_quotas_and_the_admin_api(app: &TestApp, data_dir: &Pa
 
     // Revoked with the CLI: refused within the cache TTL, on this process that cached it.
     assert_eq!(
-        get(&app, Some(&other_key), "/api/v1/quote?lat=1&lng=2")
+        get(app, Some(&other_key), "/api/v1/quote?lat=1&lng=2")
             .await
             .0,
         200
@@ -361,7 +356,7 @@ async fn scopes_revocation_quotas_and_the_admin_api(app: &TestApp, data_dir: &Pa
     cli(store, &["keys", "revoke", key_id]).await;
     let revoked_at = Instant::now();
     loop {
-        let status = get(&app, Some(&other_key), "/api/v1/quote?lat=1&lng=2")
+        let status = get(app, Some(&other_key), "/api/v1/quote?lat=1&lng=2")
             .await
             .0;
         if status == 401 {
@@ -401,7 +396,7 @@ async fn scopes_revocation_quotas_and_the_admin_api(app: &TestApp, data_dir: &Pa
             (status, response.json::<Value>().await.expect("JSON"))
         }
     };
-    assert_eq!(get(&app, Some(&slow_key), "/admin/v1/tenants").await.0, 401);
+    assert_eq!(get(app, Some(&slow_key), "/admin/v1/tenants").await.0, 401);
     let (status, listed) = admin(reqwest::Method::GET, "/admin/v1/tenants", None).await;
     assert_eq!(status, 200, "{listed}");
     let ids: Vec<&str> = listed["tenants"]
@@ -434,7 +429,7 @@ async fn scopes_revocation_quotas_and_the_admin_api(app: &TestApp, data_dir: &Pa
     );
     let initech_key = made["api_key"].as_str().unwrap();
     assert_eq!(
-        get(&app, Some(initech_key), "/api/v1/quote?lat=1&lng=2")
+        get(app, Some(initech_key), "/api/v1/quote?lat=1&lng=2")
             .await
             .0,
         200
