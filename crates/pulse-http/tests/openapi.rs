@@ -44,41 +44,12 @@ fn documented_routes(document: &Value) -> BTreeSet<Route> {
     routes
 }
 
-/// The text of the `{…}` block that opens at `text[open]`, skipping quoted strings (paths hold
-/// braces: `"/orders/{order_id}"`).
-fn block(text: &str, open: usize) -> &str {
-    let bytes = text.as_bytes();
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for (index, &byte) in bytes.iter().enumerate().skip(open) {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'{' | b'(' | b'[' => depth += 1,
-            b'}' | b')' | b']' => {
-                depth -= 1;
-                if depth == 0 {
-                    return &text[open + 1..index];
-                }
-            }
-            _ => {}
-        }
-    }
-    panic!("unbalanced Debug text from {open}");
-}
-
-/// `name: value` fields of a block, split at its top level.
-fn fields(block: &str) -> Vec<(&str, &str)> {
-    let (mut depth, mut in_string, mut escaped, mut start) = (0i32, false, false, 0);
-    let mut pieces = Vec::new();
-    for (index, byte) in block.bytes().enumerate() {
+/// Walks `text` from `from`, skipping quoted strings (paths hold braces:
+/// `"/orders/{order_id}"`), and hands `visit` each other byte with the nesting depth after it;
+/// stops at the first byte `visit` returns `true` for and answers its index.
+fn scan(text: &str, from: usize, mut visit: impl FnMut(usize, u8, i32) -> bool) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0i32, false, false);
+    for (index, &byte) in text.as_bytes().iter().enumerate().skip(from) {
         if in_string {
             match (escaped, byte) {
                 (true, _) => escaped = false,
@@ -92,13 +63,35 @@ fn fields(block: &str) -> Vec<(&str, &str)> {
             b'"' => in_string = true,
             b'{' | b'(' | b'[' => depth += 1,
             b'}' | b')' | b']' => depth -= 1,
-            b',' if depth == 0 => {
-                pieces.push(&block[start..index]);
-                start = index + 1;
-            }
             _ => {}
         }
+        if byte != b'"' && visit(index, byte, depth) {
+            return Some(index);
+        }
     }
+    None
+}
+
+/// The text of the `{…}` block that opens at `text[open]`.
+fn block(text: &str, open: usize) -> &str {
+    let close = scan(text, open, |_, byte, depth| {
+        matches!(byte, b'}' | b')' | b']') && depth == 0
+    })
+    .unwrap_or_else(|| panic!("unbalanced Debug text from {open}"));
+    &text[open + 1..close]
+}
+
+/// `name: value` fields of a block, split at its top level.
+fn fields(block: &str) -> Vec<(&str, &str)> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    scan(block, 0, |index, byte, depth| {
+        if byte == b',' && depth == 0 {
+            pieces.push(&block[start..index]);
+            start = index + 1;
+        }
+        false
+    });
     pieces.push(&block[start..]);
     pieces
         .into_iter()
