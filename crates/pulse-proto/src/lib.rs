@@ -1,4 +1,5 @@
-//! Protobuf contracts of the events Pulse writes to its log (`proto/pulse/v1/events.proto`).
+//! Protobuf contracts of the events Pulse writes to its log (`proto/pulse/v1/events.proto`):
+//! orders, driver locations, and the event gateway's canonical envelope.
 //!
 //! The `.proto` file is the contract shared with other languages; the Rust types are generated
 //! from it at build time by `protox` + `prost-build`, so building needs no system `protoc`.
@@ -11,7 +12,7 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/pulse.v1.rs"));
 }
 
-pub use prost::Message;
+pub use prost::{DecodeError, Message};
 
 #[cfg(test)]
 mod tests {
