@@ -27,6 +27,17 @@ pub enum PipelineOrigin {
     Default,
 }
 
+/// Why a pipeline was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum PutPipelineError {
+    /// It does not build: the field and why.
+    #[error("invalid pipeline: {0}")]
+    Invalid(SpecError),
+    /// The store did not answer.
+    #[error(transparent)]
+    Backend(pulse_core::PortError),
+}
+
 /// A tenant's pipeline as it runs.
 #[derive(Debug, Clone)]
 pub struct ActivePipeline {
@@ -105,6 +116,27 @@ impl PipelineBook {
             .get(tenant)
             .cloned()
             .unwrap_or_else(|| self.default.clone())
+    }
+
+    /// Validates `json` as `tenant`'s pipeline and stores it as its next version, which this
+    /// process runs at once and every other within [`REFRESH_INTERVAL`].
+    pub async fn put(
+        &self,
+        tenant: &TenantId,
+        json: &serde_json::Value,
+        at_ms: i64,
+    ) -> Result<ActivePipeline, PutPipelineError> {
+        self.registry
+            .parse(json)
+            .map_err(PutPipelineError::Invalid)?;
+        self.store
+            .put_pipeline(tenant, json, at_ms)
+            .await
+            .map_err(PutPipelineError::Backend)?;
+        self.refresh(true)
+            .await
+            .map_err(PutPipelineError::Backend)?;
+        Ok(self.get(tenant))
     }
 
     /// Reads the stored pipelines again when the last read is older than `REFRESH_INTERVAL`

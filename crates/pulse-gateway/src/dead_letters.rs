@@ -81,21 +81,8 @@ impl DeadLetters {
             for dead in &page {
                 let letter = &dead.letter;
                 let identity = CanonicalEvent::decode(&letter.envelope)
-                    .ok()
-                    .and_then(|event| {
-                        serde_json::from_slice::<serde_json::Value>(&event.payload).ok()
-                    })
-                    .and_then(|payload| {
-                        ["userId", "user_id", "anonymousId", "anonymous_id"]
-                            .iter()
-                            .find_map(|field| {
-                                payload
-                                    .get(*field)
-                                    .and_then(|v| v.as_str())
-                                    .map(str::to_owned)
-                            })
-                    })
-                    .unwrap_or_else(|| letter.event_id.clone());
+                    .map(|event| event.identity())
+                    .unwrap_or_else(|_| letter.event_id.clone());
                 let mut record = OutgoingRecord::keyed(
                     CanonicalEvent::partition_key(tenant, &identity),
                     Bytes::from(letter.envelope.clone()),

@@ -143,6 +143,15 @@ impl CanonicalEvent {
         key
     }
 
+    /// The person the event is about, for its partition key: see [`identity_in`]; the event
+    /// id when it names none.
+    pub fn identity(&self) -> String {
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&self.payload)
+            .ok()
+            .and_then(|payload| identity_in(&payload))
+            .unwrap_or_else(|| self.event_id.clone())
+    }
+
     /// The JSON form: the seed's field names, times in RFC 3339 UTC, the payload inline.
     pub fn to_json(&self) -> serde_json::Value {
         let payload: serde_json::Value =
@@ -159,6 +168,19 @@ impl CanonicalEvent {
             "idempotency_key": self.idempotency_key,
         })
     }
+}
+
+/// The person a payload is about: `userId` (or the flat body's `user_id`), else `anonymousId`
+/// (`anonymous_id`); a non-empty string, or a number as Segment allows.
+pub fn identity_in(payload: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    let first = |fields: [&str; 2]| {
+        fields.iter().find_map(|field| match payload.get(*field) {
+            Some(serde_json::Value::String(text)) if !text.is_empty() => Some(text.clone()),
+            Some(serde_json::Value::Number(number)) => Some(number.to_string()),
+            _ => None,
+        })
+    };
+    first(["userId", "user_id"]).or_else(|| first(["anonymousId", "anonymous_id"]))
 }
 
 #[cfg(test)]

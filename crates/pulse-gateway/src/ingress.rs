@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::envelope::identity_in;
 use crate::time::parse_rfc3339;
 
 /// What the door accepts. Defaults are Segment's where Segment has one.
@@ -199,8 +200,7 @@ pub fn native_event(
         }
         Some(_) => return Err(IngressError::invalid("payload must be an object")),
     };
-    let identity = identity_of(&payload, &["user_id", "userId"])
-        .or_else(|| identity_of(&payload, &["anonymous_id", "anonymousId"]));
+    let identity = identity_in(&payload);
     Ok(IncomingEvent {
         event_type,
         event_id,
@@ -278,8 +278,7 @@ pub fn segment_event(
             ))
         }
     };
-    let identity =
-        identity_of(&message, &["userId"]).or_else(|| identity_of(&message, &["anonymousId"]));
+    let identity = identity_in(&message);
     if identity.is_none() {
         return Err(IngressError::invalid(format!(
             "a {} call needs a userId or an anonymousId",
@@ -429,15 +428,6 @@ fn check_time_range(
         ));
     }
     Ok(())
-}
-
-/// The first of `fields` holding a non-empty string (or a number, as Segment allows).
-fn identity_of(payload: &Map<String, Value>, fields: &[&str]) -> Option<String> {
-    fields.iter().find_map(|field| match payload.get(*field) {
-        Some(Value::String(text)) if !text.is_empty() => Some(text.clone()),
-        Some(Value::Number(number)) => Some(number.to_string()),
-        _ => None,
-    })
 }
 
 #[cfg(test)]

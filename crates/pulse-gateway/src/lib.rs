@@ -19,6 +19,7 @@
 //!   event, or it is parked, or dead-lettered.
 
 pub mod book;
+pub mod config;
 pub mod dead_letters;
 pub mod envelope;
 pub mod ingest;

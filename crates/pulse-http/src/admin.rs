@@ -1,5 +1,6 @@
-//! `/admin/v1`: tenants and keys, for the operator, behind the admin token (`Authorization:
-//! Bearer <token>`). The same operations as `pulse tenants …` and `pulse keys …`.
+//! `/admin/v1`: tenants, keys and the tenants' event pipelines, for the operator, behind the
+//! admin token (`Authorization: Bearer <token>`). The same tenant and key operations as
+//! `pulse tenants …` and `pulse keys …`.
 
 use std::sync::Arc;
 
@@ -9,6 +10,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use pulse_core::TenantId;
+use pulse_gateway::book::{ActivePipeline, PipelineBook, PutPipelineError};
 use pulse_tenants::{
     AdminToken, IssuedKey, KeyRecord, QuotaClass, QuotaSetting, Scope, Tenant, TenantError,
     TenantQuotas, Tenants,
@@ -26,6 +29,10 @@ use crate::{ApiError, ApiPath};
 pub struct AdminApi {
     /// Tenant and key administration.
     pub tenants: Tenants,
+    /// The tenants' event pipelines.
+    pub pipelines: PipelineBook,
+    /// Time, for the stored pipelines' stamps.
+    pub clock: pulse_core::clock::SharedClock,
     /// The token that opens these routes.
     pub token: AdminToken,
 }
@@ -372,6 +379,110 @@ async fn require_admin(State(api): AdminState, request: Request, next: Next) -> 
     .into_response()
 }
 
+/// A tenant's event pipeline, as it runs.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = TenantPipeline)]
+pub(crate) struct PipelineBody {
+    tenant_id: String,
+    /// The stored version (0 for a configured or the default pipeline).
+    version: i64,
+    /// `stored` (this API), `configured` (the config file) or `default` (`postgres_sink` into
+    /// `events_raw`).
+    origin: String,
+    /// The seed's shape: `{"plugins": {"transform": [...], "sinks": [{"name", "id"?,
+    /// "config", "retry"?}]}}`.
+    #[schema(value_type = Object)]
+    pipeline: serde_json::Value,
+}
+
+fn pipeline_body(tenant: &TenantId, active: &ActivePipeline) -> PipelineBody {
+    PipelineBody {
+        tenant_id: tenant.to_string(),
+        version: active.version,
+        origin: serde_json::to_value(active.origin)
+            .ok()
+            .and_then(|origin| origin.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        pipeline: serde_json::to_value(&active.built.spec).unwrap_or_default(),
+    }
+}
+
+async fn known_tenant(api: &AdminApi, tenant_id: &str) -> Result<TenantId, ApiError> {
+    let tenant = api.tenants.get(tenant_id).await?;
+    Ok(tenant.tenant_id)
+}
+
+/// Read a tenant's event pipeline.
+#[utoipa::path(get, path = "/admin/v1/tenants/{tenant_id}/pipeline",
+    operation_id = "getTenantPipeline", tag = "admin",
+    params(("tenant_id" = String, Path, min_length = 1, max_length = 32, pattern = "^[a-z0-9_-]{1,32}$",
+            description = "The tenant's id.")),
+    responses(
+        (status = 200, description = "The pipeline the tenant runs.", body = PipelineBody),
+        (status = 400, response = BadRequest),
+        (status = 401, response = AdminUnauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub(crate) async fn get_pipeline(
+    State(api): AdminState,
+    ApiPath(tenant_id): ApiPath<String>,
+) -> Result<Json<PipelineBody>, ApiError> {
+    let tenant = known_tenant(&api, &tenant_id).await?;
+    Ok(Json(pipeline_body(&tenant, &api.pipelines.get(&tenant))))
+}
+
+/// Set a tenant's event pipeline.
+///
+/// Stored as the tenant's next version and run by every process within seconds. A pipeline
+/// that does not build is refused naming its bad field (`plugins.sinks[0].config.url: ...`).
+#[utoipa::path(put, path = "/admin/v1/tenants/{tenant_id}/pipeline",
+    operation_id = "setTenantPipeline", tag = "admin",
+    params(("tenant_id" = String, Path, min_length = 1, max_length = 32, pattern = "^[a-z0-9_-]{1,32}$",
+            description = "The tenant's id.")),
+    request_body(content = Object, content_type = "application/json",
+        example = json!({"plugins": {"transform": [{"name": "passthrough"}], "sinks": [
+            {"name": "postgres_sink", "config": {"table": "events_raw"}},
+            {"name": "webhook_sink", "config": {"url": "http://hooks.example/pulse",
+                "secret": "a-long-shared-secret"}}]}})),
+    responses(
+        (status = 200, description = "The pipeline, stored and running.", body = PipelineBody),
+        (status = 400, response = BadRequest),
+        (status = 401, response = AdminUnauthorized),
+        (status = 404, response = NotFound),
+        (status = 408, response = RequestTimeout),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub(crate) async fn put_pipeline(
+    State(api): AdminState,
+    ApiPath(tenant_id): ApiPath<String>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Json<PipelineBody>, ApiError> {
+    let tenant = known_tenant(&api, &tenant_id).await?;
+    let active = api
+        .pipelines
+        .put(&tenant, &body, api.clock.now_ms())
+        .await
+        .map_err(|err| match err {
+            PutPipelineError::Invalid(spec) => ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_pipeline",
+                spec.to_string(),
+            ),
+            PutPipelineError::Backend(port) => {
+                tracing::warn!(error = %port, "cannot store a pipeline");
+                ApiError::unavailable("the pipeline could not be stored; retry")
+            }
+        })?;
+    Ok(Json(pipeline_body(&tenant, &active)))
+}
+
 /// The admin routes, to nest under `/admin/v1`: each request bounded by `timeout`, bodies by
 /// `body`, all behind the admin token.
 pub fn admin_router(
@@ -399,6 +510,10 @@ pub fn admin_routes() -> Router<Arc<AdminApi>> {
             put(set_quota).delete(clear_quota),
         )
         .route("/tenants/{tenant_id}/keys", get(list_keys))
+        .route(
+            "/tenants/{tenant_id}/pipeline",
+            get(get_pipeline).put(put_pipeline),
+        )
         .route("/keys", post(create_key))
         .route("/keys/{key_id}/revoke", post(revoke_key))
 }

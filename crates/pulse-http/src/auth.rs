@@ -299,32 +299,44 @@ async fn authenticate(
     next: Next,
 ) -> Response {
     let presented = presented_key(request.headers());
-    match guard
-        .authenticator
-        .authenticate(presented.as_deref(), scope)
-        .await
-    {
-        Ok(principal) => {
-            if let Some(class) = class {
-                if let Err(refused) = guard.charge(&principal, class, 1).await {
-                    return refused;
+    let principal = match guard.admit(presented.as_deref(), scope).await {
+        Ok(principal) => principal,
+        Err(refused) => return refused,
+    };
+    if let Some(class) = class {
+        if let Err(refused) = guard.charge(&principal, class, 1).await {
+            return refused;
+        }
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+impl ApiGuard {
+    /// Checks a presented key (from wherever the route reads it: headers, or a Segment body's
+    /// `writeKey`) for `scope`: the principal, or the 401 / 403 / 503 to answer, counted in
+    /// [`AUTH_FAILURES_TOTAL`].
+    pub async fn admit(
+        &self,
+        presented: Option<&str>,
+        scope: Scope,
+    ) -> Result<Arc<Principal>, Response> {
+        self.authenticator
+            .authenticate(presented, scope)
+            .await
+            .map_err(|err| {
+                metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => failure_reason(&err))
+                    .increment(1);
+                let unauthorized = matches!(err, AuthError::Missing | AuthError::Invalid);
+                let mut response = ApiError::from(err).into_response();
+                if unauthorized {
+                    response.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer realm=\"pulse\", Basic realm=\"pulse\""),
+                    );
                 }
-            }
-            request.extensions_mut().insert(principal);
-            next.run(request).await
-        }
-        Err(err) => {
-            metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => failure_reason(&err)).increment(1);
-            let unauthorized = matches!(err, AuthError::Missing | AuthError::Invalid);
-            let mut response = ApiError::from(err).into_response();
-            if unauthorized {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"pulse\", Basic realm=\"pulse\""),
-                );
-            }
-            response
-        }
+                response
+            })
     }
 }
 

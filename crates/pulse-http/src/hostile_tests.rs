@@ -38,7 +38,7 @@ fn app(limits: BodyLimits) -> Router {
         check_timeout: Duration::from_secs(1),
         metrics: crate::install_metrics_recorder(),
     };
-    crate::router(ops, api, None, crate::map_page::routes())
+    crate::router(ops, api, Router::new(), None, crate::map_page::routes())
 }
 
 fn limits() -> BodyLimits {

@@ -71,16 +71,24 @@ impl std::fmt::Debug for OpsState {
 }
 
 /// The full router: operational endpoints, the OpenAPI document and its reference page,
-/// `api` under [`API_PREFIX`] (behind [`auth::require`]), `admin` under [`ADMIN_PREFIX`],
+/// `api` under [`API_PREFIX`] (behind [`auth::require`]), the event gateway's `ingress` under
+/// [`api::INGRESS_PREFIX`] (authenticating itself), `admin` under [`ADMIN_PREFIX`],
 /// `pages` at the root (the map, on a gateway), and the shared layers. The document is merged
 /// beside `api`, not into it, so it answers without a key.
-pub fn router(ops: OpsState, api: Router, admin: Option<Router>, pages: Router) -> Router {
+pub fn router(
+    ops: OpsState,
+    api: Router,
+    ingress: Router,
+    admin: Option<Router>,
+    pages: Router,
+) -> Router {
     let mut router = Router::new()
         .merge(ops::routes(ops))
         .merge(openapi::routes())
         .merge(docs_page::routes())
         .merge(pages)
-        .nest(API_PREFIX, api);
+        .nest(API_PREFIX, api)
+        .nest(api::INGRESS_PREFIX, ingress);
     if let Some(admin) = admin {
         router = router.nest(ADMIN_PREFIX, admin);
     }

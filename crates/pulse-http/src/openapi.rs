@@ -73,9 +73,16 @@ retried (orders with the same `Idempotency-Key`).
         crate::admin::list_keys,
         crate::admin::create_key,
         crate::admin::revoke_key,
+        crate::admin::get_pipeline,
+        crate::admin::put_pipeline,
+        crate::api::events::send_event,
+        crate::api::events::send_events,
+        crate::api::events::dead_letters,
+        crate::api::events::redrive,
     ),
     components(
-        schemas(crate::error::ErrorBody<'_>, domain::SurgeUpdate, domain::QuotaClass),
+        schemas(crate::error::ErrorBody<'_>, domain::SurgeUpdate, domain::QuotaClass,
+            domain::CanonicalEvent, crate::api::events::SegmentSuccess),
         responses(
             responses::BadRequest,
             responses::Unauthorized,
@@ -93,15 +100,99 @@ retried (orders with the same `Idempotency-Key`).
             responses::Internal,
         )
     ),
-    modifiers(&Security),
+    modifiers(&SegmentPaths, &Security),
     tags(
         (name = "orders", description = "Placing and reading orders."),
         (name = "surge", description = "Driver locations, quotes and the live surge map."),
-        (name = "admin", description = "Tenants, their quotas and their API keys (the operator's)."),
+        (name = "events", description = "The event gateway: events in (the seed's `/v1/events`, \
+            and Segment's `/v1/track|identify|page|screen|group|alias|batch` beside it, answered \
+            as Segment does), and the tenant's dead letters."),
+        (name = "admin", description = "Tenants, their quotas, their API keys and their event \
+            pipelines (the operator's)."),
         (name = "meta", description = "This document."),
     )
 )]
 struct ApiDoc;
+
+/// The Segment-compatible calls: one route per call type, answered as Segment does, so their
+/// operations are written here from one template instead of seven handler annotations.
+struct SegmentPaths;
+
+impl Modify for SegmentPaths {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{HttpMethod, OperationBuilder};
+        use utoipa::openapi::request_body::RequestBodyBuilder;
+        use utoipa::openapi::{Content, Ref, ResponseBuilder, ResponsesBuilder};
+        let calls = pulse_gateway::ingress::SegmentCall::ALL
+            .iter()
+            .map(|call| call.as_str())
+            .chain(std::iter::once("batch"));
+        for call in calls {
+            let (summary, example) = if call == "batch" {
+                (
+                    "Segment `batch`: many calls, each naming its `type`.".to_owned(),
+                    serde_json::json!({"batch": [{"type": "track", "userId": "u_1",
+                        "event": "Order Completed", "properties": {"total": 12.5}}]}),
+                )
+            } else {
+                (
+                    format!("Segment `{call}`: stored with `event_type` = `{call}`."),
+                    serde_json::json!({"userId": "u_1", "messageId": "ajs-1",
+                        "timestamp": "2026-12-01T10:00:00Z"}),
+                )
+            };
+            let body = RequestBodyBuilder::new()
+                .description(Some(
+                    "The Segment message as its libraries send it; the key as HTTP Basic user \
+                     name or as `writeKey` in the body; `application/json` or `text/plain`; \
+                     gzip accepted.",
+                ))
+                .content(
+                    "application/json",
+                    Content::builder()
+                        .schema(Some(utoipa::openapi::ObjectBuilder::new()))
+                        .example(Some(example))
+                        .build(),
+                )
+                .required(Some(utoipa::openapi::Required::True))
+                .build();
+            let mut responses = ResponsesBuilder::new().response(
+                "200",
+                ResponseBuilder::new()
+                    .description("Durable on the ingestion log (invalid batch items dropped and counted, as Segment does).")
+                    .content(
+                        "application/json",
+                        Content::new(Some(Ref::from_schema_name("SegmentSuccess"))),
+                    ),
+            );
+            for (status, name) in [
+                ("400", "BadRequest"),
+                ("401", "Unauthorized"),
+                ("403", "Forbidden"),
+                ("408", "RequestTimeout"),
+                ("413", "PayloadTooLarge"),
+                ("415", "UnsupportedMediaType"),
+                ("429", "TooManyRequests"),
+                ("500", "Internal"),
+                ("503", "Unavailable"),
+            ] {
+                responses = responses.response(status, Ref::from_response_name(name));
+            }
+            let operation = OperationBuilder::new()
+                .operation_id(Some(format!("segment_{call}")))
+                .tag("events")
+                .summary(Some(summary))
+                .request_body(Some(body))
+                .responses(responses.build())
+                .build();
+            openapi.paths.add_path_operation(
+                format!("{}/{call}", crate::api::INGRESS_PREFIX),
+                vec![HttpMethod::Post],
+                operation,
+            );
+        }
+    }
+}
 
 /// Adds the security schemes and gives each operation its own: an API key under `/api/v1`
 /// (unless the operation says otherwise, as the document itself does), the admin token under
@@ -159,7 +250,9 @@ impl Modify for Security {
         };
         let admin = || vec![SecurityRequirement::new(ADMIN_SCHEME, Vec::<String>::new())];
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let required = if path.starts_with(&format!("{API_PREFIX}/")) {
+            let required = if path.starts_with(&format!("{API_PREFIX}/"))
+                || path.starts_with(&format!("{}/", crate::api::INGRESS_PREFIX))
+            {
                 api_key()
             } else if path.starts_with(&format!("{ADMIN_PREFIX}/")) {
                 admin()

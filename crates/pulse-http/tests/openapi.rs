@@ -163,9 +163,16 @@ fn every_served_api_route() -> BTreeSet<Route> {
         &Router::new().nest(API_PREFIX, pulse_http::api::surge_routes(timeout, body)),
     ));
     served.extend(served_routes(
+        &Router::new().nest(API_PREFIX, pulse_http::api::events_routes(timeout, body)),
+    ));
+    served.extend(served_routes(&Router::new().nest(
+        pulse_http::api::INGRESS_PREFIX,
+        pulse_http::api::ingress_routes(timeout, body),
+    )));
+    served.extend(served_routes(
         &Router::new().nest(ADMIN_PREFIX, pulse_http::admin::admin_routes()),
     ));
-    let outer = pulse_http::router(ops(), Router::new(), None, Router::new());
+    let outer = pulse_http::router(ops(), Router::new(), Router::new(), None, Router::new());
     served.extend(served_routes(&outer).into_iter().filter(|(_, path)| {
         path.starts_with(&format!("{API_PREFIX}/")) || path.starts_with(&format!("{ADMIN_PREFIX}/"))
     }));
@@ -259,7 +266,9 @@ fn every_api_operation_needs_a_key_and_documents_the_gates_errors_and_its_bodys(
                 schemes(operation).is_empty(),
                 "{label}: the document needs no key"
             );
-        } else if path.starts_with(API_PREFIX) {
+        } else if path.starts_with(API_PREFIX)
+            || path.starts_with(&format!("{}/", pulse_http::api::INGRESS_PREFIX))
+        {
             assert_eq!(schemes(operation), API_KEY_SCHEMES, "{label}");
             assert!(has(&["401", "403", "429", "500", "503"]), "{label}");
             let retry = &document["components"]["responses"]["TooManyRequests"]["headers"];
@@ -370,7 +379,13 @@ fn app() -> Router {
     let api = Router::new()
         .route("/orders", post(|| async { "placed" }))
         .layer(gate);
-    pulse_http::router(ops(), api, None, pulse_http::map_page::routes())
+    pulse_http::router(
+        ops(),
+        api,
+        Router::new(),
+        None,
+        pulse_http::map_page::routes(),
+    )
 }
 
 async fn get(app: &Router, path: &str) -> (StatusCode, axum::http::HeaderMap, String) {

@@ -34,11 +34,14 @@ pub enum Role {
     Engine,
     /// Moves committed outbox rows to the log.
     Relay,
+    /// The event gateway's processor: runs each tenant's pipeline over `events.ingest` and
+    /// delivers to its sinks (and redelivers parked events).
+    Pipeline,
 }
 
 impl Role {
     /// Every role, as `pulse up` runs them.
-    pub const ALL: [Role; 3] = [Role::Gateway, Role::Engine, Role::Relay];
+    pub const ALL: [Role; 4] = [Role::Gateway, Role::Engine, Role::Relay, Role::Pipeline];
 
     /// The role's name on the command line.
     pub fn name(self) -> &'static str {
@@ -46,6 +49,7 @@ impl Role {
             Role::Gateway => "gateway",
             Role::Engine => "engine",
             Role::Relay => "relay",
+            Role::Pipeline => "pipeline",
         }
     }
 }
@@ -58,7 +62,7 @@ impl fmt::Display for Role {
 
 /// A role name that is not one of [`Role::ALL`].
 #[derive(Debug, thiserror::Error)]
-#[error("unknown role {0:?}: expected one or more of gateway, engine, relay (comma-separated)")]
+#[error("unknown role {0:?}: expected one or more of gateway, engine, relay, pipeline (comma-separated)")]
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {

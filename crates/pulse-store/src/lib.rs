@@ -14,6 +14,7 @@
 //! * migrations are embedded in the binary and applied in order, once, under sqlx's lock;
 //! * every pool has an acquire timeout, so a dead database surfaces as an error, not a hang.
 
+mod gateway;
 mod orders;
 pub mod outbox;
 pub mod sql;

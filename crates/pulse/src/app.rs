@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use std::sync::Arc;
 
 use pulse_core::clock::{SharedClock, SystemClock};
+use pulse_gateway::book::PipelineBook;
 use pulse_outbox::relay::{Relay, RelaySettings};
 use pulse_surge::engine::EngineSettings;
 use pulse_tenants::{IssuedKey, QuotaClass, Scope};
@@ -39,6 +40,9 @@ pub struct Application {
     backend_timeout: Duration,
     created_key: Option<IssuedKey>,
     http: pulse_http::server::HttpConfig,
+    /// The tenants' event pipelines, when this process runs the `pipeline` role.
+    pipelines: Option<PipelineBook>,
+    config: Config,
 }
 
 /// Name of the breaker on the quote path (the `breaker` label of its metrics).
@@ -77,7 +81,12 @@ impl Application {
         // Every role serves the operational endpoints so each process can be probed and
         // scraped; only the gateway serves the API, each domain its router.
         let mut created_key = None;
-        let (api, admin, pages) = if roles.contains(&Role::Gateway) {
+        let pipelines = if roles.contains(&Role::Gateway) || roles.contains(&Role::Pipeline) {
+            Some(wiring::gateway::book(config, &backends).await?)
+        } else {
+            None
+        };
+        let (api, ingress, admin, pages) = if roles.contains(&Role::Gateway) {
             let tenants = wiring::tenants::service(&backends.store, clock.clone());
             created_key = wiring::tenants::bootstrap(config, &tenants).await?;
             let guard = wiring::tenants::guard(
@@ -86,7 +95,15 @@ impl Application {
                 backends.rate_limiter.clone(),
                 clock.clone(),
             );
-            let admin = wiring::tenants::admin_router(config, tenants)?;
+            let book = pipelines.clone().expect("built for the gateway role");
+            let admin = wiring::tenants::admin_router(config, tenants, book, clock.clone())?;
+            let (ingress, events) = wiring::gateway::routers(
+                config,
+                &backends,
+                guard.clone(),
+                clock.clone(),
+                backend_timeout,
+            );
             let orders = wiring::orders::service(
                 &backends.store,
                 quotes.clone(),
@@ -110,12 +127,17 @@ impl Application {
                     clock.clone(),
                     backend_timeout,
                 ));
-            let api = pulse_http::auth::require(api, guard, Scope::Full, Some(QuotaClass::Api));
-            (api, Some(admin), pulse_http::map_page::routes())
+            let api = pulse_http::auth::require(
+                api.merge(events),
+                guard,
+                Scope::Full,
+                Some(QuotaClass::Api),
+            );
+            (api, ingress, Some(admin), pulse_http::map_page::routes())
         } else {
-            (Router::new(), None, Router::new())
+            (Router::new(), Router::new(), None, Router::new())
         };
-        let router = pulse_http::router(ops, api, admin, pages);
+        let router = pulse_http::router(ops, api, ingress, admin, pages);
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -140,6 +162,8 @@ impl Application {
             backend_timeout,
             created_key,
             http: config.http.clone(),
+            pipelines,
+            config: config.clone(),
         })
     }
 
@@ -218,6 +242,32 @@ impl Application {
             let stop = self.shutdown.clone();
             supervisor.spawn("engine", async move {
                 engine.run(stop).await.map_err(Into::into)
+            });
+        }
+        if let (true, Some(book)) = (self.roles.contains(&Role::Pipeline), self.pipelines.clone()) {
+            let (processor, settings) = wiring::gateway::processor(
+                &self.config,
+                &self.backends,
+                book.clone(),
+                self.clock.clone(),
+            );
+            let log = self.backends.log.clone();
+            let stop = self.shutdown.clone();
+            supervisor.spawn("pipeline", async move {
+                pulse_runtime::processor::run(log, processor, settings, stop)
+                    .await
+                    .map_err(Into::into)
+            });
+            let redeliverer = wiring::gateway::redeliverer(
+                &self.config,
+                &self.backends,
+                book,
+                self.clock.clone(),
+            );
+            let stop = self.shutdown.clone();
+            supervisor.spawn("redeliverer", async move {
+                redeliverer.run(stop).await;
+                Ok(())
             });
         }
         let outcome = supervisor.run_until_stopped(self.drain_timeout).await;

@@ -26,6 +26,7 @@ pub fn declared_topics() -> Vec<TopicSpec> {
     [
         pulse_orders::TOPICS,
         pulse_surge::engine::TOPICS,
+        pulse_gateway::TOPICS,
         &[pulse_runtime::processor::DEAD_LETTER],
     ]
     .concat()

@@ -3,6 +3,8 @@
 //! Top-level keys map to `PULSE_<KEY>` (`PULSE_STORE_URL`, `PULSE_LISTEN`, …); nested keys use a
 //! double underscore (`PULSE_EMBEDDED_LOG__RETENTION_HOURS`). The README's configuration table lists them.
 
+use pulse_gateway::config::GatewayConfig;
+use pulse_sinks::WebhookSettings;
 use pulse_tenants::config::{AuthConfig, QuotasConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -132,6 +134,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Each quota class's default per tenant.
     pub quotas: QuotasConfig,
+    /// The event gateway: dedup window, limits, tenant pipelines.
+    pub gateway: GatewayConfig,
+    /// Outbound HTTP of `webhook_sink` (which targets are allowed, timeouts).
+    pub webhooks: WebhookSettings,
 }
 
 /// A setting that must never reach a log: its `Debug` shows only that it is set.
@@ -171,6 +177,8 @@ impl Default for Config {
             admin_token: None,
             auth: AuthConfig::default(),
             quotas: QuotasConfig::default(),
+            gateway: GatewayConfig::default(),
+            webhooks: WebhookSettings::default(),
             http: HttpConfig::default(),
         }
     }
@@ -320,6 +328,8 @@ impl Config {
             self.quote_breaker.validate("quote_breaker"),
             self.auth.validate(),
             self.quotas.validate(),
+            self.webhooks.validate(),
+            self.gateway.validate(),
             self.admin_token.as_ref().map_or(Ok(()), |token| {
                 pulse_tenants::AdminToken::new(&token.0)
                     .map(|_| ())

@@ -3,6 +3,7 @@
 //! the domains a process serves.
 
 pub(crate) mod drivers;
+pub(crate) mod events;
 mod json;
 pub(crate) mod orders;
 pub(crate) mod quotes;
@@ -11,6 +12,7 @@ pub(crate) mod surge;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
 use pulse_core::clock::SharedClock;
@@ -25,7 +27,12 @@ use crate::body::BodyLimits;
 use crate::ApiError;
 
 pub use crate::body::MAX_API_BODY_BYTES;
+pub use events::{EventsApi, BACKPRESSURE_TOTAL, INGEST_LATENCY_SECONDS, INGEST_REQUESTS_TOTAL};
 pub use json::ApiJson;
+
+/// Where the event gateway's doors are mounted (the seed's `POST /v1/events`, and Segment's
+/// paths beside it).
+pub const INGRESS_PREFIX: &str = "/v1";
 
 /// Comment lines sent on a quiet live stream, so proxies keep it open and clients notice a dead
 /// one (the server's idle timeout must exceed it).
@@ -65,6 +72,57 @@ pub fn orders_routes(timeout: Duration, body: BodyLimits) -> Router<Arc<OrdersAp
     let routes = Router::new()
         .route("/orders", post(orders::place))
         .route("/orders/{order_id}", get(orders::get));
+    bounded(routes, timeout, body)
+}
+
+/// The event gateway's doors, to mount under [`INGRESS_PREFIX`]: `POST /events`,
+/// `POST /events/batch` and the Segment calls, bodies within `body` (gzip accepted), each
+/// request bounded by `timeout` once its body arrived. They authenticate themselves (scope
+/// `ingest`), so they are not put behind [`crate::auth::require`].
+pub fn ingress_router(state: EventsApi, timeout: Duration, body: BodyLimits) -> Router {
+    ingress_routes(timeout, body).with_state(Arc::new(state))
+}
+
+/// [`ingress_router`] before it is given its state.
+pub fn ingress_routes(timeout: Duration, body: BodyLimits) -> Router<Arc<EventsApi>> {
+    let body = body.with_gzip();
+    let native = Router::new()
+        .route("/events", post(events::send_event))
+        .route("/events/batch", post(events::send_events))
+        .layer(axum::middleware::from_fn(|request, next| {
+            events::measure("events", request, next)
+        }));
+    let mut segment = Router::new();
+    for call in pulse_gateway::ingress::SegmentCall::ALL {
+        segment = segment.route(
+            &format!("/{}", call.as_str()),
+            post(move |State(state), headers, body| {
+                events::segment_call(Some(call), state, headers, body)
+            }),
+        );
+    }
+    let segment = segment
+        .route(
+            "/batch",
+            post(|State(state), headers, body| events::segment_call(None, state, headers, body)),
+        )
+        .layer(axum::middleware::from_fn(|request, next| {
+            events::measure("segment", request, next)
+        }))
+        .layer(axum::middleware::from_fn(events::cors));
+    bounded(native.merge(segment), timeout, body)
+}
+
+/// The gateway's routes under `/api/v1` (behind the key check): the tenant's dead letters.
+pub fn events_router(state: EventsApi, timeout: Duration, body: BodyLimits) -> Router {
+    events_routes(timeout, body).with_state(Arc::new(state))
+}
+
+/// [`events_router`] before it is given its state.
+pub fn events_routes(timeout: Duration, body: BodyLimits) -> Router<Arc<EventsApi>> {
+    let routes = Router::new()
+        .route("/events/dead-letters", get(events::dead_letters))
+        .route("/events/dead-letters/redrive", post(events::redrive));
     bounded(routes, timeout, body)
 }
 

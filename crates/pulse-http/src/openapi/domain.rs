@@ -355,3 +355,33 @@ mod tests {
         }
     }
 }
+
+/// The canonical envelope every event becomes (seed 003's `CanonicalEvent`; on the log as the
+/// protobuf `pulse.v1.CanonicalEvent`, whose `payload` is the same JSON as bytes).
+#[derive(ToSchema)]
+pub(crate) struct CanonicalEvent {
+    /// Unique per tenant: the client's `event_id` (Segment's `messageId`), a UUIDv5 of the
+    /// tenant and its `idempotency_key`, or a new UUIDv7.
+    event_id: String,
+    /// The API key's tenant.
+    tenant_id: String,
+    /// What happened; for Segment calls the call type (`track`, `identify`, `page`, `screen`,
+    /// `group`, `alias`).
+    event_type: String,
+    /// When it happened (Segment calls: corrected for the client's clock skew). RFC 3339, UTC.
+    #[schema(format = DateTime)]
+    occurred_at: String,
+    /// When the gateway took it. RFC 3339, UTC.
+    #[schema(format = DateTime)]
+    received_at: String,
+    /// The event's own fields (for Segment calls, the message as received minus `writeKey`).
+    #[schema(value_type = Object)]
+    payload: serde_json::Value,
+    /// The adapter that took it in.
+    #[schema(example = "http")]
+    source: String,
+    /// W3C trace id of the ingest request.
+    trace_id: Option<String>,
+    /// The client's idempotency key.
+    idempotency_key: Option<String>,
+}

@@ -1,6 +1,7 @@
 //! One module per domain: how the binary builds that domain's services from the open backends and
 //! the configuration. A new domain adds a module here instead of growing `app.rs`.
 
+pub mod gateway;
 pub mod orders;
 pub mod surge;
 pub mod tenants;

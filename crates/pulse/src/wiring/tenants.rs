@@ -41,11 +41,21 @@ pub fn guard(
     ))
 }
 
-/// The admin routes under `/admin/v1`.
-pub fn admin_router(config: &Config, tenants: Tenants) -> anyhow::Result<axum::Router> {
+/// The admin routes under `/admin/v1` (tenants, keys, and the tenants' event pipelines).
+pub fn admin_router(
+    config: &Config,
+    tenants: Tenants,
+    pipelines: pulse_gateway::book::PipelineBook,
+    clock: SharedClock,
+) -> anyhow::Result<axum::Router> {
     let token = admin_token(config)?;
     Ok(pulse_http::admin::admin_router(
-        AdminApi { tenants, token },
+        AdminApi {
+            tenants,
+            token,
+            pipelines,
+            clock,
+        },
         std::time::Duration::from_secs(config.backend_timeout_secs),
         config.http.api_body_limits(),
     ))
