@@ -194,6 +194,9 @@ impl Processor for PipelineProcessor {
         let now = self.clock.now_ms();
         let mut processed = Vec::new();
         let mut aftermath = Aftermath::default();
+        // First every tenant's transforms and the append to events.processed: if that fails
+        // the batch is retried before any sink was called, so no sink sees it twice.
+        let mut runs = Vec::with_capacity(tenants.len());
         for tenant in tenants {
             let events = by_tenant.remove(&tenant).unwrap_or_default();
             let active = self.book.get(&tenant);
@@ -217,6 +220,14 @@ impl Processor for PipelineProcessor {
                 }
                 processed.push(record);
             }
+            runs.push((tenant, active, transformed));
+        }
+        if !processed.is_empty() {
+            self.log
+                .append(&self.settings.processed_topic, processed)
+                .await?;
+        }
+        for (tenant, active, transformed) in runs {
             let transform_infos: Vec<PluginInfo> = active
                 .built
                 .transforms
@@ -241,11 +252,6 @@ impl Processor for PipelineProcessor {
                 aftermath.parks.extend(parks);
                 aftermath.dead.extend(dead);
             }
-        }
-        if !processed.is_empty() {
-            self.log
-                .append(&self.settings.processed_topic, processed)
-                .await?;
         }
         self.write_aftermath(aftermath, now).await?;
         metrics::histogram!(PROCESSING_SECONDS).record(started.elapsed().as_secs_f64());
