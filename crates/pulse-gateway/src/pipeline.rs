@@ -420,7 +420,36 @@ impl PipelineProcessor {
             return Ok((delivered, parks, dead));
         }
         let batch: Vec<CanonicalEvent> = events.iter().map(|flight| flight.event.clone()).collect();
+        // One span per traced event, open for the delivery: the ingest request's trace reaches
+        // each sink. Unsampled traces cost nothing here.
+        let spans: Vec<(usize, tracing::Span)> = events
+            .iter()
+            .enumerate()
+            .filter_map(|(index, flight)| {
+                let parent = flight.trace.as_ref().filter(|trace| trace.is_sampled())?;
+                let span = tracing::info_span!(
+                    "sink.deliver",
+                    otel.name = %format!("deliver to {}", sink.id),
+                    tenant = %tenant,
+                    sink = %sink.id,
+                    event_id = %flight.event.event_id,
+                    outcome = tracing::field::Empty,
+                );
+                Some((index, parent.adopt(span)))
+            })
+            .collect();
         let outcomes = send_within_budget(sink, &batch, &ctx, tenant).await;
+        for (index, span) in &spans {
+            span.record(
+                "outcome",
+                match &outcomes[*index] {
+                    SinkOutcome::Ok => "delivered",
+                    SinkOutcome::Retry { .. } => "parked",
+                    SinkOutcome::Error { .. } => "refused",
+                },
+            );
+        }
+        drop(spans);
         let mut ok = Vec::new();
         for (flight, outcome) in events.iter().zip(outcomes) {
             match outcome {

@@ -1,4 +1,4 @@
-//! One server span per API request, continuing the caller's W3C trace (`traceparent`) or starting
+//! One server span per API request (`/api/v1` and the event gateway's `/v1`), continuing the caller's W3C trace (`traceparent`) or starting
 //! one, and handing the context back in the response's `traceparent` header so a client can find
 //! its trace (also when no tracer is installed and nothing is recorded). The request runs under
 //! that context ([`TraceContext::scope`]), so it reaches the outbox row and the records appended
@@ -17,7 +17,10 @@ pub(crate) async fn trace_request(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned());
-    let Some(route) = route.filter(|route| route.starts_with("/api/")) else {
+    let traced = |route: &String| {
+        route.starts_with("/api/") || route.starts_with(&format!("{}/", crate::api::INGRESS_PREFIX))
+    };
+    let Some(route) = route.filter(traced) else {
         return next.run(request).await;
     };
     let method = request.method().clone();

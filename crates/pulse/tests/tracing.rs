@@ -237,3 +237,54 @@ async fn a_driver_location_is_one_trace_from_http_to_the_engine() {
     }
     app.stop().await;
 }
+
+/// An event is one trace from the ingest request to its delivery to each sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_one_trace_from_the_ingest_request_to_each_sink() {
+    exporter();
+    let app = TestApp::spawn(|_| {}).await;
+    let (trace, caller, traceparent) = caller_context();
+    let response = app
+        .client()
+        .post(format!("{}/v1/events", app.base))
+        .header("traceparent", &traceparent)
+        .json(&json!({"event_type": "traced", "user_id": "u"}))
+        .send()
+        .await
+        .expect("ingest");
+    assert_eq!(response.status(), 202);
+    let started = Instant::now();
+    let spans = loop {
+        let spans = finished_spans(trace);
+        if spans
+            .iter()
+            .any(|span| span.name == "deliver to postgres_sink")
+        {
+            break spans;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the trace never reached the sink; spans so far: {:?}",
+            spans.iter().map(|span| &span.name).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let named = |name: &str| {
+        spans
+            .iter()
+            .find(|span| span.name == name)
+            .unwrap_or_else(|| panic!("no {name} span"))
+    };
+    let http = named("POST /v1/events");
+    assert_eq!(
+        http.parent_span_id, caller,
+        "the server span continues the caller's"
+    );
+    let deliver = named("deliver to postgres_sink");
+    assert_eq!(
+        deliver.parent_span_id,
+        http.span_context.span_id(),
+        "sink ← record headers ← ingest request"
+    );
+    app.stop().await;
+}
