@@ -13,7 +13,7 @@ use serde_json::Value;
 const IO_LIBRARIES: [&str; 5] = ["sqlx", "rdkafka", "redis", "reqwest", "axum"];
 
 /// Crates that hold ports, platform machinery or domain logic.
-const CORE_AND_DOMAIN_CRATES: [&str; 9] = [
+const CORE_AND_DOMAIN_CRATES: [&str; 11] = [
     "pulse-core",
     "pulse-geo",
     "pulse-proto",
@@ -23,6 +23,8 @@ const CORE_AND_DOMAIN_CRATES: [&str; 9] = [
     "pulse-trace",
     "pulse-surge",
     "pulse-orders",
+    "pulse-tenants",
+    "pulse-gateway",
 ];
 
 /// The triple rustc builds for by default.
