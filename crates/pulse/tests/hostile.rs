@@ -612,8 +612,49 @@ fn cases() -> Vec<Case> {
             bad,
         ),
     ];
+    // The event gateway's doors.
+    let big_event = format!(
+        r#"{{"event_type":"big","blob":"{}"}}"#,
+        "x".repeat(33 * 1024)
+    );
+    let many_events = format!(
+        r#"{{"events":[{}]}}"#,
+        vec![r#"{"event_type":"x"}"#; 2_001].join(",")
+    );
+    let deep = format!("{}1{}", "[".repeat(5_000), "]".repeat(5_000));
+    cases.extend([
+        case("an event without a key", request_with_credentials("POST", "/v1/events", &[]), 401, unauthorized),
+        case("an event that is not JSON", json_post("/v1/events", "{event_type: x}"), 400, bad),
+        case("an event that is an array", json_post("/v1/events", r#"[{"event_type":"x"}]"#), 400, bad),
+        case("an event nested 5000 deep", json_post("/v1/events", &deep), 400, bad),
+        case("an event without event_type", json_post("/v1/events", r#"{"user_id":"u"}"#), 400, Some("invalid_event")),
+        case("an event_type with a NUL", json_post("/v1/events", r#"{"event_type":"a\u0000b"}"#), 400, Some("invalid_event_type")),
+        case("an event_type that is a number", json_post("/v1/events", r#"{"event_type":7}"#), 400, Some("invalid_event")),
+        case("an event naming another tenant", json_post("/v1/events", r#"{"event_type":"x","tenant_id":"other"}"#), 400, Some("field_reserved")),
+        case("an event_id with a space", json_post("/v1/events", r#"{"event_type":"x","event_id":"a b"}"#), 400, Some("invalid_event_id")),
+        case("an event a century ahead", json_post("/v1/events", r#"{"event_type":"x","timestamp":"2126-01-01T00:00:00Z"}"#), 400, Some("timestamp_out_of_range")),
+        case("an event with a timestamp that is no time", json_post("/v1/events", r#"{"event_type":"x","timestamp":"soon"}"#), 400, Some("invalid_event")),
+        case("an event over 32 KB", json_post("/v1/events", &big_event), 413, Some("event_too_large")),
+        case("an event as form data", request("POST", "/v1/events", &[("Content-Type", "application/x-www-form-urlencoded")], b"event_type=x"), 415, Some("unsupported_media_type")),
+        case("a batch without events", json_post("/v1/events/batch", r#"{"events":[]}"#), 400, Some("invalid_event")),
+        case("a batch that is an object of objects", json_post("/v1/events/batch", r#"{"events":{"a":{}}}"#), 400, bad),
+        case("a batch of 2001 events", json_post("/v1/events/batch", &many_events), 400, Some("too_many_events")),
+        case("a batch over 500 KB", json_post("/v1/events/batch", &format!(r#"{{"events":[{big_event},{big_event},{big_event},{big_event},{big_event},{big_event},{big_event},{big_event},{big_event},{big_event},{big_event},{big_event},{big_event},{big_event},{big_event},{big_event}]}}"#)), 413, Some("payload_too_large")),
+        case("a gzip event that is not gzip", request("POST", "/v1/events", &[("Content-Type", "application/json"), ("Content-Encoding", "gzip")], b"not gzip at all"), 400, bad),
+        case("a Segment call without a key", request_with_credentials("POST", "/v1/track", &[]), 401, unauthorized),
+        case("a Segment track without an event", json_post("/v1/track", r#"{"userId":"u"}"#), 400, Some("invalid_event")),
+        case("a Segment call without a user", json_post("/v1/identify", r#"{"traits":{}}"#), 400, Some("invalid_event")),
+        case("a Segment batch that is no list", json_post("/v1/batch", r#"{"batch":{}}"#), 400, bad),
+        case("a Segment call with a wrong writeKey", request("POST", "/v1/page", &[("Content-Type", "text/plain")], format!(r#"{{"writeKey":"{fake_key}","anonymousId":"a"}}"#).as_bytes()), 200, None),
+        case("dead letters with a bad time", request("GET", "/api/v1/events/dead-letters?from=yesterday", &[], b""), 400, bad),
+        case("dead letters with a page of 0", request("GET", "/api/v1/events/dead-letters?limit=0", &[], b""), 400, bad),
+        case("dead letters with an unknown filter", request("GET", "/api/v1/events/dead-letters?tenant=other", &[], b""), 400, bad),
+    ]);
     // 2. Every wrong method on every route.
-    let routes: [(&str, &[&str]); 13] = [
+    let routes: [(&str, &[&str]); 16] = [
+        ("/v1/events", &["GET", "PUT", "DELETE"]),
+        ("/v1/track", &["GET", "DELETE"]),
+        ("/api/v1/events/dead-letters", &["POST", "DELETE"]),
         ("/api/v1/orders", &["GET", "PUT", "DELETE", "PATCH"]),
         (ORDER_PATH, &["POST", "PUT", "DELETE"]),
         ("/api/v1/drivers/d-1/location", &["GET", "PUT", "DELETE"]),

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -416,8 +417,16 @@ async fn segment(
     body: &[u8],
 ) -> Result<Response, Response> {
     let limits = state.ingest.limits();
-    let message = json_object(body).map_err(IntoResponse::into_response)?;
-    let key = segment_key(headers, &message).map(|key| key.into_owned());
+    // The key before the body's shape: a caller without a valid key learns nothing about it.
+    let parsed = json_object(body);
+    let key = match &parsed {
+        Ok(message) => segment_key(headers, message).map(|key| key.into_owned()),
+        Err(_) => presented_key(headers).map(|key| key.into_owned()),
+    };
+    if parsed.is_err() {
+        state.guard.admit(key.as_deref(), Scope::Ingest).await?;
+    }
+    let message = parsed.map_err(IntoResponse::into_response)?;
     let received = state.ingest.now_ms();
     let events: Vec<Result<IncomingEvent, IngressError>> = match call {
         Some(call) => {
@@ -641,8 +650,14 @@ pub(crate) struct DeadLetterPage {
 pub(crate) async fn dead_letters(
     State(state): State<Arc<EventsApi>>,
     Caller(caller): Caller,
-    Query(query): Query<DeadLetterQuery>,
+    query: Result<Query<DeadLetterQuery>, QueryRejection>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::bad_request(format!(
+            "{}; filters: from, to, event_type, sink, reason, after, limit",
+            rejection.body_text()
+        ))
+    })?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad_request("limit must be 1 to 500"));
