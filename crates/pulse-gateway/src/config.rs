@@ -30,6 +30,10 @@ pub struct GatewayConfig {
     pub limits: IngestLimits,
     /// How often parked events are looked at, in milliseconds.
     pub redeliver_interval_ms: u64,
+    /// Longest a sink may take in the pipeline's own pass over a batch, in milliseconds; a
+    /// slower sink's events are parked and delivered by the redeliverer with the sink's whole
+    /// timeout, so one slow sink holds up the others for this long at most.
+    pub inline_delivery_ms: u64,
     /// Pipelines per tenant (the admin API's stored ones win over these).
     pub tenants: Vec<TenantPipelineConfig>,
 }
@@ -40,6 +44,7 @@ impl Default for GatewayConfig {
             dedup_window_hours: 168,
             limits: IngestLimits::default(),
             redeliver_interval_ms: 500,
+            inline_delivery_ms: 2_000,
             tenants: Vec::new(),
         }
     }
@@ -55,6 +60,9 @@ impl GatewayConfig {
     /// the gateway starts).
     pub fn validate(&self) -> Result<(), String> {
         let limits = &self.limits;
+        if self.inline_delivery_ms == 0 {
+            return Err("gateway.inline_delivery_ms must be at least 1".into());
+        }
         if self.dedup_window_hours == 0 {
             return Err("gateway.dedup_window_hours must be at least 1".into());
         }

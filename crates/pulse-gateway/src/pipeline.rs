@@ -81,6 +81,10 @@ pub struct PipelineSettings {
     pub dedup_window: Duration,
     /// How often expired dedup keys and delivery records are deleted.
     pub expire_every: Duration,
+    /// Longest a sink may take in the batch's own pass (at most its budget): a slower one gets
+    /// its events parked and delivered by the redeliverer with its full budget, so a slow sink
+    /// holds up the batch — the other sinks and tenants — for this long at most.
+    pub inline_budget: Duration,
 }
 
 /// The pipeline processor.
@@ -438,7 +442,14 @@ impl PipelineProcessor {
                 Some((index, parent.adopt(span)))
             })
             .collect();
-        let outcomes = send_within_budget(sink, &batch, &ctx, tenant).await;
+        let outcomes = send_within_budget(
+            sink,
+            &batch,
+            &ctx,
+            tenant,
+            Some(self.settings.inline_budget),
+        )
+        .await;
         for (index, span) in &spans {
             span.record(
                 "outcome",
@@ -528,8 +539,9 @@ async fn send_within_budget(
     events: &[CanonicalEvent],
     ctx: &PluginContext,
     tenant: &TenantId,
+    at_most: Option<Duration>,
 ) -> Vec<SinkOutcome> {
-    let budget = sink.plugin.budget();
+    let budget = at_most.map_or(sink.plugin.budget(), |cap| cap.min(sink.plugin.budget()));
     let mut outcomes = match tokio::time::timeout(budget, sink.plugin.send_batch(events, ctx)).await
     {
         Ok(outcomes) => outcomes,
@@ -757,7 +769,7 @@ impl Redeliverer {
             trace: None,
             plugins,
         };
-        let outcomes = send_within_budget(&sink, &events, &ctx, &tenant).await;
+        let outcomes = send_within_budget(&sink, &events, &ctx, &tenant, None).await;
         let mut delivered_ids = Vec::new();
         let mut delivered_events = Vec::new();
         let mut first_retry = true;

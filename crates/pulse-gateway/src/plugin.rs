@@ -2,8 +2,8 @@
 //!
 //! A plugin has a name and a version, is built from its JSON config by a factory of the
 //! [`crate::registry::PluginRegistry`] (the seed's `init(config)`), and is called with a
-//! [`PluginContext`] (tenant, clock, the trace, and the versions of the plugins that touched
-//! the event so far). Outcomes are the seed's: a transform answers ok / drop / error
+//! [`PluginContext`] (tenant, clock, the trace, its metrics, and the versions of the plugins
+//! that touched the event so far). Outcomes are the seed's: a transform answers ok / drop / error
 //! (retryable or not), a sink ok / retry / error.
 
 use std::sync::Arc;
@@ -39,6 +39,13 @@ pub struct PluginContext {
 }
 
 impl PluginContext {
+    /// A counter of the calling plugin's own, labelled with the tenant and the plugin (bounded:
+    /// tenants are the operator's, plugins the registry's), e.g.
+    /// `ctx.counter("geoip_enricher", "pulse_plugin_lookups_total")`.
+    pub fn counter(&self, plugin: &'static str, name: &'static str) -> metrics::Counter {
+        metrics::counter!(name, "tenant" => self.tenant.to_string(), "plugin" => plugin)
+    }
+
     /// The plugin versions as one JSON object `{"name": "version", …}`.
     pub fn versions_json(&self) -> String {
         let map: serde_json::Map<String, serde_json::Value> = self

@@ -39,6 +39,7 @@ async fn setup(arm: impl FnOnce(&FaultyLog)) -> Setup {
         config.webhooks.allow_private_targets = true;
         config.gateway.redeliver_interval_ms = 50;
         config.backend_timeout_secs = 1;
+        config.gateway.inline_delivery_ms = 300;
     };
     let app = TestApp::spawn_wrapped(dir.path(), &Role::ALL, configure, |mut backends| {
         let log = FaultyLog::wrap(backends.log.clone());
@@ -216,5 +217,50 @@ async fn a_batch_whose_processed_append_fails_is_retried_before_any_sink_sees_it
     );
     assert_eq!(rows(&setup.store, "processed-1").await, 1);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    setup.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_sink_holds_up_the_other_sinks_for_the_inline_budget_at_most() {
+    let setup = setup(|_| {}).await;
+    setup.hook.lock().unwrap().delay = Duration::from_secs(4);
+    let (status, _) = send(
+        &setup,
+        json!({"event_type": "paid", "event_id": "slow-1", "user_id": "u"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    // The pipeline's pass over that batch is now waiting for the slow receiver; the next event's
+    // batch must not wait the 4 s with it.
+    let waiting = std::time::Instant::now();
+    while setup.hook.lock().unwrap().received == 0 {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(20),
+            "the webhook was never called"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = std::time::Instant::now();
+    let (status, _) = send(
+        &setup,
+        json!({"event_type": "paid", "event_id": "slow-2", "user_id": "v"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    while rows(&setup.store, "slow-2").await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never archived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "the next batch waited for the slow webhook: {:?}",
+        started.elapsed()
+    );
+    // The webhook still gets both, once each, from the redeliverer with its whole timeout.
+    setup.hook.lock().unwrap().delay = Duration::from_millis(100);
+    delivered_once(&setup.hook, &["slow-1".to_owned(), "slow-2".to_owned()]).await;
     setup.app.stop().await;
 }

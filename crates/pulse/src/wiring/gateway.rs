@@ -122,6 +122,7 @@ pub fn processor(
             processed_topic: PROCESSED.named(&config.prefix),
             dedup_window: config.gateway.dedup_window(),
             expire_every: Duration::from_secs(60),
+            inline_budget: Duration::from_millis(config.gateway.inline_delivery_ms),
         },
     );
     let settings = ConsumerSettings {

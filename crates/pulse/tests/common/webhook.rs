@@ -20,6 +20,10 @@ pub struct Receiver {
     pub failing_status: u16,
     /// Always fail (a sink that never recovers) while set.
     pub down: bool,
+    /// Take this long before answering (a slow receiver).
+    pub delay: Duration,
+    /// Requests received so far (counted before the delay).
+    pub received: usize,
     pub answered: HashMap<String, Vec<u16>>,
     pub bad_signatures: usize,
 }
@@ -30,6 +34,12 @@ pub async fn receiver(state: Arc<Mutex<Receiver>>) -> String {
         headers: HeaderMap,
         body: axum::body::Bytes,
     ) -> StatusCode {
+        let delay = {
+            let mut state = state.lock().unwrap();
+            state.received += 1;
+            state.delay
+        };
+        tokio::time::sleep(delay).await;
         let mut state = state.lock().unwrap();
         let timestamp = headers["pulse-timestamp"].to_str().unwrap();
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
