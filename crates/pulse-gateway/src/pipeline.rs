@@ -332,21 +332,15 @@ impl PipelineProcessor {
                     } => {
                         metrics::counter!(PIPELINE_ERRORS_TOTAL, "tenant" => tenant.to_string(), "stage" => "transform", "kind" => "rejected")
                             .increment(1);
-                        aftermath.dead.push(NewDeadLetter {
-                            tenant: tenant.clone(),
-                            event_id: flight.event.event_id.clone(),
-                            event_type: flight.event.event_type.clone(),
-                            sink: String::new(),
-                            plugin: info.name.to_owned(),
-                            plugin_version: info.version.to_owned(),
-                            reason: "transform_error".into(),
-                            attempts: 1,
-                            first_error: reason.clone(),
-                            last_error: reason,
-                            first_failed_at_ms: now,
-                            last_failed_at_ms: now,
-                            envelope: flight.original.to_vec(),
-                        });
+                        aftermath.dead.push(first_failure(
+                            &flight.event,
+                            "",
+                            &info,
+                            "transform_error",
+                            reason,
+                            now,
+                            &flight.original,
+                        ));
                         continue 'events;
                     }
                 }
@@ -476,21 +470,15 @@ impl PipelineProcessor {
                     } else {
                         "retries_exhausted"
                     };
-                    dead.push(NewDeadLetter {
-                        tenant: tenant.clone(),
-                        event_id: flight.event.event_id.clone(),
-                        event_type: flight.event.event_type.clone(),
-                        sink: sink.id.clone(),
-                        plugin: info.name.to_owned(),
-                        plugin_version: info.version.to_owned(),
-                        reason: code.into(),
-                        attempts: 1,
-                        first_error: reason.clone(),
-                        last_error: reason,
-                        first_failed_at_ms: now,
-                        last_failed_at_ms: now,
-                        envelope: flight.original.to_vec(),
-                    });
+                    dead.push(first_failure(
+                        &flight.event,
+                        &sink.id,
+                        &info,
+                        code,
+                        reason,
+                        now,
+                        &flight.original,
+                    ));
                 }
             }
         }
@@ -519,6 +507,34 @@ impl PipelineProcessor {
             count_dead(&aftermath.dead);
         }
         Ok(())
+    }
+}
+
+/// The dead letter of an event refused on its first attempt, by `plugin` (of `sink`, or a
+/// transform when `sink` is empty).
+fn first_failure(
+    event: &CanonicalEvent,
+    sink: &str,
+    plugin: &PluginInfo,
+    reason: &str,
+    error: String,
+    now: i64,
+    original: &Bytes,
+) -> NewDeadLetter {
+    NewDeadLetter {
+        tenant: event.tenant.clone(),
+        event_id: event.event_id.clone(),
+        event_type: event.event_type.clone(),
+        sink: sink.to_owned(),
+        plugin: plugin.name.to_owned(),
+        plugin_version: plugin.version.to_owned(),
+        reason: reason.to_owned(),
+        attempts: 1,
+        first_error: error.clone(),
+        last_error: error,
+        first_failed_at_ms: now,
+        last_failed_at_ms: now,
+        envelope: original.to_vec(),
     }
 }
 

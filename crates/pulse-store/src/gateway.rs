@@ -56,6 +56,19 @@ fn u32_of(row: &SqlRow, index: usize) -> PortResult<u32> {
 }
 
 impl Database {
+    /// Runs `statements` as one unit of work.
+    async fn write_all(&self, statements: Vec<Sql>) -> PortResult<()> {
+        self.write(move |mut tx| {
+            Box::pin(async move {
+                for sql in &statements {
+                    tx.execute(sql).await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
     /// Archives `events` in `events_raw` with the plugin versions that touched them; an event
     /// already archived for its tenant stays as it is. How many rows are new.
     pub async fn archive_events(
@@ -175,15 +188,7 @@ impl DedupStore for Database {
             }
             statements.push(sql);
         }
-        self.write(move |mut tx| {
-            Box::pin(async move {
-                for sql in &statements {
-                    tx.execute(sql).await?;
-                }
-                Ok(())
-            })
-        })
-        .await
+        self.write_all(statements).await
     }
 
     async fn expire(&self, now_ms: i64) -> PortResult<u64> {
@@ -257,15 +262,7 @@ impl DeliveryLedger for Database {
             }
             statements.push(sql);
         }
-        self.write(move |mut tx| {
-            Box::pin(async move {
-                for sql in &statements {
-                    tx.execute(sql).await?;
-                }
-                Ok(())
-            })
-        })
-        .await
+        self.write_all(statements).await
     }
 }
 
@@ -352,15 +349,7 @@ impl ParkedDeliveries for Database {
                 .bind(item.next_attempt_at_ms)
             })
             .collect();
-        self.write(move |mut tx| {
-            Box::pin(async move {
-                for sql in &statements {
-                    tx.execute(sql).await?;
-                }
-                Ok(())
-            })
-        })
-        .await
+        self.write_all(statements).await
     }
 
     async fn backlogged(&self, tenant: &TenantId, sink: &str) -> PortResult<bool> {
@@ -482,15 +471,7 @@ fn dead_from_row(row: &SqlRow) -> PortResult<DeadLetter> {
 impl DeadLetterStore for Database {
     async fn put(&self, letters: &[NewDeadLetter]) -> PortResult<()> {
         let statements: Vec<Sql> = letters.iter().map(insert_dead_letter).collect();
-        self.write(move |mut tx| {
-            Box::pin(async move {
-                for sql in &statements {
-                    tx.execute(sql).await?;
-                }
-                Ok(())
-            })
-        })
-        .await
+        self.write_all(statements).await
     }
 
     async fn list(
