@@ -127,6 +127,49 @@ async fn up_serves_health_and_metrics_then_exits_zero_on_sigterm() {
         traceparent.starts_with("00-") && traceparent.ends_with("-00"),
         "{traceparent}"
     );
+    // The seed's Quick Start, with the key `pulse up` made: a row in events_raw.
+    let accepted: serde_json::Value = common::client_with_key(&created_key(data_dir.path()))
+        .post(format!("http://127.0.0.1:{port}/v1/events"))
+        .json(
+            &serde_json::json!({"event_type": "user_sign_up", "user_id": "u_123",
+            "ip": "8.8.8.8", "timestamp": "2025-03-01T12:00:00Z"}),
+        )
+        .send()
+        .await
+        .expect("ingest")
+        .json()
+        .await
+        .expect("JSON");
+    let event_id = accepted["event_id"]
+        .as_str()
+        .expect("an event id")
+        .to_owned();
+    let store = pulse_store::Database::connect(
+        &format!("sqlite://{}/pulse.db", data_dir.path().display()),
+        &pulse_store::StoreOptions::default(),
+    )
+    .await
+    .expect("the store");
+    let started = Instant::now();
+    loop {
+        let row = store
+            .fetch_optional(
+                &pulse_store::Sql::new("SELECT event_type FROM events_raw WHERE event_id = $1")
+                    .bind(event_id.as_str()),
+            )
+            .await
+            .expect("events_raw");
+        if let Some(row) = row {
+            assert_eq!(row.text(0).expect("text"), "user_sign_up");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no row in events_raw"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.close().await;
     assert!(
         data_dir.path().join("pulse.db").exists(),
         "SQLite store in the data dir"
