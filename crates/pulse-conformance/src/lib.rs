@@ -18,6 +18,7 @@
 pub mod cache;
 pub mod event_log;
 pub mod faults;
+pub mod gateway_store;
 pub mod outbox;
 pub mod rate_limit;
 pub mod services;
@@ -159,6 +160,46 @@ macro_rules! store_suite {
                 a_revoked_key_is_refused_within_the_cache_ttl,
                 a_closed_store_refuses_writes,
                 ping_answers,
+            );
+        }
+    };
+}
+
+/// Stamps out the gateway's storage suite (dedup, delivery ledger, parked deliveries, dead
+/// letters, pipelines, the `events_raw` archive) in a module `gateway_store_conformance`, for a
+/// factory of fresh, empty stores implementing the gateway's ports and
+/// [`gateway_store::EventArchive`].
+#[macro_export]
+macro_rules! gateway_store_suite {
+    ($factory:expr) => {
+        mod gateway_store_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__stamp_cases!(gateway_store, $factory;
+                dedup_keys_are_found_only_for_their_tenant,
+                an_expired_dedup_key_is_not_found_and_is_taken_over,
+                a_live_dedup_key_keeps_its_first_event,
+                expire_deletes_expired_keys_and_deliveries_and_counts_them,
+                many_dedup_keys_in_one_call,
+                delivered_returns_only_ids_marked_for_that_tenant_and_sink,
+                parking_the_same_event_twice_keeps_one,
+                backlogged_is_per_tenant_and_sink,
+                claim_due_returns_due_items_oldest_first_at_most_limit,
+                a_claimed_item_is_not_claimed_again_until_its_lease_passes,
+                retry_later_updates_attempts_and_last_error_and_keeps_the_first,
+                bury_writes_the_dead_letter_and_removes_the_parked_item,
+                backlog_counts_per_tenant_and_sink,
+                delivered_removes_parked_items,
+                putting_the_same_open_dead_letter_twice_keeps_one,
+                list_filters_by_time_event_type_sink_and_reason,
+                dead_letters_are_listed_and_redriven_only_by_their_tenant,
+                dead_letters_page_with_after_and_limit,
+                mark_redriven_hides_letters_and_lets_the_event_die_again,
+                put_pipeline_numbers_versions_per_tenant,
+                current_pipelines_returns_only_the_latest_per_tenant,
+                archiving_an_event_twice_keeps_one_row,
+                an_archived_payload_keeps_a_big_integer_exactly,
+                two_tenants_may_share_an_event_id_in_the_archive,
             );
         }
     };
