@@ -29,6 +29,7 @@ pub mod plugin;
 pub mod ports;
 pub mod registry;
 pub mod time;
+pub mod write_behind;
 
 /// The topics the gateway declares.
 pub const TOPICS: &[pulse_core::log::TopicSpec] = &[ingest::INGEST, pipeline::PROCESSED];

@@ -92,27 +92,39 @@ impl ToSql for Bound<'_> {
 /// `sql` prepared (from the connection's cache) with its arguments bound: `$N` (or `?N`) takes
 /// argument N, as sqlx binds them, so one statement text serves both drivers.
 fn prepare<'c>(conn: &'c Connection, sql: &Sql) -> PortResult<rusqlite::CachedStatement<'c>> {
-    let mut statement = conn.prepare_cached(sql.text()).map_err(port_error)?;
+    // `?N` instead of `$N`: SQLite binds a numbered parameter by its number, where a named one
+    // has to be looked up by name — a scan per parameter, quadratic in a multi-row insert.
+    let text = numbered_placeholders(sql.text());
+    let mut statement = conn.prepare_cached(&text).map_err(port_error)?;
+    let null = Value::I64(None);
     for index in 1..=statement.parameter_count() {
-        let number = match statement.parameter_name(index) {
-            Some(name) => name
-                .strip_prefix(['$', '?'])
-                .and_then(|number| number.parse::<usize>().ok())
-                .ok_or_else(|| {
-                    PortError::Invalid(format!(
-                        "parameter {name} of {:?}: only $N placeholders are supported",
-                        sql.text()
-                    ))
-                })?,
-            None => index,
-        };
-        let null = Value::I64(None);
-        let value = sql.args().get(number.wrapping_sub(1)).unwrap_or(&null);
+        let value = sql.args().get(index - 1).unwrap_or(&null);
         statement
             .raw_bind_parameter(index, Bound(value))
             .map_err(port_error)?;
     }
     Ok(statement)
+}
+
+/// `text` with every `$N` placeholder outside quotes written `?N` (same number).
+fn numbered_placeholders(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('$') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            '$' if !quoted && chars.peek().is_some_and(char::is_ascii_digit) => out.push('?'),
+            _ => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Runs `sql`; returns the rows it changed.
@@ -234,6 +246,24 @@ fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn Unit>]) -> PortResult<(
         control(conn, "RELEASE unit")?;
     }
     control(conn, "COMMIT")
+}
+
+#[cfg(test)]
+mod placeholder_tests {
+    use super::numbered_placeholders;
+
+    #[test]
+    fn dollar_placeholders_become_numbered_ones_outside_quotes_only() {
+        assert_eq!(
+            numbered_placeholders("INSERT INTO t VALUES ($1, $2, $10, '$3', 'it''s $4')"),
+            "INSERT INTO t VALUES (?1, ?2, ?10, '$3', 'it''s $4')"
+        );
+        assert_eq!(numbered_placeholders("SELECT 1"), "SELECT 1");
+        assert_eq!(
+            numbered_placeholders("SELECT '$' || $1"),
+            "SELECT '$' || ?1"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -64,11 +64,20 @@ pub async fn book(config: &Config, backends: &Backends) -> anyhow::Result<Pipeli
     Ok(book)
 }
 
-/// The door.
+/// The door. On SQLite its dedup keys are written behind the answer (one writer there, shared
+/// with the pipeline's archive; one process, so keys not yet written are served from memory);
+/// on PostgreSQL, before it, so every gateway process sees them at once.
 pub fn ingest(config: &Config, backends: &Backends, clock: SharedClock) -> IngestService {
+    let store: Arc<dyn pulse_gateway::ports::DedupStore> = Arc::new(backends.store.clone());
+    let dedup: Arc<dyn pulse_gateway::ports::DedupStore> = match backends.store.backend() {
+        pulse_store::Backend::Sqlite => {
+            Arc::new(pulse_gateway::write_behind::WriteBehindDedup::new(store))
+        }
+        pulse_store::Backend::Postgres => store,
+    };
     IngestService::new(
         backends.log.clone(),
-        Arc::new(backends.store.clone()),
+        dedup,
         clock,
         IngestSettings {
             topic: INGEST.named(&config.prefix),
