@@ -55,7 +55,13 @@ pub async fn fresh_postgres_database() -> String {
         Ok(conn) => conn,
         Err(err) => missing("PostgreSQL", &admin_url, err),
     };
-    let name = crate::unique_name("pulse_test").replace('-', "_");
+    // Named after the test run (`scripts/test` drops the run's databases when it ends).
+    let run = std::env::var("PULSE_TEST_RUN")
+        .ok()
+        .filter(|run| !run.is_empty() && run.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .map(|run| run.to_ascii_lowercase())
+        .unwrap_or_else(|| "adhoc".to_owned());
+    let name = crate::unique_name(&format!("pulse_test_{run}")).replace('-', "_");
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut admin)
         .await
