@@ -83,7 +83,11 @@ if [ "$mode" = embedded ]; then
   echo "criterion embedded_log_append/batched/100: $raw records/s"
 else
   topic="${PULSE_PREFIX}bench-raw"
-  raw="$(java -cp "$HOME/.cache/pulse-kafka/kafka-3.9.2/libs/*" org.apache.kafka.tools.ProducerPerformance \
+  libs="$HOME/.cache/pulse-kafka/kafka-3.9.2/libs/*"
+  # The test broker creates no topic by itself; six partitions, as Pulse's own topics.
+  java -cp "$libs" org.apache.kafka.tools.TopicCommand --bootstrap-server "${PULSE_TEST_KAFKA_URL#kafka://}" \
+    --create --if-not-exists --topic "$topic" --partitions 6 >/dev/null 2>&1
+  raw="$(java -cp "$libs" org.apache.kafka.tools.ProducerPerformance \
     --topic "$topic" --num-records 200000 --record-size 200 --throughput -1 \
     --producer-props bootstrap.servers="${PULSE_TEST_KAFKA_URL#kafka://}" acks=all batch.size=65536 linger.ms=5 2>/dev/null |
     awk '/records sent/ { v = $4 } END { printf "%d", v }')"
