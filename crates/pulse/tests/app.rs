@@ -56,7 +56,13 @@ async fn assert_operational_endpoints(app: &TestApp) {
         .collect();
     assert_eq!(
         declared,
-        ["demand.orders", "supply.updates", "pulse.dead-letter"],
+        [
+            "demand.orders",
+            "supply.updates",
+            "events.ingest",
+            "events.processed",
+            "pulse.dead-letter"
+        ],
         "the contract topics, declared by their domains"
     );
     for topic in pulse::backends::declared_topics() {
