@@ -280,6 +280,38 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_rate_of_either_sign_is_refused_as_a_rate() {
+        for zero in [0.0, -0.0] {
+            let err = Quota::new(zero, 1).expect_err("a zero rate");
+            assert!(
+                err.to_string()
+                    .contains("per_second must be a number above 0"),
+                "{zero}: {err}"
+            );
+        }
+        assert!(Quota::new(f64::MIN_POSITIVE, 1).is_err(), "never refills");
+        assert_eq!(
+            quota(MAX_PER_SECOND, 1).emission_interval_us(),
+            1,
+            "the fastest rate"
+        );
+    }
+
+    #[test]
+    fn a_tolerance_of_exactly_31_days_is_accepted_and_one_interval_more_refused() {
+        let month = Duration::from_secs(31 * 86_400);
+        let once_a_second = quota(1.0, 2_678_400);
+        assert_eq!(once_a_second.tolerance(), month);
+        assert!(Quota::new(1.0, 2_678_401).is_err());
+        let once_a_day = quota(1.0 / 86_400.0, 31);
+        assert_eq!(once_a_day.tolerance(), month);
+        assert!(once_a_day.with_burst(32).is_err());
+        let at_once = decide(&once_a_day, 31, None, NOW).expect("decide");
+        assert!(at_once.decision.allowed, "a full month's worth at once");
+        assert_eq!(at_once.decision.reset, month);
+    }
+
+    #[test]
     fn helpers_spread_n_cells_over_their_period_with_a_burst_of_n() {
         let minute = Quota::per_minute(120).expect("valid");
         assert_eq!(minute.emission_interval(), Duration::from_millis(500));

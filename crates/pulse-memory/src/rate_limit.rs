@@ -203,6 +203,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_key_whose_bucket_is_full_again_exactly_now_is_dropped_not_evicted() {
+        let (limiter, clock) = limiter(2);
+        spend(&limiter, "a", 1).await;
+        spend(&limiter, "b", 1).await;
+        // One cell a second: both buckets are full again at this very instant.
+        clock.advance(Duration::from_secs(1));
+        spend(&limiter, "new", 1).await;
+        assert_eq!(
+            limiter.len(),
+            1,
+            "both expired keys dropped, only the new one held"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_limiter_with_room_adds_a_key_without_a_pass_over_its_shard() {
+        let (limiter, clock) = limiter(3);
+        spend(&limiter, "idle", 1).await;
+        clock.advance(Duration::from_secs(5));
+        spend(&limiter, "new", 1).await;
+        assert_eq!(
+            limiter.len(),
+            2,
+            "the expired key is dropped only once the limiter is full"
+        );
+        assert_eq!(
+            spend(&limiter, "idle", 0).await.remaining,
+            2,
+            "a full bucket"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_limiter_is_empty_until_a_key_spends() {
+        let (limiter, _clock) = limiter(2);
+        assert!(limiter.is_empty());
+        spend(&limiter, "reader", 0).await;
+        assert!(limiter.is_empty(), "reading a key does not hold it");
+        spend(&limiter, "spender", 1).await;
+        assert!(!limiter.is_empty());
+        assert_eq!(limiter.len(), 1);
+    }
+
+    #[tokio::test]
     async fn a_limiter_full_of_live_keys_evicts_the_one_closest_to_full() {
         let (limiter, _clock) = limiter(2);
         spend(&limiter, "light", 1).await;

@@ -344,6 +344,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn caller_errors_do_not_open_the_breaker() {
+        let recorder = DebuggingRecorder::new();
+        let (observed, _metrics) = Observed::start(&recorder);
+        let (limiter, primary) = setup(Duration::from_secs(1));
+        let breaker = Breaker::new(
+            "test-rate-limiter",
+            &BreakerSettings {
+                failure_threshold: 2,
+                open_min: Duration::from_secs(60),
+                open_max: Duration::from_secs(60),
+            },
+        );
+        let limiter = limiter.with_breaker(breaker.clone());
+        let invalid = Quota {
+            per_second: 0.0,
+            burst: 1,
+        };
+        for _ in 0..5 {
+            let err = limiter
+                .check("tenant", &invalid, 1)
+                .await
+                .expect_err("an invalid quota");
+            assert!(matches!(err, PortError::Invalid(_)), "{err}");
+        }
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert_eq!(
+            primary.calls.load(Ordering::SeqCst),
+            5,
+            "each asked the primary"
+        );
+        assert_eq!(
+            remaining(&limiter, 3).await,
+            2,
+            "a valid call is still answered by the primary"
+        );
+        assert_eq!(primary.calls.load(Ordering::SeqCst), 6);
+        assert_eq!(observed.fallbacks(), 0);
+        assert_eq!(observed.warnings(), 0);
+    }
+
+    #[tokio::test]
     async fn an_open_breaker_skips_the_hung_primary() {
         let recorder = DebuggingRecorder::new();
         let (observed, _metrics) = Observed::start(&recorder);

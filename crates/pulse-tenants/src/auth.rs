@@ -220,3 +220,302 @@ impl Authenticator {
         );
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use pulse_core::clock::ManualClock;
+    use pulse_core::PortResult;
+
+    use super::*;
+
+    /// Tenants and keys in memory; every call fails while it is down; key lookups are counted,
+    /// so a test sees which answers came from the authenticator's cache.
+    #[derive(Debug, Default)]
+    pub(crate) struct MemoryStore {
+        tenants: Mutex<Vec<Tenant>>,
+        keys: Mutex<Vec<KeyRecord>>,
+        down: AtomicBool,
+        key_lookups: AtomicUsize,
+    }
+
+    impl MemoryStore {
+        pub(crate) fn set_down(&self, down: bool) {
+            self.down.store(down, Ordering::SeqCst);
+        }
+
+        pub(crate) fn key_lookups(&self) -> usize {
+            self.key_lookups.load(Ordering::SeqCst)
+        }
+
+        pub(crate) fn keys(&self) -> Vec<KeyRecord> {
+            self.keys.lock().expect("lock").clone()
+        }
+
+        fn up(&self) -> PortResult<()> {
+            if self.down.load(Ordering::SeqCst) {
+                Err(PortError::unavailable(
+                    "tenant store",
+                    "stopped by the test",
+                ))
+            } else {
+                Ok(())
+            }
+        }
+
+        /// A `full` key of a new tenant `tenant`.
+        fn issue(&self, tenant: &str) -> ApiKey {
+            let tenant = Tenant {
+                tenant_id: TenantId::parse(tenant).expect("tenant id"),
+                quotas: TenantQuotas::default(),
+                created_at_ms: 0,
+            };
+            let key = ApiKey::generate();
+            let record = KeyRecord {
+                key_id: key.key_id().expect("key shape"),
+                tenant: tenant.tenant_id.clone(),
+                scope: Scope::Full,
+                hash: key.hash(),
+                created_at_ms: 0,
+                revoked_at_ms: None,
+            };
+            self.tenants.lock().expect("lock").push(tenant);
+            self.keys.lock().expect("lock").push(record);
+            key
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl TenantStore for MemoryStore {
+        async fn create_tenant(&self, tenant: &Tenant, first_key: &KeyRecord) -> PortResult<bool> {
+            self.up()?;
+            let mut tenants = self.tenants.lock().expect("lock");
+            if tenants.iter().any(|t| t.tenant_id == tenant.tenant_id) {
+                return Ok(false);
+            }
+            tenants.push(tenant.clone());
+            self.keys.lock().expect("lock").push(first_key.clone());
+            Ok(true)
+        }
+
+        async fn tenant(&self, id: &TenantId) -> PortResult<Option<Tenant>> {
+            self.up()?;
+            let tenants = self.tenants.lock().expect("lock");
+            Ok(tenants.iter().find(|t| &t.tenant_id == id).cloned())
+        }
+
+        async fn tenants(&self) -> PortResult<Vec<Tenant>> {
+            self.up()?;
+            Ok(self.tenants.lock().expect("lock").clone())
+        }
+
+        async fn set_quotas(&self, id: &TenantId, quotas: &TenantQuotas) -> PortResult<bool> {
+            self.up()?;
+            let mut tenants = self.tenants.lock().expect("lock");
+            let found = tenants.iter_mut().find(|t| &t.tenant_id == id);
+            Ok(found.map(|t| t.quotas = *quotas).is_some())
+        }
+
+        async fn add_key(&self, key: &KeyRecord) -> PortResult<bool> {
+            if self.tenant(&key.tenant).await?.is_none() {
+                return Ok(false);
+            }
+            self.keys.lock().expect("lock").push(key.clone());
+            Ok(true)
+        }
+
+        async fn revoke_key(&self, id: &KeyId, at_ms: i64) -> PortResult<Option<KeyRecord>> {
+            self.up()?;
+            let mut keys = self.keys.lock().expect("lock");
+            Ok(keys.iter_mut().find(|k| &k.key_id == id).map(|k| {
+                k.revoked_at_ms.get_or_insert(at_ms);
+                k.clone()
+            }))
+        }
+
+        async fn key(&self, id: &KeyId) -> PortResult<Option<(KeyRecord, Tenant)>> {
+            self.key_lookups.fetch_add(1, Ordering::SeqCst);
+            self.up()?;
+            let record = self
+                .keys
+                .lock()
+                .expect("lock")
+                .iter()
+                .find(|k| &k.key_id == id)
+                .cloned();
+            let Some(record) = record else {
+                return Ok(None);
+            };
+            let tenant = self
+                .tenant(&record.tenant)
+                .await?
+                .expect("the key's tenant");
+            Ok(Some((record, tenant)))
+        }
+
+        async fn keys_of(&self, tenant: &TenantId) -> PortResult<Vec<KeyRecord>> {
+            self.up()?;
+            let keys = self.keys.lock().expect("lock");
+            Ok(keys
+                .iter()
+                .filter(|k| &k.tenant == tenant)
+                .cloned()
+                .collect())
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(2);
+
+    fn setup(max_cached: usize) -> (Authenticator, Arc<MemoryStore>, ManualClock) {
+        let clock = ManualClock::new(1_764_000_000_000);
+        let store = Arc::new(MemoryStore::default());
+        let auth = Authenticator::new(
+            store.clone(),
+            Arc::new(clock.clone()),
+            AuthenticatorSettings {
+                cache_ttl: TTL,
+                max_cached,
+            },
+        );
+        (auth, store, clock)
+    }
+
+    /// A key of the right shape that the store does not know.
+    fn unknown_key() -> String {
+        ApiKey::generate().expose().to_owned()
+    }
+
+    async fn check(auth: &Authenticator, key: &str) -> Result<Arc<Principal>, AuthError> {
+        auth.authenticate(Some(key), Scope::Full).await
+    }
+
+    /// Whether `key` is answered from the cache: authenticating it asks the store nothing.
+    async fn answered_from_cache(auth: &Authenticator, store: &MemoryStore, key: &str) -> bool {
+        let before = store.key_lookups();
+        let _ = check(auth, key).await;
+        store.key_lookups() == before
+    }
+
+    fn cached_entries(auth: &Authenticator) -> usize {
+        auth.cache.lock().expect("lock").len()
+    }
+
+    #[tokio::test]
+    async fn a_key_is_trusted_from_the_cache_for_the_ttl_so_a_revocation_takes_effect_at_its_end() {
+        let (auth, store, clock) = setup(100);
+        let key = store.issue("acme");
+        let principal = check(&auth, key.expose()).await.expect("a live key");
+        assert_eq!(principal.tenant.as_str(), "acme");
+        assert_eq!(principal.scope, Scope::Full);
+        assert_eq!(Some(principal.key_id.clone()), key.key_id());
+        assert_eq!(store.key_lookups(), 1);
+
+        let key_id = key.key_id().expect("key shape");
+        store.revoke_key(&key_id, 0).await.expect("revoke");
+        clock.advance(TTL - Duration::from_millis(1));
+        assert!(
+            check(&auth, key.expose()).await.is_ok(),
+            "still cached: the revocation is not seen yet"
+        );
+        assert_eq!(store.key_lookups(), 1, "answered from the cache");
+
+        clock.advance(Duration::from_millis(1));
+        assert!(
+            matches!(check(&auth, key.expose()).await, Err(AuthError::Invalid)),
+            "at the TTL the store is asked again and the revocation holds"
+        );
+        assert_eq!(store.key_lookups(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_store_outage_keeps_the_last_known_state_of_the_keys_seen_and_fails_the_others() {
+        let (auth, store, clock) = setup(100);
+        let key = store.issue("acme");
+        let stranger = unknown_key();
+        check(&auth, key.expose()).await.expect("a live key");
+        assert!(matches!(
+            check(&auth, &stranger).await,
+            Err(AuthError::Invalid)
+        ));
+
+        // Other keys looked up after these expired do not push them out while there is room.
+        clock.advance(TTL * 5);
+        check(&auth, &unknown_key()).await.expect_err("unknown");
+
+        store.set_down(true);
+        clock.advance(TTL * 5);
+        let principal = check(&auth, key.expose())
+            .await
+            .expect("the cached key still works while the store is down");
+        assert_eq!(principal.tenant.as_str(), "acme");
+        assert!(
+            matches!(check(&auth, &stranger).await, Err(AuthError::Invalid)),
+            "a key known to be unknown stays refused"
+        );
+        assert!(
+            matches!(
+                check(&auth, &unknown_key()).await,
+                Err(AuthError::Backend(_))
+            ),
+            "a key never seen cannot be checked"
+        );
+
+        store.set_down(false);
+        assert!(check(&auth, key.expose()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn unknown_keys_are_cached_only_while_there_is_room() {
+        let (auth, store, _clock) = setup(2);
+        let (first, second, third) = (unknown_key(), unknown_key(), unknown_key());
+        for key in [&first, &second, &third] {
+            assert!(matches!(check(&auth, key).await, Err(AuthError::Invalid)));
+        }
+        assert_eq!(store.key_lookups(), 3);
+        assert!(
+            !answered_from_cache(&auth, &store, &third).await,
+            "the cache was full of live entries: the third unknown key was not kept"
+        );
+        assert!(answered_from_cache(&auth, &store, &first).await);
+        assert!(answered_from_cache(&auth, &store, &second).await);
+        assert_eq!(cached_entries(&auth), 2);
+    }
+
+    #[tokio::test]
+    async fn a_real_key_is_cached_even_when_the_cache_is_full_of_live_entries() {
+        let (auth, store, _clock) = setup(2);
+        for _ in 0..2 {
+            check(&auth, &unknown_key()).await.expect_err("unknown");
+        }
+        let key = store.issue("acme");
+        check(&auth, key.expose()).await.expect("a live key");
+        assert!(answered_from_cache(&auth, &store, key.expose()).await);
+        assert!(
+            cached_entries(&auth) <= 2,
+            "the cache holds at most max_cached keys: {}",
+            cached_entries(&auth)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_drops_only_its_expired_entries_to_make_room() {
+        let (auth, store, clock) = setup(2);
+        let (old, recent, new) = (unknown_key(), unknown_key(), unknown_key());
+        check(&auth, &old).await.expect_err("unknown");
+        clock.advance(TTL / 2);
+        check(&auth, &recent).await.expect_err("unknown");
+        // `old` is expired from this instant on; `recent` is live for another half TTL.
+        clock.advance(TTL / 2);
+        check(&auth, &new).await.expect_err("unknown");
+        assert!(
+            answered_from_cache(&auth, &store, &new).await,
+            "the expired entry made room for the new key"
+        );
+        assert!(
+            answered_from_cache(&auth, &store, &recent).await,
+            "the live entry was kept"
+        );
+        assert_eq!(cached_entries(&auth), 2);
+    }
+}

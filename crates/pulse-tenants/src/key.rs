@@ -230,6 +230,69 @@ mod tests {
     }
 
     #[test]
+    fn key_ids_are_exactly_12_lowercase_letters_or_digits() {
+        for good in ["abcdefghijkl", "0123456789az", "k3y1dk3y1d00"] {
+            assert_eq!(
+                KeyId::parse(good).map(|id| id.to_string()),
+                Ok(good.to_owned())
+            );
+        }
+        for bad in [
+            "",
+            "abc",
+            "abcdefghijk",
+            "abcdefghijklm",
+            "ABCDEFGHIJKL",
+            "abcdefghijkL",
+            "abcdefghijk-",
+            "abcdefghijk_",
+            "abcdefghijk ",
+        ] {
+            assert_eq!(
+                KeyId::parse(bad),
+                Err(InvalidKeyId(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_key_ids_draw_on_the_whole_alphabet() {
+        // 2,400 characters: a letter of the 36 is missing from them with a probability
+        // below 10^-26, unless the draw leaves some out.
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let id = KeyId::random();
+            assert_eq!(KeyId::parse(id.as_str()), Ok(id.clone()));
+            seen.extend(id.as_str().bytes());
+        }
+        assert_eq!(seen, ALPHABET.iter().copied().collect());
+    }
+
+    #[test]
+    fn a_key_id_is_found_in_a_map_by_its_text() {
+        let id = KeyId::parse("abcdefghijkl").expect("valid");
+        let mut map = std::collections::HashMap::new();
+        map.insert(id, 1);
+        map.insert(KeyId::parse("mnopqrstuvwx").expect("valid"), 2);
+        assert_eq!(map.get("abcdefghijkl"), Some(&1));
+        assert_eq!(map.get("mnopqrstuvwx"), Some(&2));
+        assert_eq!(map.get("yz0123456789"), None);
+    }
+
+    #[test]
+    fn a_keys_debug_names_its_id_and_never_its_secret() {
+        let key = ApiKey::generate();
+        let id = key.key_id().expect("key shape");
+        assert_eq!(format!("{key:?}"), format!("ApiKey(pk_{id}_…)"));
+        let secret = &key.expose()[16..];
+        assert!(!format!("{key:?}").contains(secret));
+        // A malformed key may be a real key mistyped: none of it is shown.
+        let mistyped = ApiKey::presented(&format!("pk_{id}_{}", &secret[1..]));
+        assert_eq!(format!("{mistyped:?}"), "ApiKey(<malformed>)");
+    }
+
+    #[test]
     fn malformed_keys_name_no_key_id() {
         let secret = "a".repeat(40);
         for bad in [

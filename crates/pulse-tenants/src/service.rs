@@ -215,3 +215,53 @@ impl Tenants {
         Ok(self.store.keys_of(&tenant.tenant_id).await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use pulse_core::clock::ManualClock;
+
+    use super::*;
+    use crate::auth::tests::MemoryStore;
+    use crate::{Authenticator, AuthenticatorSettings};
+
+    #[tokio::test]
+    async fn an_empty_store_gets_the_default_tenant_and_one_full_key_that_works() {
+        let store = Arc::new(MemoryStore::default());
+        let clock: SharedClock = Arc::new(ManualClock::new(1_764_000_000_000));
+        let tenants = Tenants::new(store.clone(), clock.clone());
+
+        let issued = tenants
+            .ensure_default()
+            .await
+            .expect("ensure_default")
+            .expect("a key for the new default tenant");
+        assert!(issued.tenant_id.is_default());
+        assert_eq!(issued.scope, Scope::Full);
+        assert_eq!(
+            ApiKey::presented(&issued.api_key).key_id(),
+            Some(issued.key_id.clone())
+        );
+        let default = tenants
+            .get("default")
+            .await
+            .expect("the default tenant exists");
+        assert_eq!(default.quotas, TenantQuotas::default());
+
+        let auth = Authenticator::new(store.clone(), clock, AuthenticatorSettings::default());
+        let principal = auth
+            .authenticate(Some(&issued.api_key), Scope::Full)
+            .await
+            .expect("the bootstrap key opens the default tenant");
+        assert!(principal.tenant.is_default());
+
+        assert!(
+            tenants
+                .ensure_default()
+                .await
+                .expect("ensure_default")
+                .is_none(),
+            "a second start makes no key"
+        );
+        assert_eq!(store.keys().len(), 1);
+    }
+}
