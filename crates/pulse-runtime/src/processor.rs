@@ -50,6 +50,8 @@ const LAG_INTERVAL: Duration = Duration::from_secs(5);
 const LAG_BUDGET: Duration = Duration::from_secs(1);
 /// Longest one poll waits for records.
 const POLL_TIMEOUT: Duration = Duration::from_millis(500);
+/// Attempts of a processor's start-up step (e.g. the engine's seek back for its replay).
+const START_ATTEMPTS: u32 = 5;
 
 /// A record of a batch the processor refuses for good (undecodable, invalid): it goes to the
 /// dead-letter topic instead of stalling its partition.
@@ -178,8 +180,25 @@ pub async fn run<P: Processor>(
             Err(err) => return Err(err),
         }
     };
-    if let Err(err) = processor.start(consumer.as_mut()).await {
-        tracing::warn!(processor = name, error = %err, "processor start-up step failed; consuming from the committed offsets");
+    // A start-up step that meets a busy broker (a seek by timestamp timing out) is tried again:
+    // giving up at once would skip a replay the processor asked for. A refusal retrying cannot
+    // mend, or one that outlasts the attempts, leaves it consuming from the committed offsets.
+    let mut start_delays = backoff(settings.retry_min, settings.retry_max);
+    for attempt in 1..=START_ATTEMPTS {
+        match processor.start(consumer.as_mut()).await {
+            Ok(()) => break,
+            Err(err) if err.is_retryable() && attempt < START_ATTEMPTS => {
+                let delay = start_delays.next().unwrap_or(settings.retry_max);
+                tracing::warn!(processor = name, error = %err, attempt, ?delay, "processor start-up step failed; retrying");
+                if !pause(delay, &shutdown).await {
+                    return consumer.close().await;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(processor = name, error = %err, "processor start-up step failed; consuming from the committed offsets");
+                break;
+            }
+        }
     }
     let mut state = LoopState::new(&settings);
     let mut poll_delays = backoff(settings.retry_min, settings.retry_max);
@@ -672,5 +691,136 @@ mod join_tests {
             .expect("no panic");
         assert!(outcome.is_ok(), "{outcome:?}");
         assert!(stopped_at.elapsed() < Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod start_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use pulse_core::log::{ConsumedRecord, OutgoingRecord, RecordPosition, TopicPartition};
+    use pulse_core::PortError;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Quiet;
+
+    #[async_trait]
+    impl LogConsumer for Quiet {
+        async fn poll(&mut self, _: usize, timeout: Duration) -> PortResult<Vec<ConsumedRecord>> {
+            tokio::time::sleep(timeout.min(Duration::from_millis(10))).await;
+            Ok(Vec::new())
+        }
+        async fn commit(&mut self, _: &[RecordPosition]) -> PortResult<()> {
+            Ok(())
+        }
+        async fn assignment(&mut self) -> PortResult<Vec<TopicPartition>> {
+            Ok(Vec::new())
+        }
+        async fn seek(&mut self, _: &str, _: u32, _: i64) -> PortResult<()> {
+            Ok(())
+        }
+        async fn seek_to_timestamp(&mut self, _: &str, _: i64) -> PortResult<()> {
+            Ok(())
+        }
+        async fn lag(&mut self) -> PortResult<Vec<(TopicPartition, u64)>> {
+            Ok(Vec::new())
+        }
+        async fn close(self: Box<Self>) -> PortResult<()> {
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    struct QuietLog;
+
+    #[async_trait]
+    impl EventLog for QuietLog {
+        async fn create_topic(&self, _: &str, _: u32) -> PortResult<()> {
+            Ok(())
+        }
+        async fn partition_count(&self, _: &str) -> PortResult<u32> {
+            Ok(1)
+        }
+        async fn append(&self, _: &str, _: Vec<OutgoingRecord>) -> PortResult<Vec<RecordPosition>> {
+            Ok(Vec::new())
+        }
+        async fn consumer(&self, _: &str, _: &[&str]) -> PortResult<Box<dyn LogConsumer>> {
+            Ok(Box::new(Quiet))
+        }
+        async fn ping(&self) -> PortResult<()> {
+            Ok(())
+        }
+    }
+
+    /// Its start-up step fails `failures` times (retryably when `retryable`), then succeeds.
+    #[derive(Debug)]
+    struct Starting {
+        failures: usize,
+        retryable: bool,
+        calls: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Processor for Starting {
+        fn name(&self) -> &'static str {
+            "starting"
+        }
+        async fn start(&mut self, _: &mut dyn LogConsumer) -> PortResult<()> {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            if call < self.failures {
+                return Err(if self.retryable {
+                    PortError::unavailable("test", "broker busy")
+                } else {
+                    PortError::Invalid("no timestamp index".into())
+                });
+            }
+            Ok(())
+        }
+        async fn handle(&mut self, _: &[ConsumedRecord]) -> PortResult<Vec<Poison>> {
+            Ok(Vec::new())
+        }
+    }
+
+    async fn start_calls(failures: usize, retryable: bool) -> usize {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let processor = Starting {
+            failures,
+            retryable,
+            calls: calls.clone(),
+        };
+        let settings = ConsumerSettings {
+            retry_min: Duration::from_millis(5),
+            retry_max: Duration::from_millis(20),
+            ..ConsumerSettings::new("g", vec!["t".into()])
+        };
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(run(
+            Arc::new(QuietLog),
+            processor,
+            settings,
+            shutdown.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        shutdown.cancel();
+        running.await.expect("joins").expect("stops cleanly");
+        calls.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_start_up_step_that_meets_a_busy_broker_is_tried_again() {
+        assert_eq!(
+            start_calls(2, true).await,
+            3,
+            "two failures, then the one that worked"
+        );
+        assert_eq!(
+            start_calls(100, true).await,
+            START_ATTEMPTS as usize,
+            "bounded"
+        );
+        assert_eq!(start_calls(1, false).await, 1, "a refusal is not retried");
     }
 }
