@@ -31,7 +31,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::json::is_json;
+use super::json::{is_json, query_params};
 use crate::auth::{presented_key, ApiGuard, Caller};
 use crate::openapi::responses::*;
 use crate::ApiError;
@@ -652,12 +652,10 @@ pub(crate) async fn dead_letters(
     Caller(caller): Caller,
     query: Result<Query<DeadLetterQuery>, QueryRejection>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
-    let Query(query) = query.map_err(|rejection| {
-        ApiError::bad_request(format!(
-            "{}; filters: from, to, event_type, sink, reason, after, limit",
-            rejection.body_text()
-        ))
-    })?;
+    let query = query_params(
+        query,
+        "filters: from, to, event_type, sink, reason, after, limit",
+    )?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad_request("limit must be 1 to 500"));

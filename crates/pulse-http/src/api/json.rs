@@ -81,6 +81,17 @@ pub(crate) fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError
     Ok(value)
 }
 
+/// The parameters of a query string, or a 400 of the house shape: serde's reason, then `hint`
+/// (what the route expects).
+pub(crate) fn query_params<T>(
+    query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+    hint: &str,
+) -> Result<T, ApiError> {
+    query
+        .map(|axum::extract::Query(params)| params)
+        .map_err(|rejection| ApiError::bad_request(format!("{}; {hint}", rejection.body_text())))
+}
+
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;

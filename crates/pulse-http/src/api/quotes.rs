@@ -103,12 +103,10 @@ pub(crate) async fn quote(
     Caller(caller): Caller,
     params: Result<Query<QuoteParams>, QueryRejection>,
 ) -> Result<Json<QuoteBody>, ApiError> {
-    let Query(params) = params.map_err(|rejection| {
-        ApiError::bad_request(format!(
-            "{}; expected ?lat=..&lng=..[&dropoff_lat=..&dropoff_lng=..]",
-            rejection.body_text()
-        ))
-    })?;
+    let params = super::json::query_params(
+        params,
+        "expected ?lat=..&lng=..[&dropoff_lat=..&dropoff_lng=..]",
+    )?;
     let pickup = to_point("pickup", params.lat, params.lng)?;
     let dropoff = match (params.dropoff_lat, params.dropoff_lng) {
         (Some(lat), Some(lng)) => Some(to_point("dropoff", lat, lng)?),
