@@ -8,12 +8,10 @@
 //! it. A delivery may repeat (a timeout after the receiver took it, a crash before the delivery
 //! record): `Idempotency-Key` carries the event id so the receiver can tell.
 
-mod outbound;
-// Public: the jobs domain's webhooks sign the same way.
-pub mod signature;
+pub use pulse_outbound::signature;
+use pulse_outbound::{guard, verdict_of_failure, verdict_of_response, Verdict};
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +19,8 @@ use async_trait::async_trait;
 use pulse_gateway::envelope::CanonicalEvent;
 use pulse_gateway::plugin::{PluginContext, PluginInfo, SinkOutcome, SinkPlugin};
 use pulse_gateway::registry::{PluginConfigError, PluginRegistry};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION, RETRY_AFTER};
-use reqwest::{StatusCode, Url};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use reqwest::Url;
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -30,17 +28,10 @@ use tokio::time::Instant;
 const MIN_SECRET_CHARS: usize = 16;
 /// Longest secret accepted (HMAC-SHA256 hashes longer keys down anyway).
 const MAX_SECRET_CHARS: usize = 1_024;
-/// Longest URL accepted.
-const MAX_URL_CHARS: usize = 2_048;
 /// Most extra headers a sink may send.
 const MAX_EXTRA_HEADERS: usize = 32;
 /// Longest extra header value.
 const MAX_HEADER_VALUE_CHARS: usize = 4_096;
-/// Most bytes of a refusing receiver's body kept in the dead letter's reason; reading stops
-/// there, so a huge answer is never buffered.
-const MAX_REASON_BODY_BYTES: usize = 256;
-/// Longest `Retry-After` value quoted in a reason.
-const MAX_RETRY_AFTER_CHARS: usize = 64;
 /// What the budget adds to the request timeout: signing, and handing the outcomes back.
 const BUDGET_MARGIN: Duration = Duration::from_secs(1);
 
@@ -177,7 +168,7 @@ impl WebhookSink {
             ));
         }
         let timeout = Duration::from_millis(timeout_ms);
-        let client = outbound::client(
+        let client = guard::client(
             settings.allow_private_targets,
             &settings.user_agent,
             timeout,
@@ -229,8 +220,12 @@ impl WebhookSink {
             }
         }
         match request.body(body).send().await {
-            Ok(response) => outcome_of_response(response).await,
-            Err(err) => outcome_of_failure(&err.without_url(), timeout, self.timeout),
+            Ok(response) => outcome_of(verdict_of_response(response).await),
+            Err(err) => outcome_of(verdict_of_failure(
+                &err.without_url(),
+                timeout,
+                self.timeout,
+            )),
         }
     }
 }
@@ -288,48 +283,8 @@ pub(crate) fn register(registry: &mut PluginRegistry, settings: WebhookSettings)
 }
 
 fn check_url(url: Option<&str>, settings: &WebhookSettings) -> Result<Url, PluginConfigError> {
-    let refuse = |message: String| PluginConfigError::new("url", message);
-    let raw = url.ok_or_else(|| refuse("required: the http:// URL events are POSTed to".into()))?;
-    if raw.len() > MAX_URL_CHARS {
-        return Err(refuse(format!("longer than {MAX_URL_CHARS} characters")));
-    }
-    let url = Url::parse(raw).map_err(|err| refuse(format!("not a valid URL: {err}")))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(refuse(
-                "https:// targets need TLS support, which this build does not have yet; \
-                 use an http:// URL (see docs/WEBHOOKS.md)"
-                    .into(),
-            ))
-        }
-        other => return Err(refuse(format!("scheme {other:?} is not http"))),
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(refuse(
-            "must not hold credentials (user:password@); put them in headers".into(),
-        ));
-    }
-    let host = url
-        .host_str()
-        .filter(|host| !host.is_empty())
-        .ok_or_else(|| refuse("has no host".into()))?;
-    // The URL parser already wrote every IPv4 spelling (`2130706433`, `0x7f.1`) as a dotted
-    // quad, and IPv6 in brackets: whatever does not parse here is a name.
-    let literal: Option<IpAddr> = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok();
-    // hyper connects to a literal address without asking the resolver that guards names.
-    if let Some(ip) = literal.filter(|_| !settings.allow_private_targets) {
-        if let Some(kind) = outbound::refusal(ip) {
-            return Err(refuse(format!(
-                "{ip} is {kind}; webhooks may reach public addresses only"
-            )));
-        }
-    }
-    Ok(url)
+    pulse_outbound::check_url(url, settings.allow_private_targets, "events are POSTed to")
+        .map_err(|message| PluginConfigError::new("url", message))
 }
 
 fn check_secret(secret: Option<&str>) -> Result<&str, PluginConfigError> {
@@ -381,137 +336,13 @@ fn check_headers(headers: &BTreeMap<String, String>) -> Result<HeaderMap, Plugin
     Ok(map)
 }
 
-/// The outcome a response's status means; reads at most [`MAX_REASON_BODY_BYTES`] of a refusing
-/// receiver's body, for the reason.
-async fn outcome_of_response(mut response: reqwest::Response) -> SinkOutcome {
-    let status = response.status();
-    match outcome_of_status(status, response.headers()) {
-        SinkOutcome::Error { reason } if status.is_client_error() => {
-            let mut body = Vec::new();
-            // A failure reading the body changes nothing: the status has decided.
-            while let Ok(Some(chunk)) = response.chunk().await {
-                body.extend_from_slice(&chunk);
-                if body.len() >= MAX_REASON_BODY_BYTES {
-                    break;
-                }
-            }
-            body.truncate(MAX_REASON_BODY_BYTES);
-            let said = printable(&String::from_utf8_lossy(&body));
-            SinkOutcome::Error {
-                reason: if said.is_empty() {
-                    reason
-                } else {
-                    format!("{reason}: {said}")
-                },
-            }
-        }
-        outcome => outcome,
+/// The sink's outcome of a verdict.
+fn outcome_of(verdict: Verdict) -> SinkOutcome {
+    match verdict {
+        Verdict::Taken => SinkOutcome::Ok,
+        Verdict::Retry { reason } => SinkOutcome::Retry { reason },
+        Verdict::Refused { reason } => SinkOutcome::Error { reason },
     }
-}
-
-/// 2xx is taken; 408, 429 and 5xx may pass later; anything else (4xx, and 3xx, as redirects are
-/// not followed) will not.
-fn outcome_of_status(status: StatusCode, headers: &HeaderMap) -> SinkOutcome {
-    let named = format!(
-        "HTTP {} {}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    )
-    .trim_end()
-    .to_owned();
-    let header = |name: HeaderName| {
-        headers
-            .get(name)
-            .and_then(|value: &HeaderValue| value.to_str().ok())
-            .map(|value| {
-                value
-                    .chars()
-                    .take(MAX_RETRY_AFTER_CHARS)
-                    .collect::<String>()
-            })
-    };
-    if status.is_success() {
-        SinkOutcome::Ok
-    } else if matches!(
-        status,
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-    ) {
-        SinkOutcome::Retry {
-            reason: match header(RETRY_AFTER) {
-                Some(after) => format!("{named} (Retry-After: {after})"),
-                None => named,
-            },
-        }
-    } else if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
-        SinkOutcome::Retry { reason: named }
-    } else if status.is_redirection() {
-        SinkOutcome::Error {
-            reason: match header(LOCATION) {
-                Some(location) => format!("{named}: redirects are not followed (to {location})"),
-                None => format!("{named}: redirects are not followed"),
-            },
-        }
-    } else {
-        SinkOutcome::Error { reason: named }
-    }
-}
-
-/// The outcome of a request that got no response within `timeout`, what was left of the sink's
-/// `full` timeout.
-fn outcome_of_failure(err: &reqwest::Error, timeout: Duration, full: Duration) -> SinkOutcome {
-    if let Some(refused) = outbound::refused_target(err) {
-        return SinkOutcome::Error {
-            reason: format!("target refused: {refused}"),
-        };
-    }
-    let cause = printable(&root_cause(err).to_string());
-    if err.is_builder() {
-        SinkOutcome::Error {
-            reason: format!("request not built: {cause}"),
-        }
-    } else if err.is_timeout() {
-        SinkOutcome::Retry {
-            reason: if timeout < full {
-                format!(
-                    "no response within the {} ms left of the batch's {} ms",
-                    timeout.as_millis(),
-                    full.as_millis()
-                )
-            } else {
-                format!("no response within {} ms", timeout.as_millis())
-            },
-        }
-    } else if err.is_connect() {
-        SinkOutcome::Retry {
-            reason: format!("could not connect: {cause}"),
-        }
-    } else {
-        // A connection reset or closed mid-exchange: the receiver may be restarting.
-        SinkOutcome::Retry {
-            reason: format!("request failed: {cause}"),
-        }
-    }
-}
-
-/// The innermost error: the one that says what went wrong ("Connection refused", "failed to
-/// lookup address"), where the outer ones only say where.
-fn root_cause<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> &'a (dyn std::error::Error + 'static) {
-    let mut cause = err;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause
-}
-
-/// `text` on one line, without control characters, as a reason is logged and shown.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .trim()
-        .to_owned()
 }
 
 #[cfg(test)]
@@ -528,6 +359,8 @@ mod tests {
     use pulse_core::TenantId;
     use pulse_gateway::envelope::Source;
     use pulse_trace::TraceContext;
+    use reqwest::header::{LOCATION, RETRY_AFTER};
+    use reqwest::StatusCode;
     use serde_json::{json, Value};
     use sha2::Sha256;
 

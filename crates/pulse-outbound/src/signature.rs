@@ -4,7 +4,7 @@
 //! sink's secret, of `"{Pulse-Timestamp}.{body}"`. Signing the timestamp with the body lets a
 //! receiver refuse a replayed request without keeping state; the `v1=` label lets a later scheme
 //! (or a second key during a rotation) be added to the header without breaking receivers.
-//! Kept free of HTTP types so other senders (the jobs' callbacks) sign the same way.
+//! Kept free of HTTP types: the gateway's webhooks and the jobs' HTTP handlers sign the same way.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

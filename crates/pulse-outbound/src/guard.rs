@@ -1,7 +1,7 @@
-//! The guarded outbound HTTP client of `webhook_sink`: which addresses a tenant's URL may
-//! reach, and a client that cannot be talked into reaching any other.
+//! The guarded outbound HTTP client: which addresses a tenant's URL may reach, and a client that
+//! cannot be talked into reaching any other.
 //!
-//! A tenant chooses the URL, so without a guard a webhook is a way into the deployment's own
+//! A tenant chooses the URL, so without a guard a webhook (or a job handler) is a way into the deployment's own
 //! network (the cloud metadata endpoint, an admin port on loopback, a database on a private
 //! subnet). The guard holds at three points:
 //! * a literal IP host is checked when the sink is configured (hyper connects to it without
@@ -132,7 +132,7 @@ const NAT64: (Ipv6Addr, u8) = (Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96
 
 /// Why a webhook may not reach `ip` (e.g. "a loopback address"), or `None` when it is a public
 /// unicast address.
-pub(crate) fn refusal(ip: IpAddr) -> Option<&'static str> {
+pub fn refusal(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => REFUSED_V4
             .iter()
@@ -169,7 +169,7 @@ fn v6_in(ip: Ipv6Addr, network: Ipv6Addr, len: u8) -> bool {
 
 /// A host refused by the outbound policy: its every address is one [`refusal`] names.
 #[derive(Debug)]
-pub(crate) struct RefusedTarget {
+pub struct RefusedTarget {
     host: String,
     address: IpAddr,
     kind: &'static str,
@@ -188,7 +188,7 @@ impl fmt::Display for RefusedTarget {
 impl std::error::Error for RefusedTarget {}
 
 /// The policy refusal inside a failed request, if that is why it failed.
-pub(crate) fn refused_target(err: &reqwest::Error) -> Option<&RefusedTarget> {
+pub fn refused_target(err: &reqwest::Error) -> Option<&RefusedTarget> {
     let mut source = std::error::Error::source(err);
     while let Some(err) = source {
         if let Some(refused) = err.downcast_ref::<RefusedTarget>() {
@@ -202,7 +202,7 @@ pub(crate) fn refused_target(err: &reqwest::Error) -> Option<&RefusedTarget> {
 /// Resolves with the system resolver (tokio's `lookup_host`) and keeps only the addresses the
 /// policy allows, at every connection.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct GuardedResolver {
+pub struct GuardedResolver {
     allow_private_targets: bool,
 }
 
@@ -237,7 +237,7 @@ impl Resolve for GuardedResolver {
 
 /// The client of one sink: `timeout` for a whole request (connect, send, response), no
 /// redirects, no proxies, names resolved through [`GuardedResolver`].
-pub(crate) fn client(
+pub fn client(
     allow_private_targets: bool,
     user_agent: &str,
     timeout: Duration,
