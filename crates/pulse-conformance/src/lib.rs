@@ -19,6 +19,7 @@ pub mod cache;
 pub mod event_log;
 pub mod faults;
 pub mod gateway_store;
+pub mod job_queue;
 pub mod outbox;
 pub mod rate_limit;
 pub mod services;
@@ -218,6 +219,37 @@ macro_rules! outbox_suite {
                 a_lapsed_lease_is_claimed_again,
                 events_of_an_aggregate_stay_in_order_across_relays,
                 a_batch_let_go_is_claimed_again_only_after_its_lease,
+            );
+        }
+    };
+}
+
+/// Stamps out the job queue suite (enqueue, leases and fencing, lapses, delays, priorities,
+/// fairness, races, retries and dead jobs, cancel, retry, redrive, release, listing, depths,
+/// purge) in a module `job_queue_conformance`, for a factory of fresh, empty stores implementing
+/// `JobQueue + JobBook + Clone`.
+#[macro_export]
+macro_rules! job_queue_suite {
+    ($factory:expr) => {
+        mod job_queue_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__stamp_cases!(job_queue, $factory;
+                enqueue_is_idempotent_per_tenant_and_key,
+                a_lease_holds_the_job_against_other_workers,
+                a_heartbeat_extends_the_lease,
+                a_stale_lease_can_neither_heartbeat_complete_nor_fail,
+                a_delayed_job_waits_for_its_time,
+                priorities_then_time_order_a_lease,
+                one_lease_shares_among_tenants,
+                excluded_job_types_are_not_leased,
+                racing_workers_never_share_a_job,
+                a_job_failing_every_attempt_dies_with_each_error,
+                cancel_stops_a_queued_job_and_fences_a_running_one,
+                retry_and_redrive_queue_dead_jobs_again,
+                release_hands_a_job_back_without_counting_the_attempt,
+                listing_filters_and_pages,
+                depths_count_backlogs_and_purge_honours_retention,
             );
         }
     };

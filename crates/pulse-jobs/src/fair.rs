@@ -81,7 +81,10 @@ mod tests {
     use super::*;
 
     fn tenants(names: &[&str]) -> Vec<TenantId> {
-        names.iter().map(|name| TenantId::parse(name).unwrap()).collect()
+        names
+            .iter()
+            .map(|name| TenantId::parse(name).unwrap())
+            .collect()
     }
 
     fn limits(shares: &[TenantShare]) -> Vec<(String, u32)> {

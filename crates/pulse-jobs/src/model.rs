@@ -88,6 +88,8 @@ pub struct NewJob {
     pub priority: i32,
     /// Not before, Unix ms.
     pub run_at_ms: i64,
+    /// Enqueued at, Unix ms.
+    pub created_at_ms: i64,
     /// Attempts before it is dead.
     pub max_attempts: u32,
     /// How long one attempt may run.

@@ -75,8 +75,12 @@ pub trait JobBook: Send + Sync + std::fmt::Debug {
 
     /// Deletes up to `limit` jobs that succeeded or were cancelled before `finished_before_ms`,
     /// or died before `dead_before_ms`; how many.
-    async fn purge(&self, finished_before_ms: i64, dead_before_ms: i64, limit: u32)
-        -> PortResult<u64>;
+    async fn purge(
+        &self,
+        finished_before_ms: i64,
+        dead_before_ms: i64,
+        limit: u32,
+    ) -> PortResult<u64>;
 }
 
 /// Where tenants' HTTP handlers are registered.
@@ -87,7 +91,8 @@ pub trait HandlerStore: Send + Sync + std::fmt::Debug {
     async fn put_handler(&self, handler: StoredHandler) -> PortResult<(StoredHandler, bool)>;
 
     /// The tenant's handler of `job_type`.
-    async fn handler(&self, tenant: &TenantId, job_type: &str) -> PortResult<Option<StoredHandler>>;
+    async fn handler(&self, tenant: &TenantId, job_type: &str)
+        -> PortResult<Option<StoredHandler>>;
 
     /// Every registered handler.
     async fn handlers(&self) -> PortResult<Vec<StoredHandler>>;

@@ -151,7 +151,13 @@ mod tests {
         let base = Backoff::default();
         refused(Backoff { base_ms: 0, ..base }, "base_ms");
         refused(Backoff { max_ms: 10, ..base }, "max_ms");
-        refused(Backoff { jitter: 1.5, ..base }, "jitter");
+        refused(
+            Backoff {
+                jitter: 1.5,
+                ..base
+            },
+            "jitter",
+        );
         refused(
             Backoff {
                 shape: BackoffShape::Exponential,

@@ -261,7 +261,10 @@ impl JobService {
             return Err(invalid(field("queue"), "1 to 128 of A-Z a-z 0-9 _ . : -"));
         }
         if let Some(key) = &request.idempotency_key {
-            if key.is_empty() || key.chars().count() > MAX_NAME_CHARS || key.chars().any(char::is_control) {
+            if key.is_empty()
+                || key.chars().count() > MAX_NAME_CHARS
+                || key.chars().any(char::is_control)
+            {
                 return Err(invalid(
                     field("idempotency_key"),
                     "1 to 128 characters, no control characters",
@@ -277,7 +280,10 @@ impl JobService {
         }
         let run_at_ms = match (request.run_at_ms, request.delay_ms) {
             (Some(_), Some(_)) => {
-                return Err(invalid(field("run_at"), "give run_at or delay_ms, not both"))
+                return Err(invalid(
+                    field("run_at"),
+                    "give run_at or delay_ms, not both",
+                ))
             }
             (Some(at), None) => at.max(now),
             (None, Some(delay)) => now.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX)),
@@ -285,7 +291,11 @@ impl JobService {
         };
         if run_at_ms - now > i64::try_from(limits.max_delay_ms).unwrap_or(i64::MAX) {
             return Err(invalid(
-                field(if request.delay_ms.is_some() { "delay_ms" } else { "run_at" }),
+                field(if request.delay_ms.is_some() {
+                    "delay_ms"
+                } else {
+                    "run_at"
+                }),
                 format!("at most {} ms ahead", limits.max_delay_ms),
             ));
         }
@@ -327,6 +337,7 @@ impl JobService {
             payload: request.payload,
             priority,
             run_at_ms,
+            created_at_ms: now,
             max_attempts,
             timeout_ms,
             idempotency_key: request.idempotency_key,
@@ -418,7 +429,9 @@ impl JobService {
         if job_type.starts_with(RESERVED_PREFIX) || self.registry.is_builtin(job_type) {
             return Err(invalid(
                 "job_type",
-                format!("{job_type:?} is built in; names starting with {RESERVED_PREFIX:?} are Pulse's"),
+                format!(
+                    "{job_type:?} is built in; names starting with {RESERVED_PREFIX:?} are Pulse's"
+                ),
             ));
         }
         check_handler_url(&request.url, self.registry.http_settings())

@@ -211,7 +211,10 @@ impl Worker {
                 .saturating_sub(state.running.len() as u32);
             let mut leased = 0;
             if free > 0 {
-                match worker.lease(&mut state, free.min(worker.settings.lease_batch)).await {
+                match worker
+                    .lease(&mut state, free.min(worker.settings.lease_batch))
+                    .await
+                {
                     Ok(count) => {
                         leased = count;
                         failures = 0;
@@ -549,12 +552,11 @@ impl Attempt {
     async fn run(self, reports: mpsc::Sender<Report>) -> Uuid {
         let job = &self.lease.job;
         let id = job.id;
-        let parent = job
-            .traceparent
-            .as_deref()
-            .and_then(|traceparent| {
-                TraceContext::from_headers(|name| (name == pulse_trace::TRACEPARENT).then_some(traceparent))
-            });
+        let parent = job.traceparent.as_deref().and_then(|traceparent| {
+            TraceContext::from_headers(|name| {
+                (name == pulse_trace::TRACEPARENT).then_some(traceparent)
+            })
+        });
         let span = tracing::info_span!(
             "job.attempt",
             otel.name = %format!("run {}", job.job_type),

@@ -11,7 +11,7 @@ use pulse_gateway::ports::{
     NewDeadLetter, Parked, ParkedDeliveries, PipelineStore, Recorded, StoredPipeline, ToPark,
 };
 
-use crate::sql::{PerDialect, Sql, SqlRow};
+use crate::sql::{placeholders, value_rows, PerDialect, Sql, SqlRow};
 use crate::{Backend, Database};
 
 /// Rows per multi-row statement: far below both engines' bound-parameter limits.
@@ -26,28 +26,6 @@ fn truncated(text: &str) -> String {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_owned(),
     }
-}
-
-/// `$from, $from+1, …` for `count` placeholders.
-fn placeholders(from: usize, count: usize) -> String {
-    (from..from + count)
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// `($a, $b, …), (…)` for `rows` rows of `width` placeholders after `offset`, each placeholder
-/// wrapped by `wrap(column, "$n")`.
-fn value_rows(rows: usize, width: usize, wrap: impl Fn(usize, String) -> String) -> String {
-    (0..rows)
-        .map(|row| {
-            let cells: Vec<String> = (0..width)
-                .map(|column| wrap(column, format!("${}", row * width + column + 1)))
-                .collect();
-            format!("({})", cells.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn u32_of(row: &SqlRow, index: usize) -> PortResult<u32> {

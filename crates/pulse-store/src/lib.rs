@@ -15,6 +15,7 @@
 //! * every pool has an acquire timeout, so a dead database surfaces as an error, not a hang.
 
 mod gateway;
+pub mod jobs;
 mod orders;
 pub mod outbox;
 pub mod sql;

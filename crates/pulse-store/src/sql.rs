@@ -199,6 +199,43 @@ impl Backend {
     }
 }
 
+/// `$from, $from+1, …` for `count` placeholders.
+pub(crate) fn placeholders(from: usize, count: usize) -> String {
+    (from..from + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `($a, $b, …), (…)` for `rows` rows of `width` placeholders from `$1`, each placeholder
+/// wrapped by `wrap(column, "$n")`.
+pub(crate) fn value_rows(
+    rows: usize,
+    width: usize,
+    wrap: impl Fn(usize, String) -> String,
+) -> String {
+    value_rows_after(0, rows, width, wrap)
+}
+
+/// [`value_rows`] numbered from `$offset+1` (the statement's first `offset` placeholders are
+/// its own).
+pub(crate) fn value_rows_after(
+    offset: usize,
+    rows: usize,
+    width: usize,
+    wrap: impl Fn(usize, String) -> String,
+) -> String {
+    (0..rows)
+        .map(|row| {
+            let cells: Vec<String> = (0..width)
+                .map(|column| wrap(column, format!("${}", offset + row * width + column + 1)))
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A row of either dialect, read by column position.
 pub enum SqlRow {
     /// A PostgreSQL row.
@@ -259,6 +296,8 @@ impl SqlRow {
         opt_text -> Option<String>,
         /// A binary column.
         bytes -> Vec<u8>,
+        /// A nullable binary column.
+        opt_bytes -> Option<Vec<u8>>,
     }
 
     /// A UUID column (`uuid` on PostgreSQL, text on SQLite).
