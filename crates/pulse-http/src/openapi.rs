@@ -79,6 +79,16 @@ retried (orders with the same `Idempotency-Key`).
         crate::api::events::send_events,
         crate::api::events::dead_letters,
         crate::api::events::redrive,
+        crate::api::jobs::enqueue,
+        crate::api::jobs::enqueue_batch,
+        crate::api::jobs::get,
+        crate::api::jobs::list,
+        crate::api::jobs::dead_letters,
+        crate::api::jobs::cancel,
+        crate::api::jobs::retry,
+        crate::api::jobs::redrive,
+        crate::api::jobs::put_handler,
+        crate::api::jobs::get_handler,
     ),
     components(
         schemas(crate::error::ErrorBody<'_>, domain::SurgeUpdate, domain::QuotaClass,
@@ -107,6 +117,9 @@ retried (orders with the same `Idempotency-Key`).
         (name = "events", description = "The event gateway: events in (the seed's `/v1/events`, \
             and Segment's `/v1/track|identify|page|screen|group|alias|batch` beside it, answered \
             as Segment does), and the tenant's dead letters."),
+        (name = "jobs", description = "Background jobs: enqueue (idempotently), read, list, \
+            cancel, retry and redrive the tenant's jobs, and register the HTTP handlers that \
+            run them."),
         (name = "admin", description = "Tenants, their quotas, their API keys and their event \
             pipelines (the operator's)."),
         (name = "meta", description = "This document."),

@@ -165,6 +165,9 @@ fn every_served_api_route() -> BTreeSet<Route> {
     served.extend(served_routes(
         &Router::new().nest(API_PREFIX, pulse_http::api::events_routes(timeout, body)),
     ));
+    served.extend(served_routes(
+        &Router::new().nest(API_PREFIX, pulse_http::api::jobs_routes(timeout, body)),
+    ));
     served.extend(served_routes(&Router::new().nest(
         pulse_http::api::INGRESS_PREFIX,
         pulse_http::api::ingress_routes(timeout, body),

@@ -4,6 +4,7 @@
 
 pub(crate) mod drivers;
 pub(crate) mod events;
+pub(crate) mod jobs;
 mod json;
 pub(crate) mod orders;
 pub(crate) mod quotes;
@@ -28,6 +29,7 @@ use crate::ApiError;
 
 pub use crate::body::MAX_API_BODY_BYTES;
 pub use events::{EventsApi, BACKPRESSURE_TOTAL, INGEST_LATENCY_SECONDS, INGEST_REQUESTS_TOTAL};
+pub use jobs::JobsApi;
 pub use json::ApiJson;
 
 /// Where the event gateway's doors are mounted (the seed's `POST /v1/events`, and Segment's
@@ -123,6 +125,28 @@ pub fn events_routes(timeout: Duration, body: BodyLimits) -> Router<Arc<EventsAp
     let routes = Router::new()
         .route("/events/dead-letters", get(events::dead_letters))
         .route("/events/dead-letters/redrive", post(events::redrive));
+    bounded(routes, timeout, body)
+}
+
+/// The jobs' routes under `/api/v1` (behind the key check), bodies within `body`.
+pub fn jobs_router(state: JobsApi, timeout: Duration, body: BodyLimits) -> Router {
+    jobs_routes(timeout, body).with_state(Arc::new(state))
+}
+
+/// [`jobs_router`] before it is given its state.
+pub fn jobs_routes(timeout: Duration, body: BodyLimits) -> Router<Arc<JobsApi>> {
+    let routes = Router::new()
+        .route("/jobs", post(jobs::enqueue).get(jobs::list))
+        .route("/jobs/batch", post(jobs::enqueue_batch))
+        .route("/jobs/dead-letters", get(jobs::dead_letters))
+        .route("/jobs/redrive", post(jobs::redrive))
+        .route("/jobs/{job_id}", get(jobs::get))
+        .route("/jobs/{job_id}/cancel", post(jobs::cancel))
+        .route("/jobs/{job_id}/retry", post(jobs::retry))
+        .route(
+            "/handlers/{job_type}",
+            axum::routing::put(jobs::put_handler).get(jobs::get_handler),
+        );
     bounded(routes, timeout, body)
 }
 

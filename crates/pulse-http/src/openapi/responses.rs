@@ -63,14 +63,17 @@ error_responses! {
         "`method_not_allowed`";
     RequestTimeout: "The request body did not arrive in time; the connection is closed.",
         "`request_timeout`";
-    Conflict: "The request conflicts with the current state.", "`conflict`, `quote_used`";
+    Conflict: "The request conflicts with the current state (a job that already finished).",
+        "`conflict`, `quote_used`, `wrong_state`";
     PayloadTooLarge: "The body exceeds the route's limit (16 KiB on the API).",
         "`payload_too_large`";
     UnsupportedMediaType: "The body is not JSON (`Content-Type: application/json`), or has a \
         `Content-Encoding` the route does not accept.", "`unsupported_media_type`";
     Unprocessable: "Well-formed but not acceptable: a quote that is unknown, expired, for \
-        another rider or another trip; an `Idempotency-Key` reused for a different order.",
-        "`quote_unavailable`, `quote_mismatch`, `quote_not_yours`, `idempotency_key_reused`";
+        another rider or another trip; an `Idempotency-Key` reused for a different order; a job type \
+        with no handler.",
+        "`quote_unavailable`, `quote_mismatch`, `quote_not_yours`, `idempotency_key_reused`, \
+        `unknown_job_type`";
     Unavailable: "A backend did not answer (or not in time); retrying may help (an order with the \
         same `Idempotency-Key`).", "`unavailable`";
     Internal: "A failure a retry will not cure (a bug on the server's side).", "`internal`";
