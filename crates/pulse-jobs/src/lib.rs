@@ -11,6 +11,7 @@
 //!   that outbound call is this crate's only I/O besides its ports.
 //! * The payload is opaque: never parsed, only bounded.
 
+pub mod config;
 pub mod fair;
 pub mod http;
 pub mod model;

@@ -21,8 +21,8 @@ pub use tokio_util::sync::CancellationToken;
 /// A role a Pulse process can play: one service (the HTTP gateway, the outbox relay) or one
 /// processor (named as its [`processor::Processor::name`]), so any of them can run alone in its
 /// own process (`pulse serve --role engine`) and `pulse up` runs them all. A role is listed here
-/// only once it does work: the jobs `worker`, and the marketplace, wallet and profiles
-/// processors, join with their domains.
+/// only once it does work: the marketplace, wallet and profiles processors join with their
+/// domains.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
@@ -37,11 +37,19 @@ pub enum Role {
     /// The event gateway's processor: runs each tenant's pipeline over `events.ingest` and
     /// delivers to its sinks (and redelivers parked events).
     Pipeline,
+    /// The jobs' data plane: leases jobs and runs them through their handlers.
+    Worker,
 }
 
 impl Role {
     /// Every role, as `pulse up` runs them.
-    pub const ALL: [Role; 4] = [Role::Gateway, Role::Engine, Role::Relay, Role::Pipeline];
+    pub const ALL: [Role; 5] = [
+        Role::Gateway,
+        Role::Engine,
+        Role::Relay,
+        Role::Pipeline,
+        Role::Worker,
+    ];
 
     /// The role's name on the command line.
     pub fn name(self) -> &'static str {
@@ -50,6 +58,7 @@ impl Role {
             Role::Engine => "engine",
             Role::Relay => "relay",
             Role::Pipeline => "pipeline",
+            Role::Worker => "worker",
         }
     }
 }
@@ -62,7 +71,7 @@ impl fmt::Display for Role {
 
 /// A role name that is not one of [`Role::ALL`].
 #[derive(Debug, thiserror::Error)]
-#[error("unknown role {0:?}: expected one or more of gateway, engine, relay, pipeline (comma-separated)")]
+#[error("unknown role {0:?}: expected one or more of gateway, engine, relay, pipeline, worker (comma-separated)")]
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {
@@ -266,8 +275,14 @@ mod tests {
         );
         let err = parse_roles("gateway,pricing").unwrap_err();
         assert!(err.to_string().contains("\"pricing\""), "{err}");
-        // No jobs yet: a worker would run nothing, so it is not a role until it has work.
-        assert!(parse_roles("worker").is_err());
+        assert_eq!(
+            parse_roles("worker")
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![Role::Worker]
+        );
+        assert!(parse_roles("profiles").is_err());
         assert!(parse_roles(" , ").is_err());
     }
 

@@ -42,6 +42,8 @@ pub struct Application {
     http: pulse_http::server::HttpConfig,
     /// The tenants' event pipelines, when this process runs the `pipeline` role.
     pipelines: Option<PipelineBook>,
+    /// The jobs' registry and wake signal, when this process runs the gateway or a worker.
+    jobs: Option<wiring::jobs::JobsWiring>,
     config: Config,
 }
 
@@ -70,8 +72,16 @@ impl Application {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let metrics = pulse_http::install_metrics_recorder();
+        let jobs = (roles.contains(&Role::Gateway) || roles.contains(&Role::Worker))
+            .then(|| wiring::jobs::wiring(config, &backends));
+        let mut checks = backends.health_checks();
+        if jobs.is_some() {
+            checks.push(Arc::new(wiring::jobs::JobQueueHealth(
+                backends.store.clone(),
+            )));
+        }
         let ops = OpsState {
-            checks: backends.health_checks(),
+            checks,
             check_timeout: Duration::from_secs(config.backend_timeout_secs),
             metrics,
         };
@@ -127,8 +137,16 @@ impl Application {
                     clock.clone(),
                     backend_timeout,
                 ));
+            let jobs_api = wiring::jobs::router(
+                config,
+                &backends,
+                jobs.as_ref().expect("built for the gateway role"),
+                guard.clone(),
+                clock.clone(),
+                backend_timeout,
+            );
             let api = pulse_http::auth::require(
-                api.merge(events),
+                api.merge(events).merge(jobs_api),
                 guard,
                 Scope::Full,
                 Some(QuotaClass::Api),
@@ -163,6 +181,7 @@ impl Application {
             created_key,
             http: config.http.clone(),
             pipelines,
+            jobs,
             config: config.clone(),
         })
     }
@@ -268,6 +287,14 @@ impl Application {
             supervisor.spawn("redeliverer", async move {
                 redeliverer.run(stop).await;
                 Ok(())
+            });
+        }
+        if let (true, Some(jobs)) = (self.roles.contains(&Role::Worker), self.jobs.as_ref()) {
+            let worker =
+                wiring::jobs::worker(&self.config, &self.backends, jobs, self.clock.clone());
+            let stop = self.shutdown.clone();
+            supervisor.spawn("worker", async move {
+                worker.run(stop).await.map_err(Into::into)
             });
         }
         let outcome = supervisor.run_until_stopped(self.drain_timeout).await;

@@ -4,6 +4,7 @@
 //! double underscore (`PULSE_EMBEDDED_LOG__RETENTION_HOURS`). The README's configuration table lists them.
 
 use pulse_gateway::config::GatewayConfig;
+use pulse_jobs::config::JobsConfig;
 use pulse_sinks::WebhookSettings;
 use pulse_tenants::config::{AuthConfig, QuotasConfig};
 use std::net::SocketAddr;
@@ -136,8 +137,11 @@ pub struct Config {
     pub quotas: QuotasConfig,
     /// The event gateway: dedup window, limits, tenant pipelines.
     pub gateway: GatewayConfig,
-    /// Outbound HTTP of `webhook_sink` (which targets are allowed, timeouts).
+    /// Outbound HTTP of `webhook_sink` and of the jobs' HTTP handlers (which targets are
+    /// allowed, timeouts).
     pub webhooks: WebhookSettings,
+    /// Background jobs: limits, the worker, retention, tenants' weights.
+    pub jobs: JobsConfig,
 }
 
 /// A setting that must never reach a log: its `Debug` shows only that it is set.
@@ -179,6 +183,7 @@ impl Default for Config {
             quotas: QuotasConfig::default(),
             gateway: GatewayConfig::default(),
             webhooks: WebhookSettings::default(),
+            jobs: JobsConfig::default(),
             http: HttpConfig::default(),
         }
     }
@@ -330,6 +335,14 @@ impl Config {
             self.quotas.validate(),
             self.webhooks.validate(),
             self.gateway.validate(),
+            self.jobs.validate(),
+            (self.jobs.worker.drain_timeout_ms < self.shutdown_timeout_secs.saturating_mul(1_000))
+                .then_some(())
+                .ok_or_else(|| {
+                    "jobs.worker.drain_timeout_ms must be below shutdown_timeout_secs (the \
+                     process's whole drain)"
+                        .to_owned()
+                }),
             self.admin_token.as_ref().map_or(Ok(()), |token| {
                 pulse_tenants::AdminToken::new(&token.0)
                     .map(|_| ())

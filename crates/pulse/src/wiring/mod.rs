@@ -2,6 +2,7 @@
 //! the configuration. A new domain adds a module here instead of growing `app.rs`.
 
 pub mod gateway;
+pub mod jobs;
 pub mod orders;
 pub mod surge;
 pub mod tenants;
