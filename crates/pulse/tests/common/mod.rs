@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod job_handler;
 pub mod webhook;
 
 use std::net::TcpListener;
