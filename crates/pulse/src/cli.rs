@@ -40,7 +40,8 @@ pub enum Command {
     },
     /// Run only the named roles, for split deployments on PostgreSQL, Kafka and Redis
     Serve {
-        /// Comma-separated roles: gateway (HTTP API), relay (outbox to log), engine (surge processor)
+        /// Comma-separated roles: gateway (HTTP API), relay (outbox to log), engine (surge
+        /// processor), pipeline (event gateway's sinks), worker (background jobs)
         #[arg(long, value_name = "ROLES", required = true)]
         role: String,
         /// Settings.
@@ -90,6 +91,12 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: KeyCommand,
+    },
+    /// Inspect and correct a tenant's background jobs
+    Jobs {
+        /// What to do.
+        #[command(subcommand)]
+        command: JobCommand,
     },
     /// Run Pulse (embedded, every role) with the simulator driving it, and print the map's URL
     Demo {
@@ -171,6 +178,81 @@ pub enum KeyCommand {
     Revoke {
         /// The key id (the part after pk_ and before the next _)
         key_id: String,
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+/// `pulse jobs …`: works on the store of the given settings, also while Pulse runs on it; every
+/// answer is the API's JSON.
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// List a tenant's jobs, newest first
+    List {
+        /// The tenant
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Only in this state: scheduled, queued, running, retrying, succeeded, dead, cancelled
+        #[arg(long)]
+        state: Option<String>,
+        /// Only of this type
+        #[arg(long)]
+        job_type: Option<String>,
+        /// Only in this queue
+        #[arg(long)]
+        queue: Option<String>,
+        /// At most this many
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Show a job with every attempt's error
+    Show {
+        /// The job id
+        job_id: String,
+        /// The tenant
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Queue a dead or cancelled job again
+    Retry {
+        /// The job id
+        job_id: String,
+        /// The tenant
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Cancel a job that has not finished
+    Cancel {
+        /// The job id
+        job_id: String,
+        /// The tenant
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Queue every dead job of a tenant again (all, or by type and queue)
+    Redrive {
+        /// The tenant
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Only of this type
+        #[arg(long)]
+        job_type: Option<String>,
+        /// Only in this queue
+        #[arg(long)]
+        queue: Option<String>,
         /// Settings.
         #[command(flatten)]
         common: CommonArgs,
@@ -273,6 +355,13 @@ impl Command {
                 KeyCommand::Create { common, .. }
                 | KeyCommand::List { common, .. }
                 | KeyCommand::Revoke { common, .. } => common,
+            }),
+            Command::Jobs { command } => Some(match command {
+                JobCommand::List { common, .. }
+                | JobCommand::Show { common, .. }
+                | JobCommand::Retry { common, .. }
+                | JobCommand::Cancel { common, .. }
+                | JobCommand::Redrive { common, .. } => common,
             }),
             Command::Simulate { .. } => None,
         }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use pulse::backends::{redact, Backends};
-use pulse::cli::{CityArgs, Cli, Command, KeyCommand, TenantCommand};
+use pulse::cli::{CityArgs, Cli, Command, JobCommand, KeyCommand, TenantCommand};
 use pulse::{telemetry, Application, Config};
 use pulse_runtime::{parse_roles, CancellationToken, Role};
 use pulse_sim::report::{Progress, Summary};
@@ -93,6 +93,12 @@ async fn run_command(cli: &Cli, config: &Config) -> anyhow::Result<()> {
             store.close().await;
             outcome
         }
+        Command::Jobs { command } => {
+            let store = open_migrated_store(config).await?;
+            let outcome = job_command(&store, command, config).await;
+            store.close().await;
+            outcome
+        }
         Command::Migrate { .. } => {
             let store = Backends::open_store(config).await?;
             store.migrate().await?;
@@ -157,6 +163,92 @@ async fn tenant_command(
                 burst: burst.unwrap_or(*rate),
             };
             print_json(&tenants.set_quota(name, class, Some(quota)).await?)
+        }
+    }
+}
+
+async fn job_command(
+    store: &pulse_store::Database,
+    command: &JobCommand,
+    config: &Config,
+) -> anyhow::Result<()> {
+    use pulse_jobs::model::{JobFilter, JobState};
+    let tenant = |name: &str| {
+        pulse_core::TenantId::parse(name).with_context(|| format!("--tenant {name:?}"))
+    };
+    let job_id =
+        |raw: &str| uuid::Uuid::parse_str(raw).with_context(|| format!("{raw:?} is not a job id"));
+    let name_filter = |value: &Option<String>, flag: &str| -> anyhow::Result<Option<String>> {
+        match value {
+            Some(value) if !pulse_jobs::service::is_name(value) => {
+                anyhow::bail!("--{flag} {value:?}: 1 to 128 of A-Z a-z 0-9 _ . : -")
+            }
+            other => Ok(other.clone()),
+        }
+    };
+    let jobs = pulse::wiring::jobs::service_on(store, config);
+    match command {
+        JobCommand::List {
+            tenant: name,
+            state,
+            job_type,
+            queue,
+            limit,
+            ..
+        } => {
+            let state = state
+                .as_deref()
+                .map(|name| {
+                    JobState::parse(name).with_context(|| {
+                        format!("--state {name:?}: scheduled, queued, running, retrying, succeeded, dead or cancelled")
+                    })
+                })
+                .transpose()?;
+            let filter = JobFilter {
+                state,
+                job_type: name_filter(job_type, "job-type")?,
+                queue: name_filter(queue, "queue")?,
+            };
+            anyhow::ensure!((1..=500).contains(limit), "--limit must be 1 to 500");
+            let page = jobs.list(&tenant(name)?, &filter, None, *limit).await?;
+            let page: Vec<serde_json::Value> =
+                page.into_iter().map(pulse_http::api::job_json).collect();
+            print_json(&page)
+        }
+        JobCommand::Show {
+            job_id: id,
+            tenant: name,
+            ..
+        } => print_json(&pulse_http::api::job_json(
+            jobs.get(&tenant(name)?, job_id(id)?).await?,
+        )),
+        JobCommand::Retry {
+            job_id: id,
+            tenant: name,
+            ..
+        } => print_json(&pulse_http::api::job_json(
+            jobs.retry(&tenant(name)?, job_id(id)?).await?,
+        )),
+        JobCommand::Cancel {
+            job_id: id,
+            tenant: name,
+            ..
+        } => print_json(&pulse_http::api::job_json(
+            jobs.cancel(&tenant(name)?, job_id(id)?).await?,
+        )),
+        JobCommand::Redrive {
+            tenant: name,
+            job_type,
+            queue,
+            ..
+        } => {
+            let filter = JobFilter {
+                state: None,
+                job_type: name_filter(job_type, "job-type")?,
+                queue: name_filter(queue, "queue")?,
+            };
+            let redriven = jobs.redrive(&tenant(name)?, &filter).await?;
+            print_json(&serde_json::json!({ "redriven": redriven }))
         }
     }
 }

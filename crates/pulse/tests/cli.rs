@@ -444,3 +444,89 @@ async fn sighup_drains_and_exits_zero_like_sigterm() {
     assert!(output.status.success(), "{:?}: {stderr}", output.status);
     assert!(stderr.contains("pulse stopped"), "{stderr}");
 }
+
+/// `pulse jobs …` on the data of a running `pulse up`: a job that died (its handler's port is
+/// closed; one attempt) is listed, shown with its error, redriven and cancelled from the
+/// terminal, each answer the API's JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_commands_list_show_redrive_and_cancel_while_pulse_runs() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut child = pulse()
+        .args(["up", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .env("PULSE_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pulse up");
+    wait_healthy(port, &mut child).await;
+    let client = common::client_with_key(&created_key(data_dir.path()));
+    let closed = free_port();
+    let base = format!("http://127.0.0.1:{port}/api/v1");
+    let registered = client
+        .put(format!("{base}/handlers/mail.send"))
+        .json(&serde_json::json!({"url": format!("http://127.0.0.1:{closed}/run"), "max_attempts": 1}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(registered.status(), 201);
+    let enqueued: serde_json::Value = client
+        .post(format!("{base}/jobs"))
+        .json(&serde_json::json!({"job_type": "mail.send", "payload": {"to": "a@example.com"}}))
+        .send()
+        .await
+        .expect("enqueue")
+        .json()
+        .await
+        .expect("json");
+    let id = enqueued["job_id"].as_str().expect("an id").to_owned();
+    let jobs = |args: &[&str]| -> serde_json::Value {
+        let output = pulse()
+            .arg("jobs")
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .output()
+            .expect("pulse jobs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+    };
+    let started = Instant::now();
+    while jobs(&["list", "--state", "dead"]).as_array().map(Vec::len) != Some(1) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the job never died"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shown = jobs(&["show", &id]);
+    assert_eq!(shown["state"], "dead");
+    let error = shown["errors"][0]["error"]
+        .as_str()
+        .expect("the attempt's error");
+    assert!(error.contains("could not connect"), "{error}");
+    assert_eq!(
+        jobs(&["redrive", "--job-type", "mail.send"]),
+        serde_json::json!({"redriven": 1})
+    );
+    let later: serde_json::Value = client
+        .post(format!("{base}/jobs"))
+        .json(&serde_json::json!({"job_type": "mail.send", "delay_ms": 3_600_000}))
+        .send()
+        .await
+        .expect("enqueue")
+        .json()
+        .await
+        .expect("json");
+    let later = later["job_id"].as_str().expect("an id");
+    assert_eq!(jobs(&["cancel", later])["state"], "cancelled");
+    signal(&child, "TERM");
+    let output = wait_with_deadline(child, Duration::from_secs(15));
+    assert!(output.status.success());
+}

@@ -128,6 +128,11 @@ pub fn events_routes(timeout: Duration, body: BodyLimits) -> Router<Arc<EventsAp
     bounded(routes, timeout, body)
 }
 
+/// A job as the API shows it (`GET /api/v1/jobs/{job_id}`), for the `pulse jobs` commands.
+pub fn job_json(job: pulse_jobs::model::Job) -> serde_json::Value {
+    serde_json::to_value(jobs::JobView::from(job)).expect("a job view always serialises")
+}
+
 /// The jobs' routes under `/api/v1` (behind the key check), bodies within `body`.
 pub fn jobs_router(state: JobsApi, timeout: Duration, body: BodyLimits) -> Router {
     jobs_routes(timeout, body).with_state(Arc::new(state))

@@ -34,13 +34,9 @@ pub struct JobsWiring {
 
 /// The registry and the wake signal of one process.
 pub fn wiring(config: &Config, backends: &Backends) -> JobsWiring {
-    let http = HttpHandlerSettings {
-        allow_private_targets: config.webhooks.allow_private_targets,
-        user_agent: concat!("pulse-jobs/", env!("CARGO_PKG_VERSION")).to_owned(),
-    };
     let registry = HandlerRegistry::new(
         Arc::new(backends.store.clone()),
-        http,
+        http_settings(config),
         Duration::from_millis(config.jobs.handler_refresh_ms),
     );
     JobsWiring {
@@ -66,6 +62,33 @@ pub fn service(
         config.jobs.limits.clone(),
         jobs.wake.clone(),
     )
+}
+
+/// The control plane on `store` alone, for the `pulse jobs` commands (no worker runs in that
+/// process: nothing is woken).
+pub fn service_on(store: &Database, config: &Config) -> JobService {
+    let shared = Arc::new(store.clone());
+    let registry = HandlerRegistry::new(
+        shared.clone(),
+        http_settings(config),
+        Duration::from_millis(config.jobs.handler_refresh_ms),
+    );
+    JobService::new(
+        shared.clone(),
+        shared.clone(),
+        shared,
+        Arc::new(registry),
+        Arc::new(pulse_core::clock::SystemClock),
+        config.jobs.limits.clone(),
+        Arc::new(Notify::new()),
+    )
+}
+
+fn http_settings(config: &Config) -> HttpHandlerSettings {
+    HttpHandlerSettings {
+        allow_private_targets: config.webhooks.allow_private_targets,
+        user_agent: concat!("pulse-jobs/", env!("CARGO_PKG_VERSION")).to_owned(),
+    }
 }
 
 /// The jobs' routes for `/api/v1` (behind the key check).
