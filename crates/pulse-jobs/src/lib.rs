@@ -7,13 +7,12 @@
 //!   and jobs need visibility timeouts, delays and single-job cancels. Every lease carries a
 //!   fencing token ([`model::Lease`]) that every later update names.
 //! * Handlers are in-process [`registry::JobHandler`]s registered at build time, or a tenant's
-//!   HTTP handlers ([`http`]) called through `pulse-outbound` (signed, private targets refused);
-//!   that outbound call is this crate's only I/O besides its ports.
+//!   stored handlers, built by a [`registry::HandlerFactory`] (the HTTP handlers of
+//!   `pulse-job-http`, signed, private targets refused). No I/O of its own: only its ports.
 //! * The payload is opaque: never parsed, only bounded.
 
 pub mod config;
 pub mod fair;
-pub mod http;
 pub mod model;
 pub mod ports;
 pub mod registry;

@@ -12,7 +12,6 @@ use async_trait::async_trait;
 use pulse_core::{PortResult, TenantId};
 use pulse_trace::TraceContext;
 
-use crate::http::{HttpHandler, HttpHandlerSettings};
 use crate::model::{Lease, StoredHandler};
 use crate::ports::HandlerStore;
 use crate::retry::HandlerPolicy;
@@ -74,6 +73,16 @@ impl JobHandler for Noop {
     }
 }
 
+/// Builds the handler of a tenant's stored registration (the HTTP handlers of `pulse-job-http`),
+/// and checks a registration's URL before it is stored: the I/O of handlers stays in an adapter.
+pub trait HandlerFactory: Send + Sync + std::fmt::Debug {
+    /// Why `url` cannot be registered, if it cannot.
+    fn check_url(&self, url: &str) -> Result<(), String>;
+
+    /// The handler `stored` describes, or why this process cannot call it.
+    fn build(&self, stored: &StoredHandler) -> Result<Arc<dyn JobHandler>, String>;
+}
+
 /// A handler found for a job: its code and its policy.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -96,19 +105,23 @@ struct Cached {
 pub struct HandlerRegistry {
     builtin: HashMap<String, Arc<Resolved>>,
     store: Arc<dyn HandlerStore>,
-    http: HttpHandlerSettings,
+    factory: Arc<dyn HandlerFactory>,
     refresh: Duration,
     stored: RwLock<HashMap<(TenantId, String), Cached>>,
 }
 
 impl HandlerRegistry {
-    /// A registry with [`NOOP`] built in, reading HTTP handlers from `store` (re-read after
-    /// `refresh`) and calling them under `http`.
-    pub fn new(store: Arc<dyn HandlerStore>, http: HttpHandlerSettings, refresh: Duration) -> Self {
+    /// A registry with [`NOOP`] built in, reading tenants' handlers from `store` (re-read after
+    /// `refresh`) and building them with `factory`.
+    pub fn new(
+        store: Arc<dyn HandlerStore>,
+        factory: Arc<dyn HandlerFactory>,
+        refresh: Duration,
+    ) -> Self {
         let mut registry = Self {
             builtin: HashMap::new(),
             store,
-            http,
+            factory,
             refresh,
             stored: RwLock::default(),
         };
@@ -134,9 +147,9 @@ impl HandlerRegistry {
         self
     }
 
-    /// The outbound policy HTTP handlers are built under.
-    pub fn http_settings(&self) -> &HttpHandlerSettings {
-        &self.http
+    /// Why a tenant's handler at `url` cannot be registered, if it cannot.
+    pub fn check_url(&self, url: &str) -> Result<(), String> {
+        self.factory.check_url(url)
     }
 
     /// Whether `job_type` is built in.
@@ -193,8 +206,8 @@ impl HandlerRegistry {
                 "a stored handler policy does not parse; using the defaults");
             HandlerPolicy::default()
         });
-        let handler: Arc<dyn JobHandler> = match HttpHandler::new(stored, &self.http) {
-            Ok(handler) => Arc::new(handler),
+        let handler: Arc<dyn JobHandler> = match self.factory.build(stored) {
+            Ok(handler) => handler,
             Err(reason) => Arc::new(Unusable { reason }),
         };
         Arc::new(Resolved {

@@ -9,7 +9,6 @@ use pulse_core::{PortError, TenantId};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::http::check_handler_url;
 use crate::model::{Enqueued, Job, JobFilter, NewJob, StoredHandler};
 use crate::ports::{HandlerStore, JobBook, JobQueue};
 use crate::registry::{HandlerRegistry, RESERVED_PREFIX};
@@ -434,7 +433,8 @@ impl JobService {
                 ),
             ));
         }
-        check_handler_url(&request.url, self.registry.http_settings())
+        self.registry
+            .check_url(&request.url)
             .map_err(|message| invalid("url", message))?;
         let policy = request.policy;
         let limits = &self.limits;

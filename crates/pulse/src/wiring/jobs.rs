@@ -12,7 +12,7 @@ use pulse_core::health::HealthCheck;
 use pulse_core::PortResult;
 use pulse_http::api::JobsApi;
 use pulse_http::auth::ApiGuard;
-use pulse_jobs::http::HttpHandlerSettings;
+use pulse_job_http::{HttpHandlerSettings, HttpHandlers};
 use pulse_jobs::registry::HandlerRegistry;
 use pulse_jobs::service::JobService;
 use pulse_jobs::worker::Worker;
@@ -36,7 +36,7 @@ pub struct JobsWiring {
 pub fn wiring(config: &Config, backends: &Backends) -> JobsWiring {
     let registry = HandlerRegistry::new(
         Arc::new(backends.store.clone()),
-        http_settings(config),
+        http_handlers(config),
         Duration::from_millis(config.jobs.handler_refresh_ms),
     );
     JobsWiring {
@@ -70,7 +70,7 @@ pub fn service_on(store: &Database, config: &Config) -> JobService {
     let shared = Arc::new(store.clone());
     let registry = HandlerRegistry::new(
         shared.clone(),
-        http_settings(config),
+        http_handlers(config),
         Duration::from_millis(config.jobs.handler_refresh_ms),
     );
     JobService::new(
@@ -84,11 +84,13 @@ pub fn service_on(store: &Database, config: &Config) -> JobService {
     )
 }
 
-fn http_settings(config: &Config) -> HttpHandlerSettings {
-    HttpHandlerSettings {
-        allow_private_targets: config.webhooks.allow_private_targets,
-        user_agent: concat!("pulse-jobs/", env!("CARGO_PKG_VERSION")).to_owned(),
-    }
+fn http_handlers(config: &Config) -> Arc<HttpHandlers> {
+    Arc::new(HttpHandlers {
+        settings: HttpHandlerSettings {
+            allow_private_targets: config.webhooks.allow_private_targets,
+            user_agent: concat!("pulse-jobs/", env!("CARGO_PKG_VERSION")).to_owned(),
+        },
+    })
 }
 
 /// The jobs' routes for `/api/v1` (behind the key check).

@@ -1,4 +1,4 @@
-//! HTTP handlers: a tenant registers a URL for a job type, and each attempt is POSTed to it,
+//! The jobs' HTTP handlers: a tenant registers a URL for a job type, and each attempt is POSTed to it,
 //! signed with the handler's secret exactly as the gateway's webhooks are (`pulse-outbound`,
 //! `docs/WEBHOOKS.md`), through the same guarded client (loopback, private and link-local
 //! targets refused unless the operator allows them).
@@ -7,6 +7,7 @@
 //! timeout or a connection failure: the attempt failed and is retried; any other status (4xx, a
 //! redirect) or a refused target: the job fails for good.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,8 +16,8 @@ use reqwest::header::CONTENT_TYPE;
 use reqwest::Url;
 use serde_json::value::RawValue;
 
-use crate::model::StoredHandler;
-use crate::registry::{HandlerOutcome, JobContext, JobHandler};
+use pulse_jobs::model::StoredHandler;
+use pulse_jobs::registry::{HandlerFactory, HandlerOutcome, JobContext, JobHandler};
 
 /// Most bytes of a handler's answer kept as the job's result; the rest is not read.
 pub const MAX_RESULT_BYTES: usize = 64 * 1024;
@@ -51,6 +52,23 @@ pub fn check_handler_url(url: &str, settings: &HttpHandlerSettings) -> Result<Ur
         settings.allow_private_targets,
         "each job is POSTed to",
     )
+}
+
+/// Builds the [`HttpHandler`] of every stored registration under the deployment's policy.
+#[derive(Debug, Clone, Default)]
+pub struct HttpHandlers {
+    /// The outbound policy.
+    pub settings: HttpHandlerSettings,
+}
+
+impl HandlerFactory for HttpHandlers {
+    fn check_url(&self, url: &str) -> Result<(), String> {
+        check_handler_url(url, &self.settings).map(|_| ())
+    }
+
+    fn build(&self, stored: &StoredHandler) -> Result<Arc<dyn JobHandler>, String> {
+        Ok(Arc::new(HttpHandler::new(stored, &self.settings)?))
+    }
 }
 
 /// One tenant's HTTP handler of one job type.
