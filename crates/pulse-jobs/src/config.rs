@@ -58,8 +58,12 @@ pub struct WorkerConfig {
     pub lease_batch: u32,
     /// How long a lease holds without a heartbeat, ms (heartbeats come every third of it).
     pub visibility_ms: u64,
-    /// How long an idle worker waits before asking again, ms (a local enqueue wakes it at once).
+    /// How long a worker that found nothing waits before asking again, ms, doubling up to
+    /// `idle_poll_max_ms` while it keeps finding nothing (an enqueue it hears of wakes it at once).
     pub poll_interval_ms: u64,
+    /// The longest idle wait, ms: what a job enqueued where this worker cannot hear of it (with
+    /// SQLite, by another process) may wait at most.
+    pub idle_poll_max_ms: u64,
     /// How long running attempts may finish on shutdown before they are handed back, ms.
     pub drain_timeout_ms: u64,
     /// The retry backoff of job types whose handler sets none.
@@ -74,6 +78,7 @@ impl Default for WorkerConfig {
             lease_batch: 100,
             visibility_ms: 30_000,
             poll_interval_ms: 50,
+            idle_poll_max_ms: 1_000,
             drain_timeout_ms: 5_000,
             backoff: Backoff::default(),
         }
@@ -102,8 +107,11 @@ impl JobsConfig {
                     .into(),
             );
         }
-        if worker.poll_interval_ms == 0 {
-            return Err("jobs.worker.poll_interval_ms must be positive".into());
+        if worker.poll_interval_ms == 0 || worker.idle_poll_max_ms < worker.poll_interval_ms {
+            return Err(
+                "jobs.worker.poll_interval_ms must be positive, and at most jobs.worker.idle_poll_max_ms"
+                    .into(),
+            );
         }
         worker
             .backoff
@@ -146,6 +154,7 @@ impl JobsConfig {
             lease_batch: worker.lease_batch,
             visibility: Duration::from_millis(worker.visibility_ms),
             poll_interval: Duration::from_millis(worker.poll_interval_ms),
+            idle_poll_max: Duration::from_millis(worker.idle_poll_max_ms),
             drain_timeout: Duration::from_millis(worker.drain_timeout_ms),
             retention: Retention {
                 finished: Duration::from_secs(self.retention_hours * 3_600),

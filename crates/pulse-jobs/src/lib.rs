@@ -18,6 +18,7 @@ pub mod ports;
 pub mod registry;
 pub mod retry;
 pub mod service;
+pub mod wake;
 pub mod worker;
 
 /// Jobs enqueued, by tenant and job type.

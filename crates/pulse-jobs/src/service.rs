@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use pulse_core::clock::SharedClock;
 use pulse_core::{PortError, TenantId};
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::model::{Enqueued, Job, JobFilter, NewJob, StoredHandler};
 use crate::ports::{HandlerStore, JobBook, JobQueue};
 use crate::registry::{HandlerRegistry, RESERVED_PREFIX};
 use crate::retry::HandlerPolicy;
+use crate::wake::Wakeup;
 
 /// Limits and defaults of the control plane (the `[jobs]` section).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -159,12 +159,13 @@ pub struct JobService {
     registry: Arc<HandlerRegistry>,
     clock: SharedClock,
     limits: JobLimits,
-    wake: Arc<Notify>,
+    wake: Arc<Wakeup>,
 }
 
 impl JobService {
     /// A control plane over `queue`, `book` and `handlers`, resolving types through `registry`;
-    /// `wake` is notified after every enqueue (a worker in the same process starts at once).
+    /// `wake` is told of every enqueue (a worker in the same process starts at once, or at the
+    /// job's `run_at`).
     pub fn new(
         queue: Arc<dyn JobQueue>,
         book: Arc<dyn JobBook>,
@@ -172,7 +173,7 @@ impl JobService {
         registry: Arc<HandlerRegistry>,
         clock: SharedClock,
         limits: JobLimits,
-        wake: Arc<Notify>,
+        wake: Arc<Wakeup>,
     ) -> Self {
         Self {
             queue,
@@ -218,9 +219,12 @@ impl JobService {
                 metrics::counter!(crate::ENQUEUED_TOTAL, "tenant" => job.tenant.to_string(),
                     "job_type" => job.job_type.clone())
                 .increment(1);
+                if job.run_at_ms > now {
+                    self.wake.due_at(job.run_at_ms);
+                }
             }
         }
-        self.wake.notify_waiters();
+        self.wake.ready_now();
         Ok(enqueued)
     }
 
@@ -400,7 +404,7 @@ impl JobService {
                 message: "only a dead or cancelled job can be retried",
             });
         }
-        self.wake.notify_waiters();
+        self.wake.ready_now();
         Ok(job)
     }
 
@@ -410,7 +414,7 @@ impl JobService {
             .book
             .redrive(tenant, filter, self.clock.now_ms())
             .await?;
-        self.wake.notify_waiters();
+        self.wake.ready_now();
         Ok(count)
     }
 

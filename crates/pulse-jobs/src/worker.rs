@@ -19,7 +19,7 @@ use futures::FutureExt;
 use pulse_core::clock::SharedClock;
 use pulse_core::{PortError, TenantId};
 use pulse_trace::TraceContext;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,7 @@ use crate::model::{Completion, Failure, Lease, LeaseRef, LeaseRequest};
 use crate::ports::{JobBook, JobQueue};
 use crate::registry::{HandlerOutcome, HandlerRegistry, JobContext, Resolved};
 use crate::retry::Backoff;
+use crate::wake::Wakeup;
 
 /// How long finished jobs are kept.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,9 +54,11 @@ pub struct WorkerSettings {
     pub lease_batch: u32,
     /// How long a lease holds without a heartbeat; heartbeats come every third of it.
     pub visibility: Duration,
-    /// How long an idle worker waits before asking again (an enqueue in this process wakes it
-    /// at once).
+    /// How long a worker that found nothing waits before asking again, doubling while it finds
+    /// nothing up to `idle_poll_max` (an enqueue it hears of wakes it at once; see [`Wakeup`]).
     pub poll_interval: Duration,
+    /// The longest idle wait.
+    pub idle_poll_max: Duration,
     /// How long running attempts may take to finish on shutdown before they are handed back.
     pub drain_timeout: Duration,
     /// Most outcomes recorded in one write.
@@ -81,6 +84,7 @@ impl Default for WorkerSettings {
             lease_batch: 100,
             visibility: Duration::from_secs(30),
             poll_interval: Duration::from_millis(50),
+            idle_poll_max: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(5),
             flush_max: 500,
             rescue_interval: Duration::from_secs(1),
@@ -124,7 +128,10 @@ pub struct Worker {
     registry: Arc<HandlerRegistry>,
     clock: SharedClock,
     settings: WorkerSettings,
-    wake: Arc<Notify>,
+    wake: Arc<Wakeup>,
+    /// The queues whose depth this worker published last time: one that emptied since is set
+    /// to zero, not left at its last backlog.
+    published: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 fn millis(duration: Duration) -> i64 {
@@ -140,7 +147,7 @@ impl Worker {
         registry: Arc<HandlerRegistry>,
         clock: SharedClock,
         settings: WorkerSettings,
-        wake: Arc<Notify>,
+        wake: Arc<Wakeup>,
     ) -> Self {
         Self {
             queue,
@@ -149,6 +156,7 @@ impl Worker {
             clock,
             settings,
             wake,
+            published: std::sync::Mutex::default(),
         }
     }
 
@@ -161,6 +169,7 @@ impl Worker {
             worker.clock.clone(),
             inbox,
             worker.settings.flush_max.max(1),
+            worker.wake.clone(),
         ));
         let mut state = Loop {
             reports,
@@ -177,6 +186,7 @@ impl Worker {
         let mut next_depths = Instant::now();
         let mut next_purge = Instant::now() + Duration::from_secs(10);
         let mut failures = 0u32;
+        let mut idle = worker.settings.poll_interval;
         loop {
             while let Some(joined) = state.tasks.try_join_next() {
                 state.reap(joined);
@@ -231,21 +241,27 @@ impl Worker {
                     }
                 }
             }
-            if leased > 0 && state.running.len() < worker.settings.concurrency as usize {
-                // More may be ready: ask again before waiting.
-                continue;
+            if leased > 0 {
+                idle = worker.settings.poll_interval;
+                if state.running.len() < worker.settings.concurrency as usize {
+                    // More may be ready: ask again before waiting.
+                    continue;
+                }
             }
             let wait = worker
-                .settings
-                .poll_interval
+                .wake
+                .wait_for(worker.clock.now_ms(), idle)
                 .min(next_heartbeat.saturating_duration_since(Instant::now()));
+            if free > 0 && leased == 0 {
+                idle = (idle * 2).min(worker.settings.idle_poll_max);
+            }
             tokio::select! {
                 biased;
                 () = stop.cancelled() => {}
                 Some(joined) = state.tasks.join_next(), if !state.tasks.is_empty() => {
                     state.reap(joined);
                 }
-                () = &mut woken => {}
+                () = &mut woken => idle = worker.settings.poll_interval,
                 () = tokio::time::sleep(wait) => {}
             }
         }
@@ -439,6 +455,25 @@ impl Worker {
         match self.book.depths(self.clock.now_ms()).await {
             Ok(depths) => {
                 let now = self.clock.now_ms();
+                let current: std::collections::HashSet<(String, String)> = depths
+                    .iter()
+                    .map(|depth| (depth.tenant.to_string(), depth.queue.clone()))
+                    .collect();
+                let emptied: Vec<(String, String)> = {
+                    let mut published = self
+                        .published
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let emptied = published.difference(&current).cloned().collect();
+                    *published = current;
+                    emptied
+                };
+                for (tenant, queue) in emptied {
+                    let labels = [("tenant", tenant), ("queue", queue)];
+                    metrics::gauge!(crate::QUEUE_DEPTH, &labels).set(0.0);
+                    metrics::gauge!(crate::QUEUE_WAITING, &labels).set(0.0);
+                    metrics::gauge!(crate::OLDEST_READY_SECONDS, &labels).set(0.0);
+                }
                 for depth in depths {
                     let labels = [
                         ("tenant", depth.tenant.to_string()),
@@ -658,6 +693,7 @@ async fn record_outcomes(
     clock: SharedClock,
     mut inbox: mpsc::Receiver<Report>,
     flush_max: usize,
+    wake: Arc<Wakeup>,
 ) {
     let mut batch = Vec::with_capacity(flush_max);
     while let Some(first) = inbox.recv().await {
@@ -670,7 +706,7 @@ async fn record_outcomes(
         }
         let mut pause = Duration::from_millis(50);
         loop {
-            match record(queue.as_ref(), clock.as_ref(), &batch).await {
+            match record(queue.as_ref(), clock.as_ref(), &batch, &wake).await {
                 Ok(()) => break,
                 Err(err) if err.is_retryable() && pause < Duration::from_secs(30) => {
                     tracing::warn!(error = %err, retry_in = ?pause, "cannot record job outcomes");
@@ -692,6 +728,7 @@ async fn record(
     queue: &dyn JobQueue,
     clock: &dyn pulse_core::clock::Clock,
     batch: &[Report],
+    wake: &Wakeup,
 ) -> Result<(), PortError> {
     let now = clock.now_ms();
     let mut done = Vec::new();
@@ -715,6 +752,14 @@ async fn record(
                 });
             }
         }
+    }
+    // This worker asks again when its earliest retry is due, not an idle backoff later.
+    if let Some(due) = failed
+        .iter()
+        .filter_map(|failure| failure.retry_at_ms)
+        .min()
+    {
+        wake.due_at(due);
     }
     let completed = if done.is_empty() {
         Vec::new()

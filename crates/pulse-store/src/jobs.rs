@@ -18,6 +18,11 @@ use uuid::Uuid;
 use crate::sql::{value_rows_after, PerDialect, Sql, SqlRow, Value};
 use crate::{Backend, Database, Tx};
 
+/// The PostgreSQL channel an enqueue notifies (`pg_notify`, delivered at commit), with the
+/// earliest `run_at` of the new jobs as the payload: workers in other processes wake at once, or
+/// at that time.
+pub const JOBS_CHANNEL: &str = "pulse_jobs";
+
 /// Rows per multi-row statement: far below both engines' bound-parameter limits.
 const CHUNK: usize = 300;
 /// Longest error text kept per attempt.
@@ -138,6 +143,16 @@ pub async fn enqueue_in(tx: &mut Tx<'_>, jobs: &[NewJob]) -> PortResult<Vec<Enqu
             created.insert(row.uuid(0)?);
         }
     }
+    if tx.backend() == Backend::Postgres {
+        let due = jobs
+            .iter()
+            .filter(|job| created.contains(&job.id))
+            .map(|job| job.run_at_ms)
+            .min();
+        if let Some(due) = due {
+            notify_in(tx, due).await?;
+        }
+    }
     let mut answers = Vec::with_capacity(jobs.len());
     for job in jobs {
         if created.contains(&job.id) {
@@ -161,6 +176,66 @@ pub async fn enqueue_in(tx: &mut Tx<'_>, jobs: &[NewJob]) -> PortResult<Vec<Enqu
         answers.push(Enqueued::Existing(existing));
     }
     Ok(answers)
+}
+
+/// Tells the workers listening on [`JOBS_CHANNEL`] that jobs are ready at `due_ms` (PostgreSQL;
+/// delivered when `tx` commits, not at all if it rolls back).
+async fn notify_in(tx: &mut Tx<'_>, due_ms: i64) -> PortResult<()> {
+    let sql = Sql::new("SELECT pg_notify($1, $2)")
+        .bind(JOBS_CHANNEL)
+        .bind(due_ms.to_string());
+    tx.fetch_optional(&sql).await.map(|_| ())
+}
+
+impl Database {
+    /// On PostgreSQL, calls `on_jobs` with the `run_at` of every enqueue any process notifies on
+    /// [`JOBS_CHANNEL`] (and with 0 after a reconnect, when notifications may have been missed),
+    /// until `stop` completes. Returns at once on SQLite, whose one process wakes its worker
+    /// directly.
+    pub async fn listen_for_jobs(
+        &self,
+        mut on_jobs: impl FnMut(i64) + Send,
+        stop: impl std::future::Future<Output = ()> + Send,
+    ) {
+        let Some(pool) = self.postgres_pool().cloned() else {
+            return;
+        };
+        tokio::pin!(stop);
+        let mut pause = std::time::Duration::from_millis(100);
+        loop {
+            let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+                Ok(listener) => listener,
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in = ?pause, "cannot listen for enqueued jobs");
+                    tokio::select! {
+                        () = &mut stop => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                    continue;
+                }
+            };
+            if let Err(err) = listener.listen(JOBS_CHANNEL).await {
+                tracing::warn!(error = %err, "cannot listen for enqueued jobs");
+                continue;
+            }
+            pause = std::time::Duration::from_millis(100);
+            // Whatever was notified before the listener was up is found by this poll.
+            on_jobs(0);
+            loop {
+                tokio::select! {
+                    () = &mut stop => return,
+                    received = listener.recv() => match received {
+                        Ok(notification) => on_jobs(notification.payload().parse().unwrap_or(0)),
+                        Err(err) => {
+                            tracing::debug!(error = %err, "the jobs listener lost its connection; reconnecting");
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+    }
 }
 
 /// A job as [`insert_statement`] stores it.
@@ -391,17 +466,22 @@ impl Database {
         .await
     }
 
+    /// Runs `change` (which makes the job ready again when `wakes`), then reads the job back.
     async fn job_after(
         &self,
         tenant: &TenantId,
         id: Uuid,
         change: Sql,
         now_ms: i64,
+        wakes: bool,
     ) -> PortResult<Option<Job>> {
         let tenant = tenant.clone();
         self.write(move |mut tx| {
             Box::pin(async move {
-                tx.execute(&change).await?;
+                let changed = tx.execute(&change).await?;
+                if wakes && changed > 0 && tx.backend() == Backend::Postgres {
+                    notify_in(&mut tx, now_ms).await?;
+                }
                 get_in(&mut tx, &tenant, id, now_ms).await
             })
         })
@@ -702,7 +782,7 @@ impl JobBook for Database {
         .bind(tenant.as_str())
         .bind(id)
         .bind(now_ms);
-        self.job_after(tenant, id, change, now_ms).await
+        self.job_after(tenant, id, change, now_ms, false).await
     }
 
     async fn retry(&self, tenant: &TenantId, id: Uuid, now_ms: i64) -> PortResult<Option<Job>> {
@@ -713,7 +793,7 @@ impl JobBook for Database {
         .bind(tenant.as_str())
         .bind(now_ms)
         .bind(id);
-        self.job_after(tenant, id, change, now_ms).await
+        self.job_after(tenant, id, change, now_ms, true).await
     }
 
     async fn redrive(&self, tenant: &TenantId, filter: &JobFilter, now_ms: i64) -> PortResult<u64> {
@@ -731,7 +811,16 @@ impl JobBook for Database {
         for value in values {
             sql = sql.bind(value);
         }
-        self.execute(sql).await
+        self.write(move |mut tx| {
+            Box::pin(async move {
+                let redriven = tx.execute(&sql).await?;
+                if redriven > 0 && tx.backend() == Backend::Postgres {
+                    notify_in(&mut tx, now_ms).await?;
+                }
+                Ok(redriven)
+            })
+        })
+        .await
     }
 
     async fn depths(&self, now_ms: i64) -> PortResult<Vec<QueueDepth>> {

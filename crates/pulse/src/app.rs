@@ -296,6 +296,27 @@ impl Application {
             supervisor.spawn("worker", async move {
                 worker.run(stop).await.map_err(Into::into)
             });
+            if self.backends.store.backend() == pulse_store::Backend::Postgres {
+                let store = self.backends.store.clone();
+                let wake = jobs.wake.clone();
+                let clock = self.clock.clone();
+                let stop = self.shutdown.clone();
+                supervisor.spawn("jobs-listener", async move {
+                    store
+                        .listen_for_jobs(
+                            move |due| {
+                                if due <= clock.now_ms() {
+                                    wake.ready_now();
+                                } else {
+                                    wake.due_at(due);
+                                }
+                            },
+                            stop.cancelled_owned(),
+                        )
+                        .await;
+                    Ok(())
+                });
+            }
         }
         let outcome = supervisor.run_until_stopped(self.drain_timeout).await;
         // Bounded: a connection stuck in a dead database must not keep the process alive.

@@ -15,9 +15,9 @@ use pulse_http::auth::ApiGuard;
 use pulse_job_http::{HttpHandlerSettings, HttpHandlers};
 use pulse_jobs::registry::HandlerRegistry;
 use pulse_jobs::service::JobService;
+use pulse_jobs::wake::Wakeup;
 use pulse_jobs::worker::Worker;
 use pulse_store::{Database, Sql};
-use tokio::sync::Notify;
 
 use crate::backends::Backends;
 use crate::config::Config;
@@ -29,7 +29,7 @@ pub struct JobsWiring {
     /// Job types and their handlers.
     pub registry: Arc<HandlerRegistry>,
     /// Notified after every enqueue in this process.
-    pub wake: Arc<Notify>,
+    pub wake: Arc<Wakeup>,
 }
 
 /// The registry and the wake signal of one process.
@@ -41,7 +41,7 @@ pub fn wiring(config: &Config, backends: &Backends) -> JobsWiring {
     );
     JobsWiring {
         registry: Arc::new(registry),
-        wake: Arc::new(Notify::new()),
+        wake: Arc::new(Wakeup::default()),
     }
 }
 
@@ -80,7 +80,7 @@ pub fn service_on(store: &Database, config: &Config) -> JobService {
         Arc::new(registry),
         Arc::new(pulse_core::clock::SystemClock),
         config.jobs.limits.clone(),
-        Arc::new(Notify::new()),
+        Arc::new(Wakeup::default()),
     )
 }
 
