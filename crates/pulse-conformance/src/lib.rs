@@ -159,6 +159,7 @@ macro_rules! store_suite {
                 a_quote_pays_for_one_order_of_its_tenant,
                 tenants_and_keys_round_trip,
                 a_revoked_key_is_refused_within_the_cache_ttl,
+                a_job_enqueued_in_a_unit_commits_or_rolls_back_with_it,
                 a_closed_store_refuses_writes,
                 ping_answers,
             );

@@ -554,3 +554,64 @@ pub async fn a_closed_store_refuses_writes(db: &Database) {
 pub async fn ping_answers(db: &Database) {
     db.ping().await.expect("ping");
 }
+
+/// A job enqueued inside a caller's unit of work commits with the caller's writes, or not at
+/// all (River's transactional enqueue).
+pub async fn a_job_enqueued_in_a_unit_commits_or_rolls_back_with_it(db: &Database) {
+    use pulse_jobs::model::{JobState, NewJob};
+    use pulse_jobs::ports::JobBook;
+    let tenant = TenantId::parse("acme").unwrap();
+    let job = |key: &str| NewJob {
+        id: Uuid::now_v7(),
+        tenant: tenant.clone(),
+        job_type: "send_receipt".into(),
+        queue: "default".into(),
+        payload: b"{}".to_vec(),
+        priority: 0,
+        run_at_ms: 1_000,
+        created_at_ms: 1_000,
+        max_attempts: 3,
+        timeout_ms: 1_000,
+        idempotency_key: Some(key.into()),
+        traceparent: None,
+        metadata: None,
+    };
+    let kept = job("kept");
+    let dropped = job("dropped");
+    let (kept_id, dropped_id) = (kept.id, dropped.id);
+    db.write(move |mut tx| {
+        Box::pin(async move {
+            pulse_store::jobs::enqueue_in(&mut tx, &[kept]).await?;
+            tx.execute(&Sql::new(
+                "CREATE TABLE IF NOT EXISTS unit_marker (n INTEGER)",
+            ))
+            .await?;
+            Ok(())
+        })
+    })
+    .await
+    .expect("the unit commits");
+    let failed = db
+        .write(move |mut tx| {
+            Box::pin(async move {
+                pulse_store::jobs::enqueue_in(&mut tx, &[dropped]).await?;
+                // The caller's own write fails after the enqueue: the whole unit rolls back.
+                tx.execute(&Sql::new("INSERT INTO no_such_table VALUES (1)"))
+                    .await?;
+                Ok(())
+            })
+        })
+        .await;
+    assert!(failed.is_err(), "the unit fails");
+    let found = JobBook::get(db, &tenant, kept_id, 1_000)
+        .await
+        .expect("get");
+    assert_eq!(found.map(|job| job.state), Some(JobState::Queued));
+    assert!(
+        JobBook::get(db, &tenant, dropped_id, 1_000)
+            .await
+            .expect("get")
+            .is_none(),
+        "rolled back"
+    );
+}

@@ -343,6 +343,35 @@ async fn the_same_idempotency_key_answers_the_original_job(mode: Mode) {
     setup.app.stop().await;
 }
 
+/// A handler's `concurrency` caps its attempts running at once, whatever the backlog.
+async fn a_handlers_concurrency_cap_holds(mode: Mode) {
+    let setup = setup(&mode, &Role::ALL).await;
+    register(
+        &setup.app,
+        &setup.handler,
+        "solo",
+        &setup.url,
+        json!({"concurrency": 2}),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(
+            enqueue(
+                &setup.app,
+                json!({"job_type": "solo", "payload": {"sleep_ms": 100}}),
+            )
+            .await,
+        );
+    }
+    for id in &ids {
+        wait_for_state(&setup.app, id, "succeeded").await;
+    }
+    let most = setup.handler.handler.lock().unwrap().most_in_flight;
+    assert_eq!(most, 2, "at most two at once, and the cap was reached");
+    setup.app.stop().await;
+}
+
 /// On shutdown a worker stops leasing, lets a short attempt finish and hands a long one back at
 /// once (its attempt not counted).
 async fn shutdown_finishes_short_attempts_and_hands_long_ones_back(mode: Mode) {
@@ -754,6 +783,7 @@ in_both_modes!(
     a_job_failing_every_attempt_dies_and_retry_redrive_and_cancel_work,
     a_handler_past_its_timeout_is_cancelled_and_counted,
     the_same_idempotency_key_answers_the_original_job,
+    a_handlers_concurrency_cap_holds,
     shutdown_finishes_short_attempts_and_hands_long_ones_back,
     ten_thousand_jobs_of_three_tenants_each_run_once_across_a_worker_restart,
 );

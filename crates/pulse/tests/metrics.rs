@@ -47,6 +47,29 @@ async fn the_operator_metrics_are_present_and_moving_after_a_scripted_run() {
             "{kind}: {summary}"
         );
     }
+    // A few background jobs, run by the worker `pulse up` starts.
+    const JOBS: u64 = 5;
+    for _ in 0..JOBS {
+        let (status, job) = app
+            .post_json(
+                "/api/v1/jobs",
+                &serde_json::json!({"job_type": "pulse.noop"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{job}");
+    }
+    let waiting = Instant::now();
+    loop {
+        let (_, page) = app.get_json("/api/v1/jobs?state=succeeded").await;
+        if page["jobs"].as_array().map(Vec::len) == Some(JOBS as usize) {
+            break;
+        }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(30),
+            "jobs not run: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     const EXTRA_QUOTES: u64 = 20;
     for _ in 0..EXTRA_QUOTES {
         let (status, quote) = app.get_json("/api/v1/quote?lat=52.52&lng=13.405").await;
@@ -95,6 +118,11 @@ async fn the_operator_metrics_are_present_and_moving_after_a_scripted_run() {
         ("pulse_surge_active_cells", &[]),
         ("pulse_surge_multiplier_count", &[]),
         ("pulse_embedded_log_appended_records_total", &[]),
+        ("pulse_jobs_enqueued_total", &["job_type=\"pulse.noop\""]),
+        ("pulse_jobs_started_total", &["tenant=\"default\""]),
+        ("pulse_jobs_succeeded_total", &["job_type=\"pulse.noop\""]),
+        ("pulse_jobs_wait_seconds_count", &[]),
+        ("pulse_jobs_run_seconds_count", &[]),
     ];
     // Present: gauges whose healthy value is zero.
     let present: &[(&str, &[&str])] = &[
@@ -127,6 +155,10 @@ async fn the_operator_metrics_are_present_and_moving_after_a_scripted_run() {
                 counted("orders_placed_total", &[]),
                 Some(summary.orders.succeeded as f64),
                 "{summary}"
+            );
+            assert_eq!(
+                counted("pulse_jobs_succeeded_total", &[]),
+                Some(JOBS as f64)
             );
             assert_eq!(
                 counted("pulse_quotes_total", &[]),

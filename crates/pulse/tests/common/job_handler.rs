@@ -27,6 +27,9 @@ pub struct Handler {
     pub secrets: Vec<String>,
     pub calls: HashMap<String, Vec<Call>>,
     pub bad_signatures: usize,
+    /// Calls being answered now, and the most at once.
+    pub in_flight: usize,
+    pub most_in_flight: usize,
 }
 
 /// The handler and what releases held calls.
@@ -94,8 +97,16 @@ pub async fn start(state: HandlerState) -> String {
                     .map(|value| value.to_str().unwrap().to_owned()),
                 tenant: job["tenant_id"].as_str().unwrap().to_owned(),
             });
-            calls.len()
+            let count = calls.len();
+            handler.in_flight += 1;
+            handler.most_in_flight = handler.most_in_flight.max(handler.in_flight);
+            count
         };
+        let answer = answer(&state, &job, calls).await;
+        state.handler.lock().unwrap().in_flight -= 1;
+        answer
+    }
+    async fn answer(state: &HandlerState, job: &Value, calls: usize) -> (StatusCode, String) {
         let plan = &job["payload"];
         if plan["hold"].as_bool() == Some(true) && calls == 1 {
             state.release.notified().await;
