@@ -55,7 +55,10 @@ if (mode === "bulk") {
     while (next < total) {
       const count = Math.min(batch, total - next);
       next += count;
-      committed += await post(count);
+      // Not `committed += await …`: that reads `committed` before the await and loses the
+      // other lanes' counts.
+      const taken = await post(count);
+      committed += taken;
     }
   };
   await Promise.all(Array.from({ length: Number(values.connections) }, lane));

@@ -19,7 +19,7 @@ source bench/common.sh
 binary="$(build_pulse)"
 scripts/services up postgres >&2
 eval "$(scripts/services env)"
-export PULSE_QUOTAS__JOBS__PER_SECOND=100000000 PULSE_QUOTAS__JOBS__BURST=100000000
+export PULSE_QUOTAS__JOBS__PER_SECOND=1000000 PULSE_QUOTAS__JOBS__BURST=1000000
 export PULSE_ADMIN_TOKEN="bench-jobs-admin-token-0123456789"
 
 databases=()
@@ -44,7 +44,7 @@ new_database() {
 # DATA: the jobs touch only the store), waited for; sets $pid.
 start() {
   "$binary" serve --role "$1" --store "$2" --data-dir "$3" --listen "127.0.0.1:$port" \
-    --log-level warn 2>>"$3/pulse.log" &
+    --log-level warn >>"$3/pulse.log" 2>&1 &
   pid=$!
   pids+=("$pid")
   wait_for_pulse "$pid" "$port" "$3/pulse.log"

@@ -46,7 +46,7 @@ pub struct Retention {
 pub struct WorkerSettings {
     /// This worker's name in `locked_by` (unique per process).
     pub id: String,
-    /// Most attempts running at once.
+    /// Most attempts running at once (the worker holds a lease's worth more, waiting for a slot).
     pub concurrency: u32,
     /// Most attempts of one tenant running at once (`None`: `concurrency`).
     pub tenant_concurrency: Option<u32>,
@@ -114,6 +114,9 @@ struct Report {
 
 #[derive(Debug)]
 struct Running {
+    /// Whether its handler has been called (it got a slot): one that has not is handed back at
+    /// once on shutdown.
+    started: Arc<std::sync::atomic::AtomicBool>,
     token: i64,
     tenant: TenantId,
     job_type: String,
@@ -172,6 +175,7 @@ impl Worker {
             worker.wake.clone(),
         ));
         let mut state = Loop {
+            slots: Arc::new(Semaphore::new(worker.settings.concurrency.max(1) as usize)),
             reports,
             running: HashMap::new(),
             tasks: JoinSet::new(),
@@ -215,10 +219,10 @@ impl Worker {
             let woken = worker.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let free = worker
-                .settings
-                .concurrency
-                .saturating_sub(state.running.len() as u32);
+            // A lease's worth is held beyond the running attempts, so the next attempt starts
+            // without a round trip (graphile's local queue, River's fetch-ahead).
+            let most_held = worker.settings.concurrency + worker.settings.lease_batch;
+            let free = most_held.saturating_sub(state.running.len() as u32);
             let mut leased = 0;
             if free > 0 {
                 match worker
@@ -243,7 +247,7 @@ impl Worker {
             }
             if leased > 0 {
                 idle = worker.settings.poll_interval;
-                if state.running.len() < worker.settings.concurrency as usize {
+                if state.running.len() < most_held as usize {
                     // More may be ready: ask again before waiting.
                     continue;
                 }
@@ -353,9 +357,11 @@ impl Worker {
             _ => None,
         };
         let cancel = CancellationToken::new();
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         state.running.insert(
             job.id,
             Running {
+                started: started.clone(),
                 token: lease.token,
                 tenant: job.tenant.clone(),
                 job_type: job.job_type.clone(),
@@ -370,6 +376,8 @@ impl Worker {
             lease,
             resolved,
             permits,
+            slots: state.slots.clone(),
+            started,
             cancel,
             backoff,
             clock: self.clock.clone(),
@@ -509,11 +517,34 @@ impl Worker {
         }
     }
 
-    /// Waits up to the drain timeout for running attempts, then stops the rest and hands their
-    /// jobs back at once (their attempt not counted).
+    /// Hands back at once the leases whose attempt has not started, waits up to the drain
+    /// timeout for the running ones, then stops the rest and hands their jobs back too (their
+    /// attempt not counted).
     async fn drain(&self, state: &mut Loop) {
         if state.tasks.is_empty() {
             return;
+        }
+        let waiting: Vec<LeaseRef> = state
+            .running
+            .iter()
+            .filter(|(_, running)| !running.started.load(std::sync::atomic::Ordering::Acquire))
+            .map(|(id, running)| {
+                running.cancel.cancel();
+                LeaseRef {
+                    id: *id,
+                    token: running.token,
+                }
+            })
+            .collect();
+        if !waiting.is_empty() {
+            match self.queue.release(&waiting).await {
+                Ok(released) => tracing::info!(
+                    released = released.len(),
+                    "jobs held but not started handed back for other workers"
+                ),
+                Err(err) => tracing::warn!(error = %err,
+                    "cannot hand jobs back; their leases will lapse and they run again"),
+            }
         }
         tracing::info!(running = state.tasks.len(), timeout = ?self.settings.drain_timeout,
             "draining: letting running jobs finish");
@@ -524,7 +555,11 @@ impl Worker {
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
+        let released: std::collections::HashSet<Uuid> =
+            waiting.iter().map(|lease| lease.id).collect();
+        state.running.retain(|id, _| !released.contains(id));
         if state.running.is_empty() {
+            state.tasks.shutdown().await;
             return;
         }
         let unfinished: Vec<LeaseRef> = state
@@ -555,6 +590,8 @@ struct Loop {
     reports: mpsc::Sender<Report>,
     running: HashMap<Uuid, Running>,
     tasks: JoinSet<Uuid>,
+    /// The `concurrency` slots attempts run in; held leases beyond them wait for one.
+    slots: Arc<Semaphore>,
     /// Per tenant and job type with a concurrency cap: its permits, and the cap.
     caps: HashMap<(TenantId, String), (Arc<Semaphore>, u32)>,
     rotate: usize,
@@ -578,6 +615,9 @@ struct Attempt {
     lease: Lease,
     resolved: Result<Option<Arc<Resolved>>, String>,
     permits: Option<Arc<Semaphore>>,
+    /// The worker's `concurrency` slots.
+    slots: Arc<Semaphore>,
+    started: Arc<std::sync::atomic::AtomicBool>,
     cancel: CancellationToken,
     backoff: Backoff,
     clock: SharedClock,
@@ -616,6 +656,12 @@ impl Attempt {
                 },
                 None => None,
             };
+            let _slot = tokio::select! {
+                () = self.cancel.cancelled() => return None,
+                slot = self.slots.clone().acquire_owned() => slot.ok(),
+            };
+            self.started
+                .store(true, std::sync::atomic::Ordering::Release);
             let outcome = match &self.resolved {
                 Err(err) => HandlerOutcome::Retry {
                     error: format!("cannot look up the handler: {err}"),
