@@ -24,7 +24,7 @@ fn tenant(name: &str) -> TenantId {
 
 fn job(tenant_name: &str, job_type: &str) -> NewJob {
     NewJob {
-        id: Uuid::now_v7(),
+        id: pulse_jobs::model::job_id_at(T0),
         tenant: tenant(tenant_name),
         job_type: job_type.to_owned(),
         queue: "default".to_owned(),

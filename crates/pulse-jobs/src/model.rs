@@ -7,6 +7,23 @@ use pulse_core::TenantId;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// A new job's id: a UUIDv7 of `now_ms` (the queue's clock), monotonic within the process, so
+/// ids sort as the jobs were enqueued and a job finished before a time has an id below that
+/// time's (retention walks the primary key).
+pub fn job_id_at(now_ms: i64) -> Uuid {
+    static CONTEXT: std::sync::Mutex<uuid::ContextV7> =
+        std::sync::Mutex::new(uuid::ContextV7::new());
+    let ms = u64::try_from(now_ms).unwrap_or(0);
+    let context = CONTEXT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    Uuid::new_v7(uuid::Timestamp::from_unix(
+        &*context,
+        ms / 1_000,
+        ((ms % 1_000) * 1_000_000) as u32,
+    ))
+}
+
 /// A job's state as every API shows it.
 ///
 /// `scheduled` waits for its `run_at`; `queued` may run now; `running` is leased by a worker;

@@ -333,7 +333,7 @@ impl JobService {
             ));
         }
         Ok(NewJob {
-            id: Uuid::now_v7(),
+            id: crate::model::job_id_at(now),
             tenant: tenant.clone(),
             job_type: request.job_type,
             queue,

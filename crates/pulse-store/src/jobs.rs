@@ -103,7 +103,8 @@ fn insert_statement(jobs: &[NewJob]) -> Sql {
     let mut sql = Sql::new(format!(
         "INSERT INTO jobs (id, tenant_id, job_type, queue, payload, priority, state, max_attempts, \
          timeout_ms, run_at, created_at, idempotency_key, trace_parent, metadata) VALUES {rows} \
-         ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id"
+         ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+         RETURNING id"
     ));
     if jobs.len() > 2 {
         sql = sql.planned_each_time();
@@ -847,16 +848,28 @@ impl JobBook for Database {
         dead_before_ms: i64,
         limit: u32,
     ) -> PortResult<u64> {
+        // A job that finished before the later cutoff was enqueued before it, and ids are
+        // UUIDv7: the primary key bounds the scan.
+        let enqueued_before = first_id_at(finished_before_ms.max(dead_before_ms));
         let sql = Sql::new(
-            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE \
-             (state IN ('succeeded', 'cancelled') AND finished_at < $1) \
-             OR (state = 'dead' AND finished_at < $2) LIMIT $3)",
+            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE id < $4 AND \
+             ((state IN ('succeeded', 'cancelled') AND finished_at < $1) \
+             OR (state = 'dead' AND finished_at < $2)) LIMIT $3)",
         )
         .bind(finished_before_ms)
         .bind(dead_before_ms)
-        .bind(i64::from(limit));
+        .bind(i64::from(limit))
+        .bind(enqueued_before);
         self.execute(sql).await
     }
+}
+
+/// The smallest UUIDv7 of Unix time `ms`: every job id made at or after `ms` sorts after it (as
+/// `uuid` on PostgreSQL, as hyphenated lowercase text on SQLite).
+fn first_id_at(ms: i64) -> Uuid {
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&ms.clamp(0, (1 << 48) - 1).to_be_bytes()[2..]);
+    Uuid::from_bytes(bytes)
 }
 
 fn handler_of(row: &SqlRow) -> PortResult<StoredHandler> {
@@ -940,6 +953,27 @@ mod tests {
         assert!(text.contains("VALUES ($2, $3), ($4, $5)"), "{text}");
         assert!(text.contains("jobs.lease_token = v.token"), "{text}");
         assert!(text.contains("jobs.state = 'running'"), "{text}");
+    }
+
+    #[test]
+    fn the_first_id_of_a_time_sorts_before_every_job_id_made_then_and_after() {
+        let at = 1_764_619_200_000;
+        let bound = first_id_at(at);
+        for ms in [at, at + 1, at + 86_400_000] {
+            let made = Uuid::new_v7(uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                (ms / 1_000) as u64,
+                ((ms % 1_000) * 1_000_000) as u32,
+            ));
+            assert!(made > bound, "{made} after {bound}");
+            assert!(made.to_string() > bound.to_string(), "as text too");
+        }
+        let before = Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            ((at - 1) / 1_000) as u64,
+            (((at - 1) % 1_000) * 1_000_000) as u32,
+        ));
+        assert!(before < bound);
     }
 
     #[test]

@@ -24,19 +24,21 @@ CREATE TABLE IF NOT EXISTS jobs (
     idempotency_key  TEXT,
     result           BLOB,
     trace_parent     TEXT,
-    metadata         TEXT,
-    UNIQUE (tenant_id, idempotency_key)
+    metadata         TEXT
 );
+-- Idempotent enqueue; partial, so the many jobs without a key cost it nothing. (Every update of
+-- a job changes its state, which partial indexes read, so none is HOT: each index is paid per
+-- update, and the table keeps only the indexes it needs.)
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (tenant_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 -- What a lease reads: per tenant, by priority then time (and the loose scan over tenants).
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (tenant_id, priority, run_at, id)
     WHERE state IN ('scheduled', 'queued', 'retrying');
 -- Lapsed leases.
 CREATE INDEX IF NOT EXISTS jobs_running ON jobs (locked_until) WHERE state = 'running';
--- A tenant's listing, newest first (ids are UUIDv7: time-ordered).
+-- A tenant's listing, newest first (ids are UUIDv7: time-ordered). Retention walks the primary
+-- key: a job finished before a time was enqueued before it.
 CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant_id, id);
--- Retention.
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at)
-    WHERE state IN ('succeeded', 'dead', 'cancelled');
 
 -- Every failed attempt's error, kept until the job is purged.
 CREATE TABLE IF NOT EXISTS job_errors (
