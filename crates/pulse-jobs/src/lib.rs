@@ -18,6 +18,7 @@ pub mod ports;
 pub mod registry;
 pub mod retry;
 pub mod service;
+pub mod slots;
 pub mod wake;
 pub mod worker;
 

@@ -30,6 +30,7 @@ use crate::model::{Completion, Failure, Lease, LeaseRef, LeaseRequest};
 use crate::ports::{JobBook, JobQueue};
 use crate::registry::{HandlerOutcome, HandlerRegistry, JobContext, Resolved};
 use crate::retry::Backoff;
+use crate::slots::FairSlots;
 use crate::wake::Wakeup;
 
 /// How long finished jobs are kept.
@@ -175,7 +176,7 @@ impl Worker {
             worker.wake.clone(),
         ));
         let mut state = Loop {
-            slots: Arc::new(Semaphore::new(worker.settings.concurrency.max(1) as usize)),
+            slots: FairSlots::new(worker.settings.concurrency.max(1) as usize),
             reports,
             running: HashMap::new(),
             tasks: JoinSet::new(),
@@ -590,8 +591,9 @@ struct Loop {
     reports: mpsc::Sender<Report>,
     running: HashMap<Uuid, Running>,
     tasks: JoinSet<Uuid>,
-    /// The `concurrency` slots attempts run in; held leases beyond them wait for one.
-    slots: Arc<Semaphore>,
+    /// The `concurrency` slots attempts run in; held leases beyond them wait for one, in turn
+    /// per tenant.
+    slots: FairSlots,
     /// Per tenant and job type with a concurrency cap: its permits, and the cap.
     caps: HashMap<(TenantId, String), (Arc<Semaphore>, u32)>,
     rotate: usize,
@@ -616,7 +618,7 @@ struct Attempt {
     resolved: Result<Option<Arc<Resolved>>, String>,
     permits: Option<Arc<Semaphore>>,
     /// The worker's `concurrency` slots.
-    slots: Arc<Semaphore>,
+    slots: FairSlots,
     started: Arc<std::sync::atomic::AtomicBool>,
     cancel: CancellationToken,
     backoff: Backoff,
@@ -658,7 +660,7 @@ impl Attempt {
             };
             let _slot = tokio::select! {
                 () = self.cancel.cancelled() => return None,
-                slot = self.slots.clone().acquire_owned() => slot.ok(),
+                slot = self.slots.acquire(&self.lease.job.tenant) => slot,
             };
             self.started
                 .store(true, std::sync::atomic::Ordering::Release);
