@@ -98,14 +98,15 @@ waits() {
         printf "n=%d p50=%d p90=%d p99=%d max=%d ms\n", NR, at(0.5), at(0.9), at(0.99), v[NR] }'
 }
 
-# combined NAME STORE — a gateway and a worker in one process, $jobs enqueued in bulk while it
-# runs them; jobs/s from the first enqueue to the last finish.
+# combined NAME STORE — a gateway and a worker in one process, $jobs enqueued while it runs them,
+# in requests of 10 jobs as the latency load sends them (8 at a time); jobs/s from the first
+# enqueue to the last finish.
 combined() {
   local name=$1 store=$2 data
   data="$(mktemp -d)"; dirs+=("$data")
   start gateway,worker "$store" "$data"
   local began; began="$(date +%s%3N)"
-  node bench/jobs-load.mjs bulk --base "http://127.0.0.1:$port" --key "$(key_of "$data")" --jobs "$jobs" >/dev/null
+  node bench/jobs-load.mjs bulk --base "http://127.0.0.1:$port" --key "$(key_of "$data")" --jobs "$jobs" --batch 10 >/dev/null
   while [ "$(sql "$store" "SELECT count(*) FROM jobs WHERE state <> 'succeeded'")" != 0 ]; do sleep 0.2; done
   local last; last="$(sql "$store" "SELECT max(finished_at) FROM jobs")"
   stop "$pid"
