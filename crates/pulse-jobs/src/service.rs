@@ -141,6 +141,26 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> JobError {
     }
 }
 
+/// `value` of `field` within `1..=max`, or the house 400 saying so (`unit` after the bound).
+fn within(field: String, value: u64, max: u64, unit: &str) -> Result<(), JobError> {
+    if (1..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(field, format!("1 to {max}{unit}")))
+    }
+}
+
+/// `metadata` of `field` within [`MAX_METADATA_BYTES`].
+fn metadata_within(field: String, metadata: Option<&String>) -> Result<(), JobError> {
+    match metadata {
+        Some(metadata) if metadata.len() > MAX_METADATA_BYTES => Err(invalid(
+            field,
+            format!("at most {MAX_METADATA_BYTES} bytes of JSON"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Whether `name` is a job type, queue or label: 1 to 128 of `A-Z a-z 0-9 _ . : -`.
 pub fn is_name(name: &str) -> bool {
     !name.is_empty()
@@ -306,32 +326,23 @@ impl JobService {
             .max_attempts
             .or(handler.policy.max_attempts)
             .unwrap_or(limits.default_max_attempts);
-        if !(1..=limits.max_attempts).contains(&max_attempts) {
-            return Err(invalid(
-                field("max_attempts"),
-                format!("1 to {}", limits.max_attempts),
-            ));
-        }
+        within(
+            field("max_attempts"),
+            u64::from(max_attempts),
+            u64::from(limits.max_attempts),
+            "",
+        )?;
         let timeout_ms = request
             .timeout_ms
             .or(handler.policy.timeout_ms)
             .unwrap_or(limits.default_timeout_ms);
-        if !(1..=limits.max_timeout_ms).contains(&timeout_ms) {
-            return Err(invalid(
-                field("timeout_ms"),
-                format!("1 to {} ms", limits.max_timeout_ms),
-            ));
-        }
-        if request
-            .metadata
-            .as_ref()
-            .is_some_and(|metadata| metadata.len() > MAX_METADATA_BYTES)
-        {
-            return Err(invalid(
-                field("metadata"),
-                format!("at most {MAX_METADATA_BYTES} bytes of JSON"),
-            ));
-        }
+        within(
+            field("timeout_ms"),
+            timeout_ms,
+            limits.max_timeout_ms,
+            " ms",
+        )?;
+        metadata_within(field("metadata"), request.metadata.as_ref())?;
         Ok(NewJob {
             id: crate::model::job_id_at(now),
             tenant: tenant.clone(),
@@ -443,20 +454,15 @@ impl JobService {
         let policy = request.policy;
         let limits = &self.limits;
         if let Some(timeout) = policy.timeout_ms {
-            if !(1..=limits.max_timeout_ms).contains(&timeout) {
-                return Err(invalid(
-                    "timeout_ms",
-                    format!("1 to {} ms", limits.max_timeout_ms),
-                ));
-            }
+            within("timeout_ms".into(), timeout, limits.max_timeout_ms, " ms")?;
         }
         if let Some(attempts) = policy.max_attempts {
-            if !(1..=limits.max_attempts).contains(&attempts) {
-                return Err(invalid(
-                    "max_attempts",
-                    format!("1 to {}", limits.max_attempts),
-                ));
-            }
+            within(
+                "max_attempts".into(),
+                u64::from(attempts),
+                u64::from(limits.max_attempts),
+                "",
+            )?;
         }
         if policy.concurrency == Some(0) {
             return Err(invalid("concurrency", "at least 1"));
@@ -471,16 +477,7 @@ impl JobService {
                 return Err(invalid("version", "1 to 128 of A-Z a-z 0-9 _ . : -"));
             }
         }
-        if request
-            .metadata
-            .as_ref()
-            .is_some_and(|metadata| metadata.len() > MAX_METADATA_BYTES)
-        {
-            return Err(invalid(
-                "metadata",
-                format!("at most {MAX_METADATA_BYTES} bytes of JSON"),
-            ));
-        }
+        metadata_within("metadata".into(), request.metadata.as_ref())?;
         let now = self.clock.now_ms();
         let stored = StoredHandler {
             tenant: tenant.clone(),

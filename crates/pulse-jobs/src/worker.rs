@@ -537,16 +537,7 @@ impl Worker {
                 }
             })
             .collect();
-        if !waiting.is_empty() {
-            match self.queue.release(&waiting).await {
-                Ok(released) => tracing::info!(
-                    released = released.len(),
-                    "jobs held but not started handed back for other workers"
-                ),
-                Err(err) => tracing::warn!(error = %err,
-                    "cannot hand jobs back; their leases will lapse and they run again"),
-            }
-        }
+        self.hand_back(&waiting, "held but not started").await;
         tracing::info!(running = state.tasks.len(), timeout = ?self.settings.drain_timeout,
             "draining: letting running jobs finish");
         let deadline = Instant::now() + self.settings.drain_timeout;
@@ -575,10 +566,19 @@ impl Worker {
             })
             .collect();
         state.tasks.shutdown().await;
-        match self.queue.release(&unfinished).await {
+        self.hand_back(&unfinished, "still running at the drain timeout")
+            .await;
+    }
+
+    /// Releases `leases` for other workers; `which` says which jobs they are, in the log.
+    async fn hand_back(&self, leases: &[LeaseRef], which: &str) {
+        if leases.is_empty() {
+            return;
+        }
+        match self.queue.release(leases).await {
             Ok(released) => tracing::info!(
                 released = released.len(),
-                "jobs still running at the drain timeout handed back for other workers"
+                "jobs {which} handed back for other workers"
             ),
             Err(err) => tracing::warn!(error = %err,
                 "cannot hand jobs back; their leases will lapse and they run again"),

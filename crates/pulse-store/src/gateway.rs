@@ -11,27 +11,13 @@ use pulse_gateway::ports::{
     NewDeadLetter, Parked, ParkedDeliveries, PipelineStore, Recorded, StoredPipeline, ToPark,
 };
 
-use crate::sql::{placeholders, value_rows, PerDialect, Sql, SqlRow};
+use crate::sql::{placeholders, truncated, u32_of, value_rows, PerDialect, Sql, SqlRow};
 use crate::{Backend, Database};
 
 /// Rows per multi-row statement: far below both engines' bound-parameter limits.
 const CHUNK: usize = 400;
-/// Longest error text kept with a parked event or a dead letter.
-const MAX_ERROR_CHARS: usize = 2_000;
 /// Most expired rows one expiry statement deletes (the next tick goes on).
 const EXPIRE_BATCH: i64 = 10_000;
-
-fn truncated(text: &str) -> String {
-    match text.char_indices().nth(MAX_ERROR_CHARS) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
-    }
-}
-
-fn u32_of(row: &SqlRow, index: usize) -> PortResult<u32> {
-    u32::try_from(row.i64(index)?)
-        .map_err(|err| PortError::Corrupt(format!("column {index}: {err}")))
-}
 
 impl Database {
     /// Runs `statements` as one unit of work.

@@ -15,7 +15,7 @@ use pulse_jobs::model::{
 use pulse_jobs::ports::{HandlerStore, JobBook, JobQueue};
 use uuid::Uuid;
 
-use crate::sql::{value_rows_after, PerDialect, Sql, SqlRow, Value};
+use crate::sql::{truncated, u32_of, value_rows_after, PerDialect, Sql, SqlRow, Value};
 use crate::{Backend, Database, Tx};
 
 /// The PostgreSQL channel an enqueue notifies (`pg_notify`, delivered at commit), with the
@@ -25,9 +25,6 @@ pub const JOBS_CHANNEL: &str = "pulse_jobs";
 
 /// Rows per multi-row statement: far below both engines' bound-parameter limits.
 const CHUNK: usize = 300;
-/// Longest error text kept per attempt.
-const MAX_ERROR_CHARS: usize = 2_000;
-
 /// The states a lease takes from.
 const READY: &str = "state IN ('scheduled', 'queued', 'retrying')";
 
@@ -42,18 +39,6 @@ fn qualified_columns() -> String {
         .map(|column| format!("jobs.{}", column.trim()))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn truncated(text: &str) -> String {
-    match text.char_indices().nth(MAX_ERROR_CHARS) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
-    }
-}
-
-fn u32_of(row: &SqlRow, index: usize) -> PortResult<u32> {
-    u32::try_from(row.i64(index)?)
-        .map_err(|err| PortError::Corrupt(format!("column {index}: {err}")))
 }
 
 /// The state shown for a stored one: a `scheduled` job whose time has come is `queued`.
@@ -490,18 +475,22 @@ impl Database {
     }
 }
 
+/// The tenant's job `id`, with [`COLUMNS`].
+fn job_sql(tenant: &TenantId, id: Uuid) -> Sql {
+    Sql::new(format!(
+        "SELECT {COLUMNS} FROM jobs WHERE tenant_id = $1 AND id = $2"
+    ))
+    .bind(tenant.as_str())
+    .bind(id)
+}
+
 async fn get_in(
     tx: &mut Tx<'_>,
     tenant: &TenantId,
     id: Uuid,
     now_ms: i64,
 ) -> PortResult<Option<Job>> {
-    let sql = Sql::new(format!(
-        "SELECT {COLUMNS} FROM jobs WHERE tenant_id = $1 AND id = $2"
-    ))
-    .bind(tenant.as_str())
-    .bind(id);
-    let Some(row) = tx.fetch_optional(&sql).await? else {
+    let Some(row) = tx.fetch_optional(&job_sql(tenant, id)).await? else {
         return Ok(None);
     };
     let (mut job, _, _) = job_of(&row, now_ms)?;
@@ -727,12 +716,7 @@ static DEPTHS: PerDialect = PerDialect::new(|_| {
 #[async_trait::async_trait]
 impl JobBook for Database {
     async fn get(&self, tenant: &TenantId, id: Uuid, now_ms: i64) -> PortResult<Option<Job>> {
-        let sql = Sql::new(format!(
-            "SELECT {COLUMNS} FROM jobs WHERE tenant_id = $1 AND id = $2"
-        ))
-        .bind(tenant.as_str())
-        .bind(id);
-        let Some(row) = self.fetch_optional(&sql).await? else {
+        let Some(row) = self.fetch_optional(&job_sql(tenant, id)).await? else {
             return Ok(None);
         };
         let (mut job, _, _) = job_of(&row, now_ms)?;

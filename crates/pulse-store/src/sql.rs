@@ -236,6 +236,23 @@ pub(crate) fn value_rows_after(
         .join(", ")
 }
 
+/// Longest error text kept with a parked event, a dead letter or a failed job attempt.
+const MAX_ERROR_CHARS: usize = 2_000;
+
+/// `text` cut to [`MAX_ERROR_CHARS`], marked with `…` when cut.
+pub(crate) fn truncated(text: &str) -> String {
+    match text.char_indices().nth(MAX_ERROR_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// An integer column that must fit a `u32` (attempts, counts).
+pub(crate) fn u32_of(row: &SqlRow, index: usize) -> PortResult<u32> {
+    u32::try_from(row.i64(index)?)
+        .map_err(|err| PortError::Corrupt(format!("column {index}: {err}")))
+}
+
 /// A row of either dialect, read by column position.
 pub enum SqlRow {
     /// A PostgreSQL row.

@@ -117,17 +117,39 @@ async fn setup(mode: &Mode, roles: &[Role]) -> Setup {
 }
 
 async fn register(app: &TestApp, handler: &HandlerState, job_type: &str, url: &str, extra: Value) {
+    register_with(&app.client(), &app.base, handler, job_type, url, extra).await;
+}
+
+/// Registers the test handler for `job_type` through `client` (a tenant's key) at `base`, and
+/// tells the handler the signing secret it got.
+async fn register_with(
+    client: &reqwest::Client,
+    base: &str,
+    handler: &HandlerState,
+    job_type: &str,
+    url: &str,
+    extra: Value,
+) {
     let mut body = json!({"url": url});
     body.as_object_mut()
         .unwrap()
         .extend(extra.as_object().unwrap().clone());
-    let response = app
-        .client()
-        .put(format!("{}/api/v1/handlers/{job_type}", app.base))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let started = Instant::now();
+    let response = loop {
+        match client
+            .put(format!("{base}/api/v1/handlers/{job_type}"))
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(response) => break response,
+            // A Pulse process just started may not listen yet.
+            Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("Pulse does not answer at {base}: {err}"),
+        }
+    };
     assert!(
         matches!(response.status().as_u16(), 200 | 201),
         "{response:?}"
@@ -549,21 +571,7 @@ async fn ten_thousand_jobs_of_three_tenants_each_run_once_across_a_worker_restar
         .unwrap();
         let key = created["api_key"].as_str().unwrap().to_owned();
         let client = common::client_with_key(&key);
-        let registered: Value = client
-            .put(format!("{base}/api/v1/handlers/work"))
-            .json(&json!({"url": url}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        handler
-            .handler
-            .lock()
-            .unwrap()
-            .secrets
-            .push(registered["signing_secret"].as_str().unwrap().to_owned());
+        register_with(&client, &base, &handler, "work", &url, json!({})).await;
         keys.push((tenant, client));
     }
     let workers = |count: usize| {
@@ -697,27 +705,7 @@ async fn a_killed_embedded_pulse_runs_the_job_again_once_after_restart(mode: Mod
         .trim()
         .to_owned();
     let client = common::client_with_key(&key);
-    let started = Instant::now();
-    let registered: Value = loop {
-        match client
-            .put(format!("{base}/api/v1/handlers/work"))
-            .json(&json!({"url": url}))
-            .send()
-            .await
-        {
-            Ok(response) => break response.json().await.unwrap(),
-            Err(_) if started.elapsed() < Duration::from_secs(30) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(err) => panic!("pulse up does not answer: {err}"),
-        }
-    };
-    handler
-        .handler
-        .lock()
-        .unwrap()
-        .secrets
-        .push(registered["signing_secret"].as_str().unwrap().to_owned());
+    register_with(&client, &base, &handler, "work", &url, json!({})).await;
     let answer: Value = client
         .post(format!("{base}/api/v1/jobs"))
         .json(&json!({"job_type": "work", "payload": {"hold": true}}))
