@@ -134,6 +134,30 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_left_open_after_a_round_never_gets_past_its_room() {
+        // Round one gives each 10: `a` (room 11) stays open with 1 left, `c` is full; round two
+        // splits the 9 left between `a` and `b`, and `a` may take only its last one.
+        let ready = tenants(&["a", "b", "c"]);
+        let room = HashMap::from([(ready[0].clone(), 11), (ready[2].clone(), 1)]);
+        assert_eq!(
+            limits(&shares(&ready, 30, &HashMap::new(), &room, 0)),
+            vec![("a".into(), 11), ("b".into(), 18), ("c".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn a_tenant_without_room_takes_no_turn_of_the_remainder() {
+        // Two tenants with room share 3: the rotation (2) counts them alone, so the odd one goes
+        // to `a` (2 % 2 = 0); counted with the full `z`, it would land on `b`.
+        let ready = tenants(&["z", "a", "b"]);
+        let room = HashMap::from([(ready[0].clone(), 0)]);
+        assert_eq!(
+            limits(&shares(&ready, 3, &HashMap::new(), &room, 2)),
+            vec![("a".into(), 2), ("b".into(), 1)]
+        );
+    }
+
+    #[test]
     fn a_small_limit_still_reaches_every_tenant_over_rotations() {
         let ready = tenants(&["a", "b", "c", "d"]);
         let none = HashMap::new();

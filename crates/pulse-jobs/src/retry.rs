@@ -168,4 +168,20 @@ mod tests {
         );
         assert_eq!(base.validate(), Ok(()));
     }
+
+    #[test]
+    fn the_bounds_are_a_week_inclusive_and_the_cap_may_equal_the_base() {
+        let week = 7 * 24 * 3_600_000;
+        assert_eq!(MAX_BACKOFF_MS, week);
+        let at = |base_ms, max_ms| Backoff {
+            base_ms,
+            max_ms,
+            ..Backoff::default()
+        };
+        assert_eq!(at(week, week).validate(), Ok(()));
+        assert_eq!(at(5 * 24 * 3_600_000, week).validate(), Ok(()));
+        assert_eq!(at(1_000, 1_000).validate(), Ok(()), "the cap may be the base");
+        assert!(at(week + 1, week + 1).validate().unwrap_err().contains("base_ms"));
+        assert!(at(1_000, week + 1).validate().unwrap_err().contains("max_ms"));
+    }
 }
