@@ -180,8 +180,18 @@ mod tests {
         };
         assert_eq!(at(week, week).validate(), Ok(()));
         assert_eq!(at(5 * 24 * 3_600_000, week).validate(), Ok(()));
-        assert_eq!(at(1_000, 1_000).validate(), Ok(()), "the cap may be the base");
-        assert!(at(week + 1, week + 1).validate().unwrap_err().contains("base_ms"));
-        assert!(at(1_000, week + 1).validate().unwrap_err().contains("max_ms"));
+        assert_eq!(
+            at(1_000, 1_000).validate(),
+            Ok(()),
+            "the cap may be the base"
+        );
+        assert!(at(week + 1, week + 1)
+            .validate()
+            .unwrap_err()
+            .contains("base_ms"));
+        assert!(at(1_000, week + 1)
+            .validate()
+            .unwrap_err()
+            .contains("max_ms"));
     }
 }

@@ -673,6 +673,43 @@ async fn ten_thousand_jobs_of_three_tenants_each_run_once_across_a_worker_restar
     app.take().unwrap().stop().await;
 }
 
+/// Each job costs one unit of the tenant's `jobs` quota: a batch over what is left is refused
+/// whole with 429 and the quota's headers, and nothing of it is enqueued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueued_jobs_are_charged_to_the_jobs_quota() {
+    let app = TestApp::spawn(|config| {
+        config.quotas.jobs = pulse_tenants::QuotaSetting {
+            per_second: 1,
+            burst: 3,
+        };
+    })
+    .await;
+    let (status, first) = app
+        .post_json("/api/v1/jobs", &json!({"job_type": "pulse.noop"}))
+        .await;
+    assert_eq!(status, 201, "{first}");
+    let response = app
+        .client()
+        .post(format!("{}/api/v1/jobs/batch", app.base))
+        .json(
+            &json!({"jobs": [{"job_type": "pulse.noop"}, {"job_type": "pulse.noop"},
+            {"job_type": "pulse.noop"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(response.headers()["ratelimit-policy"], "\"jobs\";q=3;w=3");
+    let (_, page) = app.get_json("/api/v1/jobs?limit=10").await;
+    assert_eq!(
+        page["jobs"].as_array().map(Vec::len),
+        Some(1),
+        "nothing of the refused batch"
+    );
+    app.stop().await;
+}
+
 /// The embedded default is one process: killed with SIGKILL mid-job and started again on the
 /// same data, it runs the job again once its lease lapsed, and the job completes once.
 async fn a_killed_embedded_pulse_runs_the_job_again_once_after_restart(mode: Mode) {
