@@ -34,14 +34,16 @@ pub fn shares(
     let mut left = limit;
     // Each round hands out what is left in proportion to weight; a tenant that reaches its room
     // leaves, so the next round spreads its part over the others.
-    while left > 0 && !open.is_empty() {
+    // A round with nothing left hands nothing out and ends the loop below.
+    while !open.is_empty() {
         let total_weight: u64 = open.iter().map(|(_, weight, _)| u64::from(*weight)).sum();
         let round = left;
         let mut handed = 0;
         for (tenant, weight, room) in &open {
             let have = given.get(tenant).copied().unwrap_or(0);
             let fair = (u64::from(round) * u64::from(*weight) / total_weight) as u32;
-            let take = fair.min(room - have).min(left - handed);
+            // The floors of the parts never sum past the round: no check against `left`.
+            let take = fair.min(room - have);
             *given.entry(tenant).or_default() += take;
             handed += take;
         }
@@ -154,6 +156,18 @@ mod tests {
         assert_eq!(
             limits(&shares(&ready, 3, &HashMap::new(), &room, 2)),
             vec![("a".into(), 2), ("b".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn a_tenant_that_reached_its_room_takes_no_turn_in_the_next_round() {
+        // Round one: 4 each, `a` capped at 2, the remainder to `b` and `c` (rotation 1); round
+        // two hands the last one by a rotation over `b` and `c` alone: to `c`.
+        let ready = tenants(&["a", "b", "c"]);
+        let room = HashMap::from([(ready[0].clone(), 2)]);
+        assert_eq!(
+            limits(&shares(&ready, 13, &HashMap::new(), &room, 1)),
+            vec![("a".into(), 2), ("b".into(), 5), ("c".into(), 6)]
         );
     }
 
