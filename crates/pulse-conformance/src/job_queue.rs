@@ -82,6 +82,7 @@ fn done(lease: &Lease, result: &str) -> Completion {
     Completion {
         lease: lease.reference(),
         result: Some(result.as_bytes().to_vec()),
+        started_at_ms: lease.job.started_at_ms.unwrap_or(T0) + 5,
     }
 }
 
@@ -91,6 +92,7 @@ fn failure(lease: &Lease, error: &str, retry_at_ms: Option<i64>) -> Failure {
         attempt: lease.job.attempts,
         error: error.to_owned(),
         retry_at_ms,
+        started_at_ms: None,
     }
 }
 
@@ -189,6 +191,7 @@ pub async fn a_stale_lease_can_neither_heartbeat_complete_nor_fail<Q: JobQueue +
                 attempt: lapsed[0].attempt,
                 error: "lease lapsed".into(),
                 retry_at_ms: Some(later),
+                started_at_ms: None,
             }],
             later,
         )
@@ -227,6 +230,11 @@ pub async fn a_stale_lease_can_neither_heartbeat_complete_nor_fail<Q: JobQueue +
         .unwrap();
     assert_eq!(finished.state, JobState::Succeeded);
     assert_eq!(finished.result.as_deref(), Some(&b"fresh"[..]));
+    assert_eq!(
+        finished.started_at_ms,
+        Some(later + 5),
+        "the handler's start, as the worker reports it"
+    );
     assert_eq!(
         finished.errors.len(),
         1,

@@ -260,6 +260,8 @@ pub struct Completion {
     pub lease: LeaseRef,
     /// The handler's answer, kept as the job's result.
     pub result: Option<Vec<u8>>,
+    /// When the handler was called, Unix ms (after the lease, once a slot was free).
+    pub started_at_ms: i64,
 }
 
 /// A failed attempt to record.
@@ -273,6 +275,8 @@ pub struct Failure {
     pub error: String,
     /// When to try again, Unix ms; `None`: dead.
     pub retry_at_ms: Option<i64>,
+    /// When the handler was called, Unix ms; `None` (a lapsed lease): the lease's time stays.
+    pub started_at_ms: Option<i64>,
 }
 
 /// A lease that lapsed: its worker stopped heartbeating (it died, or hung).

@@ -111,6 +111,8 @@ struct Report {
     outcome: HandlerOutcome,
     backoff: Backoff,
     ran_for: Duration,
+    /// When the handler was called, Unix ms.
+    started_at_ms: i64,
 }
 
 #[derive(Debug)]
@@ -335,13 +337,6 @@ impl Worker {
 
     async fn start(&self, state: &mut Loop, lease: Lease) {
         let job = &lease.job;
-        let now = self.clock.now_ms();
-        let waited = now - job.run_at_ms.max(job.created_at_ms);
-        metrics::histogram!(crate::WAIT_SECONDS, "tenant" => job.tenant.to_string())
-            .record(waited.max(0) as f64 / 1_000.0);
-        metrics::counter!(crate::STARTED_TOTAL, "tenant" => job.tenant.to_string(),
-            "job_type" => job.job_type.clone())
-        .increment(1);
         let resolved = match self.registry.resolve(&job.tenant, &job.job_type).await {
             Ok(resolved) => Ok(resolved),
             Err(err) => Err(err.to_string()),
@@ -449,6 +444,7 @@ impl Worker {
                     now + i64::try_from(backoff.delay_ms(job.attempt, fastrand::f64()))
                         .unwrap_or(i64::MAX / 2)
                 }),
+                started_at_ms: None,
             });
         }
         match self.queue.fail(&failures, now).await {
@@ -648,7 +644,6 @@ impl Attempt {
             None => span,
         };
         let trace = TraceContext::of(&span).or_else(|| parent.as_ref().map(TraceContext::next_hop));
-        let started = Instant::now();
         let outcome = async {
             // Waiting for a permit of a capped job type is not part of the attempt's timeout.
             let _permit = match &self.permits {
@@ -664,6 +659,15 @@ impl Attempt {
             };
             self.started
                 .store(true, std::sync::atomic::Ordering::Release);
+            let started = Instant::now();
+            let started_at_ms = self.clock.now_ms();
+            let job = &self.lease.job;
+            let waited = started_at_ms - job.run_at_ms.max(job.created_at_ms);
+            metrics::histogram!(crate::WAIT_SECONDS, "tenant" => job.tenant.to_string())
+                .record(waited.max(0) as f64 / 1_000.0);
+            metrics::counter!(crate::STARTED_TOTAL, "tenant" => job.tenant.to_string(),
+                "job_type" => job.job_type.clone())
+            .increment(1);
             let outcome = match &self.resolved {
                 Err(err) => HandlerOutcome::Retry {
                     error: format!("cannot look up the handler: {err}"),
@@ -700,11 +704,11 @@ impl Attempt {
                     }
                 }
             };
-            Some(outcome)
+            Some((outcome, started_at_ms, started.elapsed()))
         }
         .instrument(span.clone())
         .await;
-        let Some(outcome) = outcome else {
+        let Some((outcome, started_at_ms, ran_for)) = outcome else {
             span.record("outcome", "lease_lost");
             return id;
         };
@@ -724,7 +728,8 @@ impl Attempt {
             max_attempts: job.max_attempts,
             outcome,
             backoff: self.backoff,
-            ran_for: started.elapsed(),
+            ran_for,
+            started_at_ms,
         };
         // The recorder outlives every attempt (it stops after the drain): a closed channel only
         // means the process is going down, and the lease will lapse.
@@ -786,6 +791,7 @@ async fn record(
             HandlerOutcome::Succeeded { result } => done.push(Completion {
                 lease: report.lease,
                 result: result.clone(),
+                started_at_ms: report.started_at_ms,
             }),
             HandlerOutcome::Retry { error } | HandlerOutcome::Fail { error } => {
                 let retry = matches!(report.outcome, HandlerOutcome::Retry { .. })
@@ -797,6 +803,7 @@ async fn record(
                     error: error.clone(),
                     retry_at_ms: retry
                         .then(|| now.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX))),
+                    started_at_ms: Some(report.started_at_ms),
                 });
             }
         }

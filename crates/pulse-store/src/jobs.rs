@@ -538,12 +538,12 @@ impl JobQueue for Database {
             .chunks(CHUNK)
             .map(|chunk| {
                 let mut sql = Sql::new(by_lease(
-                    "id, token, result",
+                    "id, token, result, started",
                     1,
                     chunk.len(),
-                    3,
-                    "state = 'succeeded', finished_at = $1, result = v.result, locked_by = NULL, \
-                     locked_until = NULL",
+                    4,
+                    "state = 'succeeded', finished_at = $1, result = v.result, \
+                     started_at = v.started, locked_by = NULL, locked_until = NULL",
                 ))
                 .planned_each_time()
                 .bind(now_ms);
@@ -551,7 +551,8 @@ impl JobQueue for Database {
                     sql = sql
                         .bind(completion.lease.id)
                         .bind(completion.lease.token)
-                        .bind(completion.result.clone());
+                        .bind(completion.result.clone())
+                        .bind(completion.started_at_ms);
                 }
                 sql
             })
@@ -566,13 +567,14 @@ impl JobQueue for Database {
                 let mut recorded = Vec::new();
                 for chunk in failed.chunks(CHUNK) {
                     let mut sql = Sql::new(by_lease(
-                        "id, token, retry_at",
+                        "id, token, retry_at, started",
                         1,
                         chunk.len(),
-                        3,
+                        4,
                         "state = CASE WHEN v.retry_at IS NULL THEN 'dead' ELSE 'retrying' END, \
                          run_at = COALESCE(v.retry_at, jobs.run_at), \
                          finished_at = CASE WHEN v.retry_at IS NULL THEN $1 ELSE NULL END, \
+                         started_at = COALESCE(v.started, jobs.started_at), \
                          locked_by = NULL, locked_until = NULL",
                     ))
                     .planned_each_time()
@@ -581,7 +583,8 @@ impl JobQueue for Database {
                         sql = sql
                             .bind(failure.lease.id)
                             .bind(failure.lease.token)
-                            .bind(failure.retry_at_ms);
+                            .bind(failure.retry_at_ms)
+                            .bind(failure.started_at_ms);
                     }
                     let ids: HashSet<Uuid> = tx
                         .fetch_all(&sql)
