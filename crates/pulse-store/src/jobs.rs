@@ -326,9 +326,9 @@ async fn lease_in(tx: &mut Tx<'_>, request: &LeaseRequest) -> PortResult<Vec<Lea
                 *space = space.saturating_sub(count);
             }
         }
-        let short = taken.len() < shares.iter().map(|share| share.limit as usize).sum();
         leases.extend(taken);
-        if !short || ready.is_empty() {
+        // With every share filled nothing is left to hand out: the next round finds no share.
+        if ready.is_empty() {
             break;
         }
     }
