@@ -964,6 +964,12 @@ mod tests {
     }
 
     #[test]
+    fn the_first_id_of_a_time_past_48_bits_is_the_largest_timestamp() {
+        assert_eq!(first_id_at(i64::MAX).as_bytes()[..6], [0xff; 6]);
+        assert_eq!(first_id_at(-5).as_bytes()[..6], [0; 6]);
+    }
+
+    #[test]
     fn a_scheduled_job_whose_time_came_is_shown_queued() {
         assert_eq!(
             shown_state("scheduled", 10, 5).unwrap(),
