@@ -29,7 +29,7 @@ dirs=()
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
-  for db in "${databases[@]}"; do psql -q "$PULSE_TEST_POSTGRES_URL" -c "DROP DATABASE IF EXISTS $db" 2>/dev/null || true; done
+  for db in "${databases[@]}"; do psql -q "$PULSE_TEST_POSTGRES_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null || true; done
   for dir in "${dirs[@]}"; do rm -rf "$dir"; done
 }
 trap cleanup EXIT
