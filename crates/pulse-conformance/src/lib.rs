@@ -9,7 +9,8 @@
 //!
 //! Adapter crates call the macros from their own tests, so `cargo test -p pulse-kafka` shows
 //! `event_log_conformance::append_keeps_per_key_order ... ok` for Kafka, and the same names for the
-//! embedded log (`rate_limiter_suite!` likewise for the in-process and Redis rate limiters).
+//! embedded log (`rate_limiter_suite!` likewise for the in-process and Redis rate limiters, and
+//! `geo_index_suite!` for the in-process and Redis geo indexes).
 //! The [`services`] module finds the real PostgreSQL, Kafka and Redis started by
 //! `scripts/services`, and fails loudly when one is missing. The [`faults`] module wraps any
 //! adapter to inject the failures the guarantees are about (failed, hung and unacknowledged
@@ -19,9 +20,11 @@ pub mod cache;
 pub mod event_log;
 pub mod faults;
 pub mod gateway_store;
+pub mod geo_index;
 pub mod job_queue;
 pub mod outbox;
 pub mod rate_limit;
+pub mod ride_store;
 pub mod services;
 pub mod store;
 
@@ -141,6 +144,39 @@ macro_rules! rate_limiter_suite {
     };
 }
 
+/// Stamps out the geo index suite (nearest first within radius and limit; stale, unavailable,
+/// busy and other-vehicle drivers never returned; updates and busy flags ordered by their own
+/// times; tenants isolated; housekeeping) in a module `geo_index_conformance`, for a factory of
+/// [`GeoIndex`](pulse_core::geo_index::GeoIndex) adapters (every case uses fresh tenants, so one
+/// adapter may serve them all).
+#[macro_export]
+macro_rules! geo_index_suite {
+    ($factory:expr) => {
+        mod geo_index_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__stamp_cases!(geo_index, $factory;
+                nearest_drivers_come_first_with_their_distances,
+                the_radius_excludes_farther_drivers,
+                at_most_limit_drivers_come_back,
+                a_stale_driver_is_never_returned,
+                an_older_update_is_ignored_and_does_not_move_the_driver,
+                a_duplicate_update_is_ignored,
+                an_unavailable_ping_hides_the_driver_until_an_available_one,
+                busy_hides_a_driver_until_a_newer_event_frees_it,
+                a_busy_flag_set_before_the_first_position_is_kept,
+                the_vehicle_type_filter_keeps_only_that_type,
+                tenants_are_isolated,
+                free_drivers_beyond_many_filtered_ones_are_found,
+                the_nearest_of_many_come_back_in_order,
+                forget_older_than_removes_only_older_drivers,
+                a_batch_applies_in_order,
+                invalid_positions_and_queries_are_refused,
+            );
+        }
+    };
+}
+
 /// Stamps out the relational store suite in a module `store_conformance`.
 #[macro_export]
 macro_rules! store_suite {
@@ -162,6 +198,29 @@ macro_rules! store_suite {
                 a_job_enqueued_in_a_unit_commits_or_rolls_back_with_it,
                 a_closed_store_refuses_writes,
                 ping_answers,
+            );
+        }
+    };
+}
+
+/// Stamps out the rides' storage suite ([`ride_store`]) for an adapter: `$factory` is an async
+/// expression returning a [`Fixture`] of an empty `pulse_store::Database`.
+#[macro_export]
+macro_rules! ride_store_suite {
+    ($factory:expr) => {
+        mod ride_store_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__stamp_cases!(ride_store, $factory;
+                a_match_claims_the_driver_and_writes_its_step_and_event,
+                a_driver_not_available_is_not_claimed_and_nothing_is_written,
+                a_claim_takes_the_first_available_candidate_in_order,
+                orders_racing_for_one_driver_get_it_once,
+                an_answer_writes_nothing_and_tenants_are_apart,
+                the_end_of_a_ride_frees_only_its_own_driver,
+                reports_follow_pings_except_on_a_ride_and_fill_the_trail,
+                dispatch_attempts_are_taken_once_and_given_up,
+                histories_page_newest_first_per_rider_and_driver,
             );
         }
     };

@@ -218,6 +218,9 @@ fn order_of(
         created_at_ms: at_ms,
         quote_id,
         price: None,
+        vehicle_type: None,
+        driver_id: None,
+        no_driver: None,
     };
     let mut event = OutboxEvent::new(
         "demand.orders",

@@ -60,8 +60,16 @@ retried (orders with the same `Idempotency-Key`).
     paths(
         serve_document,
         crate::api::orders::place,
-        crate::api::orders::get,
+        crate::api::rides::get,
+        crate::api::rides::change_status,
+        crate::api::rides::cancel,
+        crate::api::rides::dispatch,
+        crate::api::rides::trail,
+        crate::api::rides::rider_rides,
+        crate::api::rides::driver_rides,
+        crate::api::rides::nearby,
         crate::api::drivers::report_location,
+        crate::api::drivers::report_locations,
         crate::api::quotes::quote,
         crate::api::surge::cells,
         crate::api::surge::stream,
@@ -112,7 +120,9 @@ retried (orders with the same `Idempotency-Key`).
     ),
     modifiers(&SegmentPaths, &Security),
     tags(
-        (name = "orders", description = "Placing and reading orders."),
+        (name = "orders", description = "Placing orders and running rides: the lifecycle \
+            (`PENDING` → `MATCHED` → `STARTED` → `FINISHED`, or `CANCELLED`), dispatch to the \
+            nearest available driver, histories, trails and the drivers near a point."),
         (name = "surge", description = "Driver locations, quotes and the live surge map."),
         (name = "events", description = "The event gateway: events in (the seed's `/v1/events`, \
             and Segment's `/v1/track|identify|page|screen|group|alias|batch` beside it, answered \

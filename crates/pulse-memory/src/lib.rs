@@ -1,6 +1,7 @@
 //! In-process TTL store: the embedded adapter of the [`Cache`] port, standing in for Redis when
 //! Pulse runs on one machine. Its rate limiter ([`MemoryRateLimiter`], in [`rate_limit`]) is
-//! the embedded adapter of the rate limiter port.
+//! the embedded adapter of the rate limiter port, and its geo index ([`MemoryGeoIndex`], in
+//! [`geo`]: drivers on an H3 grid, nearest first) the embedded adapter of the geo index port.
 //!
 //! Hand-written rather than built on a caching crate because it must take time from the
 //! [`Clock`](pulse_core::clock::Clock) port (so TTLs are testable without sleeping) and offer
@@ -49,8 +50,10 @@ use pulse_core::cache::{Cache, CacheWrite, Guarded};
 use pulse_core::clock::{SharedClock, SystemClock};
 use pulse_core::{PortError, PortResult};
 
+pub mod geo;
 pub mod rate_limit;
 
+pub use geo::MemoryGeoIndex;
 pub use rate_limit::MemoryRateLimiter;
 
 const BACKEND: &str = "memory-cache";

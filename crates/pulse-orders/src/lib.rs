@@ -7,7 +7,10 @@
 //! * the order row and its outbox row are written in **one** transaction, and the client hears
 //!   about the order only after that commit;
 //! * `(user_id, idempotency key)` identifies one order forever: a retry with the same body gets the
-//!   original order back, a different body is refused.
+//!   original order back, a different body is refused;
+//! * every order gets its fare at placement: the locked quote's price when it names a quote, else
+//!   a fresh quote's. The ride lifecycle after placement is the marketplace's
+//!   (`pulse-marketplace`); [`OrderStatus`] states which moves it may make.
 
 mod model;
 mod ports;
@@ -16,8 +19,9 @@ mod service;
 use pulse_core::log::TopicSpec;
 
 pub use model::{
-    is_hidden_or_control, validate_user_id, IdempotencyKey, NewOrder, Order, OrderPrice,
-    OrderStatus, ValidationError, MAX_IDEMPOTENCY_KEY_CHARS, MAX_USER_ID_CHARS,
+    is_hidden_or_control, validate_user_id, validate_vehicle_type, IdempotencyKey, NewOrder, Order,
+    OrderPrice, OrderStatus, ValidationError, MAX_IDEMPOTENCY_KEY_CHARS, MAX_USER_ID_CHARS,
+    MAX_VEHICLE_TYPE_CHARS,
 };
 pub use ports::{CreateOutcome, LockedPrice, OrderStore, PriceLocks};
 pub use service::{OrderError, OrderService, Placed, AGGREGATE_TYPE, ORDERS_PLACED_TOTAL};

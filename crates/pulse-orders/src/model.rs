@@ -32,32 +32,74 @@ impl ValidationError {
     }
 }
 
-/// Lifecycle of an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Lifecycle of an order (seed 004's ride, continuing seed 000's order): `PENDING` →
+/// `MATCHED` → `STARTED` → `FINISHED`, and `CANCELLED` from `PENDING` or `MATCHED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
-    /// Accepted, waiting for a driver.
+    /// Accepted, waiting for a driver (Atlas's CREATED).
     Pending,
-    /// Done.
-    Completed,
+    /// A driver was claimed for it.
+    Matched,
+    /// The driver picked the rider up.
+    Started,
+    /// The ride ended (seed 000's COMPLETED).
+    Finished,
+    /// Cancelled before it started.
+    Cancelled,
 }
 
 impl OrderStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [OrderStatus; 5] = [
+        OrderStatus::Pending,
+        OrderStatus::Matched,
+        OrderStatus::Started,
+        OrderStatus::Finished,
+        OrderStatus::Cancelled,
+    ];
+
     /// As stored.
     pub fn as_str(self) -> &'static str {
         match self {
             OrderStatus::Pending => "PENDING",
-            OrderStatus::Completed => "COMPLETED",
+            OrderStatus::Matched => "MATCHED",
+            OrderStatus::Started => "STARTED",
+            OrderStatus::Finished => "FINISHED",
+            OrderStatus::Cancelled => "CANCELLED",
         }
     }
 
-    /// From the stored text.
+    /// From the stored text (`COMPLETED`, seed 000's name, reads as [`OrderStatus::Finished`]).
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "PENDING" => Some(OrderStatus::Pending),
-            "COMPLETED" => Some(OrderStatus::Completed),
+            "MATCHED" => Some(OrderStatus::Matched),
+            "STARTED" => Some(OrderStatus::Started),
+            "FINISHED" | "COMPLETED" => Some(OrderStatus::Finished),
+            "CANCELLED" => Some(OrderStatus::Cancelled),
             _ => None,
         }
+    }
+
+    /// The statuses an order may move to from this one.
+    pub fn next(self) -> &'static [OrderStatus] {
+        match self {
+            OrderStatus::Pending => &[OrderStatus::Matched, OrderStatus::Cancelled],
+            OrderStatus::Matched => &[OrderStatus::Started, OrderStatus::Cancelled],
+            OrderStatus::Started => &[OrderStatus::Finished],
+            OrderStatus::Finished | OrderStatus::Cancelled => &[],
+        }
+    }
+
+    /// Whether the order may move from this status to `to`.
+    pub fn can_move_to(self, to: OrderStatus) -> bool {
+        self.next().contains(&to)
+    }
+
+    /// Whether the ride is over (nothing follows).
+    pub fn is_final(self) -> bool {
+        self.next().is_empty()
     }
 }
 
@@ -98,6 +140,29 @@ pub struct NewOrder {
     pub dropoff: Point,
     /// A locked quote to pay, if any.
     pub quote_id: Option<Uuid>,
+    /// The vehicle asked for (`car`, `bike`, …), if any: only such drivers are matched.
+    pub vehicle_type: Option<String>,
+}
+
+/// Longest vehicle type name.
+pub const MAX_VEHICLE_TYPE_CHARS: usize = 32;
+
+/// Validates a vehicle type: 1 to [`MAX_VEHICLE_TYPE_CHARS`] of `[a-z0-9_-]` (`car`, `bike`,
+/// `xl`), so it can sit in keys and filters as is.
+pub fn validate_vehicle_type(vehicle_type: &str) -> Result<(), ValidationError> {
+    let valid = !vehicle_type.is_empty()
+        && vehicle_type.len() <= MAX_VEHICLE_TYPE_CHARS
+        && vehicle_type
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ValidationError::field(
+            "vehicle_type",
+            format!("must be 1 to {MAX_VEHICLE_TYPE_CHARS} of a-z, 0-9, '_' and '-'"),
+        ))
+    }
 }
 
 /// Validates a user id: 1 to [`MAX_USER_ID_CHARS`] characters without surrounding spaces or
@@ -133,7 +198,15 @@ impl NewOrder {
             pickup,
             dropoff,
             quote_id,
+            vehicle_type: None,
         })
+    }
+
+    /// The same request, asking for `vehicle_type` (validated).
+    pub fn with_vehicle_type(mut self, vehicle_type: &str) -> Result<Self, ValidationError> {
+        validate_vehicle_type(vehicle_type)?;
+        self.vehicle_type = Some(vehicle_type.to_owned());
+        Ok(self)
     }
 }
 
@@ -181,8 +254,15 @@ pub struct Order {
     pub created_at_ms: i64,
     /// The locked quote it was placed with.
     pub quote_id: Option<Uuid>,
-    /// The price it pays, when placed with a quote.
+    /// The fare, fixed at placement: the locked quote's price, else a fresh quote's (absent
+    /// only on orders placed before fares were kept).
     pub price: Option<OrderPrice>,
+    /// The vehicle asked for, if any.
+    pub vehicle_type: Option<String>,
+    /// The driver, once matched.
+    pub driver_id: Option<String>,
+    /// Why dispatch gave up on it, while it waits unmatched (`no_driver`).
+    pub no_driver: Option<String>,
 }
 
 impl Order {
@@ -193,6 +273,7 @@ impl Order {
             && self.pickup == request.pickup
             && self.dropoff == request.dropoff
             && self.quote_id == request.quote_id
+            && self.vehicle_type == request.vehicle_type
     }
 }
 
@@ -202,10 +283,44 @@ mod tests {
 
     #[test]
     fn every_status_reads_back_as_stored() {
-        for status in [OrderStatus::Pending, OrderStatus::Completed] {
+        for status in OrderStatus::ALL {
             assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
         }
+        assert_eq!(OrderStatus::parse("COMPLETED"), Some(OrderStatus::Finished));
         assert_eq!(OrderStatus::parse("pending"), None);
+    }
+
+    #[test]
+    fn the_lifecycle_moves_forward_and_cancels_only_before_the_start() {
+        use OrderStatus::*;
+        let allowed = [
+            (Pending, Matched),
+            (Pending, Cancelled),
+            (Matched, Started),
+            (Matched, Cancelled),
+            (Started, Finished),
+        ];
+        for from in OrderStatus::ALL {
+            for to in OrderStatus::ALL {
+                assert_eq!(
+                    from.can_move_to(to),
+                    allowed.contains(&(from, to)),
+                    "{from:?} -> {to:?}"
+                );
+            }
+        }
+        assert!(Finished.is_final() && Cancelled.is_final() && !Started.is_final());
+    }
+
+    #[test]
+    fn vehicle_types_are_short_lowercase_names() {
+        for good in ["car", "bike", "xl_van", "e-scooter", "v2"] {
+            assert!(validate_vehicle_type(good).is_ok(), "{good}");
+        }
+        let long = "c".repeat(MAX_VEHICLE_TYPE_CHARS + 1);
+        for bad in ["", "Car", "car pool", "car:1", long.as_str()] {
+            assert!(validate_vehicle_type(bad).is_err(), "{bad:?}");
+        }
     }
 
     fn point() -> Point {

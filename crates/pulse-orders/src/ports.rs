@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use pulse_core::{PortResult, TenantId};
+use pulse_geo::Point;
 use pulse_outbox::OutboxEvent;
 use uuid::Uuid;
 
@@ -55,10 +56,15 @@ pub struct LockedPrice {
     pub user_id: Option<String>,
 }
 
-/// Where prices locked by quotes are looked up (the surge domain's quotes, in the binary).
+/// Where prices locked by quotes are looked up, and fresh ones made (the surge domain's quotes,
+/// in the binary).
 #[async_trait]
 pub trait PriceLocks: Send + Sync + std::fmt::Debug {
     /// The price `quote_id` locked for `tenant`, unless it is unknown (to that tenant) or
     /// expired.
     async fn locked(&self, tenant: &TenantId, quote_id: &Uuid) -> PortResult<Option<LockedPrice>>;
+
+    /// The price of a trip from `pickup` to `dropoff` for `tenant` now, with the surge in force
+    /// (an order placed without a quote pays it).
+    async fn fresh(&self, tenant: &TenantId, pickup: Point, dropoff: Point) -> OrderPrice;
 }

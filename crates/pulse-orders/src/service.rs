@@ -127,9 +127,13 @@ impl OrderService {
                         requested: pickup_h3,
                     });
                 }
-                Some(locked.price)
+                locked.price
             }
-            None => None,
+            None => {
+                self.prices
+                    .fresh(tenant, request.pickup, request.dropoff)
+                    .await
+            }
         };
         let order = Order {
             id: Uuid::now_v7(),
@@ -142,7 +146,10 @@ impl OrderService {
             status: OrderStatus::Pending,
             created_at_ms: self.clock.now_ms(),
             quote_id: request.quote_id,
-            price,
+            price: Some(price),
+            vehicle_type: request.vehicle_type.clone(),
+            driver_id: None,
+            no_driver: None,
         };
         let event = OrderCreatedEvent {
             order_id: order.id.to_string(),

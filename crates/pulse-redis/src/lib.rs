@@ -1,5 +1,6 @@
-//! Redis adapters of the [`Cache`] port ([`RedisCache`]) and of the rate limiter port
-//! ([`RedisRateLimiter`], in [`rate_limit`]), which share one connection and everything below.
+//! Redis adapters of the [`Cache`] port ([`RedisCache`]), of the rate limiter port
+//! ([`RedisRateLimiter`], in [`rate_limit`]) and of the geo index port ([`RedisGeoIndex`], in
+//! [`geo`]: a GEO set and a hash per tenant), which share one connection and everything below.
 //!
 //! Chosen with `--cache redis://host:port[/db]`. A [`ConnectionManager`] multiplexes one
 //! connection and reconnects with backoff after Redis restarts; every call carries a response
@@ -26,8 +27,10 @@ use pulse_core::{PortError, PortResult};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Pipeline, RedisError};
 
+pub mod geo;
 pub mod rate_limit;
 
+pub use geo::RedisGeoIndex;
 pub use rate_limit::RedisRateLimiter;
 
 const BACKEND: &str = "redis";

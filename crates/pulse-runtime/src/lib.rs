@@ -39,16 +39,23 @@ pub enum Role {
     Pipeline,
     /// The jobs' data plane: leases jobs and runs them through their handlers.
     Worker,
+    /// The marketplace's tracker: keeps the geo index and the drivers' statuses from pings and
+    /// ride events.
+    Tracker,
+    /// The marketplace's dispatcher: matches new orders to the nearest available driver.
+    Dispatch,
 }
 
 impl Role {
     /// Every role, as `pulse up` runs them.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 7] = [
         Role::Gateway,
         Role::Engine,
         Role::Relay,
         Role::Pipeline,
         Role::Worker,
+        Role::Tracker,
+        Role::Dispatch,
     ];
 
     /// The role's name on the command line.
@@ -59,6 +66,8 @@ impl Role {
             Role::Relay => "relay",
             Role::Pipeline => "pipeline",
             Role::Worker => "worker",
+            Role::Tracker => "tracker",
+            Role::Dispatch => "dispatch",
         }
     }
 }

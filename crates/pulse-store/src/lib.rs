@@ -18,6 +18,7 @@ mod gateway;
 pub mod jobs;
 mod orders;
 pub mod outbox;
+mod rides;
 pub mod sql;
 mod sqlite_writer;
 mod tenants;

@@ -10,18 +10,21 @@ use uuid::Uuid;
 use crate::sql::{PerDialect, Sql, SqlRow};
 use crate::{outbox, Backend, Database};
 
-const ORDER_COLUMNS: &str = "id, user_id, pickup_h3, dropoff_h3, status, created_at_ms, \
+/// The columns [`order_from_row`] reads, in its order.
+pub(crate) const ORDER_COLUMNS: &str =
+    "id, user_id, pickup_h3, dropoff_h3, status, created_at_ms, \
      pickup_lat, pickup_lng, dropoff_lat, dropoff_lng, quote_id, price_total, price_currency, \
-     multiplier_milli, tenant";
+     multiplier_milli, tenant, vehicle_type, driver_id, no_driver_reason";
 
-/// The order's `INSERT` (`$1`…`$16`), doing nothing when the user's idempotency key is taken
+/// The order's `INSERT` (`$1`…`$17`), doing nothing when the user's idempotency key is taken
 /// in the tenant.
 fn insert_order(backend: Backend) -> String {
     format!(
         "INSERT INTO orders (id, user_id, pickup_h3, dropoff_h3, status, created_at,
              created_at_ms, pickup_lat, pickup_lng, dropoff_lat, dropoff_lng,
-             idempotency_key, quote_id, price_total, price_currency, multiplier_milli, tenant)
-         VALUES ($1, $2, $3, $4, $5, {}, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             idempotency_key, quote_id, price_total, price_currency, multiplier_milli, tenant,
+             vehicle_type)
+         VALUES ($1, $2, $3, $4, $5, {}, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
          ON CONFLICT (tenant, user_id, idempotency_key) WHERE idempotency_key IS NOT NULL
          DO NOTHING",
         backend.timestamp_from_ms("$6")
@@ -46,15 +49,16 @@ static INSERT_WITH_EVENT: PerDialect = PerDialect::new(|backend| {
              SELECT tenant, quote_id, id FROM inserted WHERE quote_id IS NOT NULL)
          {}",
         insert_order(backend),
-        outbox::insert_for_each_row_of(backend, "inserted", 17)
+        outbox::insert_for_each_row_of(backend, "inserted", 18)
     )
 });
 
-fn corrupt(id: Uuid, err: impl std::fmt::Display) -> PortError {
+pub(crate) fn corrupt(id: Uuid, err: impl std::fmt::Display) -> PortError {
     PortError::Corrupt(format!("order {id}: {err}"))
 }
 
-fn order_from_row(row: &SqlRow) -> PortResult<Order> {
+/// The order in a row of [`ORDER_COLUMNS`].
+pub(crate) fn order_from_row(row: &SqlRow) -> PortResult<Order> {
     let id = row.uuid(0)?;
     let point = |lat: usize, lng: usize| -> PortResult<Point> {
         Point::new(row.f64(lat)?, row.f64(lng)?).map_err(|err| corrupt(id, err))
@@ -83,6 +87,9 @@ fn order_from_row(row: &SqlRow) -> PortResult<Order> {
         dropoff: point(8, 9)?,
         quote_id: row.opt_uuid(10)?,
         price,
+        vehicle_type: row.opt_text(15)?,
+        driver_id: row.opt_text(16)?,
+        no_driver: row.opt_text(17)?,
     })
 }
 
@@ -121,7 +128,8 @@ impl OrderStore for Database {
             .bind(price.map(|p| p.total.amount_minor))
             .bind(price.map(|p| p.total.currency.as_str()))
             .bind(price.map(|p| p.multiplier_milli))
-            .bind(order.tenant.as_str());
+            .bind(order.tenant.as_str())
+            .bind(order.vehicle_type.as_deref());
         let existing =
             key.map(|key| by_idempotency_key(&order.tenant, &order.user_id, key.as_str()));
         let redeem = order.quote_id.map(|quote_id| {

@@ -11,6 +11,12 @@
 //!   stops pinging drops out when its bucket leaves the window. A ping not newer than the stored
 //!   one is ignored, which also makes redelivery harmless.
 //!
+//! * a driver on a ride never counts, whatever its pings say: the engine also reads
+//!   `rides.events`, and a match takes its driver out of the supply (from the bucket its latest
+//!   ping counts in), the ride's end puts it back. The ride lifecycle's store decides who is on a
+//!   ride; the engine follows its events, ordered by their time, so a late or redelivered event
+//!   never undoes a newer one.
+//!
 //! Because all state is in the cache, engines sharing a consumer group (or a restarted engine)
 //! compute the same multipliers. Offsets are committed only after the counters are written, and the
 //! published `surge:{h3}` is derived from them: both after every batch when caught up, and under
@@ -66,6 +72,8 @@ pub struct EngineNames {
     pub demand: String,
     /// Supply topic.
     pub supply: String,
+    /// The rides' lifecycle events (who is on a ride).
+    pub rides: String,
     /// Dead-letter topic.
     pub dead_letter: String,
     /// Cache key layout.
@@ -79,6 +87,7 @@ impl EngineNames {
             group: format!("{prefix}{GROUP}"),
             demand: format!("{prefix}{DEMAND_TOPIC}"),
             supply: format!("{prefix}{SUPPLY_TOPIC}"),
+            rides: pulse_marketplace::RIDE_EVENTS.named(prefix),
             dead_letter: pulse_runtime::processor::DEAD_LETTER.named(prefix),
             keys: Keys::with_prefix(prefix),
         }
@@ -174,7 +183,11 @@ impl EngineSettings {
             dead_letter_topic: self.names.dead_letter.clone(),
             ..ConsumerSettings::new(
                 self.names.group.clone(),
-                vec![self.names.demand.clone(), self.names.supply.clone()],
+                vec![
+                    self.names.demand.clone(),
+                    self.names.supply.clone(),
+                    self.names.rides.clone(),
+                ],
             )
         }
     }
@@ -212,6 +225,64 @@ pub struct DriverState {
     /// Position of the ping.
     #[serde(default)]
     pub lng: f64,
+    /// On a ride (matched, not yet finished or cancelled): never counted as supply.
+    #[serde(default)]
+    pub on_ride: bool,
+    /// Time of the ride event that last set `on_ride`, Unix milliseconds.
+    #[serde(default)]
+    pub ride_at_ms: i64,
+}
+
+impl DriverState {
+    /// Whether the driver counts as supply: its ping says available and it is on no ride.
+    pub fn counts(&self) -> bool {
+        self.available && !self.on_ride
+    }
+}
+
+/// What the engine reads from the supply side: a ping, or a ride's start or end.
+#[derive(Debug, Clone)]
+enum SupplyChange {
+    Ping(CellIndex, DriverLocationUpdated),
+    Ride {
+        driver_id: String,
+        on_ride: bool,
+        at_ms: i64,
+    },
+}
+
+impl SupplyChange {
+    fn driver_id(&self) -> &str {
+        match self {
+            SupplyChange::Ping(_, ping) => &ping.driver_id,
+            SupplyChange::Ride { driver_id, .. } => driver_id,
+        }
+    }
+}
+
+/// How far back the ride events are re-read when the windows are rebuilt: rides last longer
+/// than a window, and a driver matched before it is still on its ride.
+const RIDE_REPLAY: Duration = Duration::from_secs(4 * 3600);
+
+/// A ride event as the engine sees it (`None`: a step that changes no driver's supply), or
+/// why it is poison.
+fn decode_ride(record: &ConsumedRecord) -> Result<Option<SupplyChange>, String> {
+    use pulse_proto::v1::ride_event::Kind;
+    let event = pulse_proto::v1::RideEvent::decode(record.payload.as_ref())
+        .map_err(|err| format!("undecodable RideEvent: {err}"))?;
+    let on_ride = match Kind::try_from(event.kind) {
+        Ok(Kind::Matched) => true,
+        Ok(Kind::Finished | Kind::Cancelled) => false,
+        _ => return Ok(None),
+    };
+    if event.driver_id.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(SupplyChange::Ride {
+        driver_id: event.driver_id,
+        on_ride,
+        at_ms: event.timestamp,
+    }))
 }
 
 /// What the engine last published for a cell.
@@ -342,7 +413,7 @@ impl SurgeEngine {
             self.settings.names.supply.clone(),
         );
         let mut orders: Vec<(Keys, CellIndex, Guarded)> = Vec::new();
-        let mut pings: Vec<(Keys, CellIndex, DriverLocationUpdated)> = Vec::new();
+        let mut pings: Vec<(Keys, SupplyChange)> = Vec::new();
         let mut poison: Vec<Poison> = Vec::new();
         for (index, record) in records.iter().enumerate() {
             let topic = record.position.topic.as_str();
@@ -351,8 +422,14 @@ impl SurgeEngine {
                 Ok(keys) if topic == self.settings.names.demand => self
                     .decode_order(&keys, record)
                     .map(|(cell, guarded)| orders.push((keys, cell, guarded))),
-                Ok(keys) if topic == self.settings.names.supply => {
-                    decode_ping(record).map(|(cell, ping)| pings.push((keys, cell, ping)))
+                Ok(keys) if topic == self.settings.names.supply => decode_ping(record)
+                    .map(|(cell, ping)| pings.push((keys, SupplyChange::Ping(cell, ping)))),
+                Ok(keys) if topic == self.settings.names.rides => {
+                    decode_ride(record).map(|change| {
+                        if let Some(change) = change {
+                            pings.push((keys, change));
+                        }
+                    })
                 }
                 Ok(_) => Err(format!("unexpected topic {topic}")),
             };
@@ -460,18 +537,19 @@ impl SurgeEngine {
         Ok((cell, guarded))
     }
 
-    /// Applies driver pings in order: each newer ping moves its driver's count from the previous
-    /// (cell, bucket) to its own; older or repeated pings are ignored. One read of the drivers'
-    /// latest pings and one atomic batch of writes for the whole slice.
+    /// Applies driver pings and ride events in order: each newer ping moves its driver's count
+    /// from the previous (cell, bucket) to its own; a match takes the driver out of the count,
+    /// the ride's end puts it back; older or repeated ones are ignored. One read of the drivers'
+    /// latest state and one atomic batch of writes for the whole slice.
     async fn apply_pings(
         &self,
-        pings: &[(Keys, CellIndex, DriverLocationUpdated)],
+        pings: &[(Keys, SupplyChange)],
         touched: &mut BTreeSet<(Keys, CellIndex)>,
     ) -> PortResult<Vec<(&'static str, u64)>> {
         // A driver is a driver of one tenant: the same id in two tenants is two drivers.
         let mut drivers: Vec<(&Keys, &str)> = pings
             .iter()
-            .map(|(keys, _, ping)| (keys, ping.driver_id.as_str()))
+            .map(|(keys, change)| (keys, change.driver_id()))
             .collect();
         drivers.sort_unstable();
         drivers.dedup();
@@ -492,46 +570,70 @@ impl SurgeEngine {
         let (mut applied, mut stale) = (0, 0);
         let mut writes = Vec::new();
         let mut changed = BTreeSet::new();
-        for (keys, cell, ping) in pings {
-            touched.insert((keys.clone(), *cell));
-            let driver = (keys, ping.driver_id.as_str());
+        for (keys, change) in pings {
+            let driver = (keys, change.driver_id());
             let previous = latest.get(&driver).cloned().flatten();
-            if previous
-                .as_ref()
-                .is_some_and(|previous| previous.timestamp_ms >= ping.timestamp)
-            {
-                stale += 1;
-                continue;
-            }
-            if let Some(previous) = previous.filter(|previous| previous.available) {
-                let previous_bucket = self.bucket_of(previous.timestamp_ms);
-                if let (Ok(previous_cell), true) = (
-                    parse_cell(&previous.h3),
-                    previous_bucket >= oldest_counted - 1,
-                ) {
+            let next = match change {
+                SupplyChange::Ping(cell, ping) => {
+                    touched.insert((keys.clone(), *cell));
+                    if previous
+                        .as_ref()
+                        .is_some_and(|previous| previous.timestamp_ms >= ping.timestamp)
+                    {
+                        stale += 1;
+                        continue;
+                    }
+                    DriverState {
+                        h3: ping.h3.clone(),
+                        available: ping.available,
+                        timestamp_ms: ping.timestamp,
+                        lat: ping.lat,
+                        lng: ping.lng,
+                        on_ride: previous.as_ref().is_some_and(|previous| previous.on_ride),
+                        ride_at_ms: previous.as_ref().map_or(0, |previous| previous.ride_at_ms),
+                    }
+                }
+                SupplyChange::Ride { on_ride, at_ms, .. } => {
+                    if previous
+                        .as_ref()
+                        .is_some_and(|previous| previous.ride_at_ms >= *at_ms)
+                    {
+                        stale += 1;
+                        continue;
+                    }
+                    // A driver matched before its first ping: remembered, so it never counts.
+                    let base = previous.clone().unwrap_or(DriverState {
+                        h3: String::new(),
+                        available: false,
+                        timestamp_ms: 0,
+                        lat: 0.0,
+                        lng: 0.0,
+                        on_ride: false,
+                        ride_at_ms: 0,
+                    });
+                    DriverState {
+                        on_ride: *on_ride,
+                        ride_at_ms: *at_ms,
+                        ..base
+                    }
+                }
+            };
+            // Take the driver out of where it counted, and count it where it counts now.
+            for (state, delta) in [(previous.as_ref(), -1), (Some(&next), 1)] {
+                let Some(state) = state.filter(|state| state.counts()) else {
+                    continue;
+                };
+                let bucket = self.bucket_of(state.timestamp_ms);
+                if let (Ok(cell), true) = (parse_cell(&state.h3), bucket >= oldest_counted - 1) {
                     writes.push(CacheWrite::IncrBy {
-                        key: keys.supply(previous_cell, previous_bucket),
-                        delta: -1,
+                        key: keys.supply(cell, bucket),
+                        delta,
                         ttl,
                     });
-                    touched.insert((keys.clone(), previous_cell));
+                    touched.insert((keys.clone(), cell));
                 }
             }
-            if ping.available {
-                writes.push(CacheWrite::IncrBy {
-                    key: keys.supply(*cell, self.bucket_of(ping.timestamp)),
-                    delta: 1,
-                    ttl,
-                });
-            }
-            let state = DriverState {
-                h3: ping.h3.clone(),
-                available: ping.available,
-                timestamp_ms: ping.timestamp,
-                lat: ping.lat,
-                lng: ping.lng,
-            };
-            latest.insert(driver, Some(state));
+            latest.insert(driver, Some(next));
             changed.insert(driver);
             applied += 1;
         }
@@ -545,19 +647,25 @@ impl SurgeEngine {
                     value: Bytes::from(json),
                     ttl,
                 });
-                writes.push(if state.available {
-                    CacheWrite::IndexAdd {
-                        key: keys.available_drivers(),
-                        member: driver_id.to_owned(),
-                        score: state.timestamp_ms,
-                        ttl,
-                    }
-                } else {
-                    CacheWrite::IndexRemove {
-                        key: keys.available_drivers(),
-                        member: driver_id.to_owned(),
-                    }
-                });
+                // The map lists available drivers and drivers on a ride apart.
+                for (index, member) in [
+                    (keys.available_drivers(), state.counts()),
+                    (keys.drivers_on_ride(), state.on_ride),
+                ] {
+                    writes.push(if member {
+                        CacheWrite::IndexAdd {
+                            key: index,
+                            member: driver_id.to_owned(),
+                            score: state.timestamp_ms.max(state.ride_at_ms),
+                            ttl,
+                        }
+                    } else {
+                        CacheWrite::IndexRemove {
+                            key: index,
+                            member: driver_id.to_owned(),
+                        }
+                    });
+                }
             }
         }
         // Counts and latest pings in one atomic batch: a crash leaves all or nothing, and a
@@ -737,8 +845,13 @@ impl Processor for SurgeEngine {
             return Ok(());
         }
         let window_start = self.replay_from_ms();
-        for topic in [&self.settings.names.demand, &self.settings.names.supply] {
-            if let Err(err) = consumer.seek_to_timestamp(topic, window_start).await {
+        let rides_start = window_start.min(self.clock.now_ms() - millis(RIDE_REPLAY));
+        for (topic, from_ms) in [
+            (&self.settings.names.demand, window_start),
+            (&self.settings.names.supply, window_start),
+            (&self.settings.names.rides, rides_start),
+        ] {
+            if let Err(err) = consumer.seek_to_timestamp(topic, from_ms).await {
                 tracing::warn!(error = %err, topic, "cannot replay the window; resuming from commits");
             }
         }
@@ -824,6 +937,7 @@ mod window_tests {
             timestamp: at_ms,
             lat: 52.52,
             lng: 13.405,
+            vehicle_type: String::new(),
         };
         ConsumedRecord {
             position: RecordPosition {
@@ -875,6 +989,98 @@ mod window_tests {
                 .await
                 .expect("totals"),
             [(0, 0), (0, 1)]
+        );
+    }
+
+    fn ride(
+        driver: &str,
+        kind: pulse_proto::v1::ride_event::Kind,
+        at_ms: i64,
+        offset: i64,
+    ) -> ConsumedRecord {
+        let event = pulse_proto::v1::RideEvent {
+            order_id: uuid::Uuid::now_v7().to_string(),
+            kind: kind as i32,
+            driver_id: driver.into(),
+            timestamp: at_ms,
+            ..Default::default()
+        };
+        ConsumedRecord {
+            position: RecordPosition {
+                topic: pulse_marketplace::RIDE_EVENTS.name.into(),
+                partition: 0,
+                offset,
+            },
+            key: None,
+            payload: Bytes::from(event.encode_to_vec()),
+            headers: Vec::new(),
+            timestamp_ms: at_ms,
+        }
+    }
+
+    /// A matched driver leaves the supply whatever its pings say, and comes back when the ride
+    /// ends; a late, older ride event changes nothing.
+    #[tokio::test]
+    async fn a_driver_on_a_ride_never_counts_until_the_ride_ends() {
+        use pulse_proto::v1::ride_event::Kind;
+        let clock = ManualClock::new(1_700_000_000_000);
+        let cache = MemoryCache::new(Arc::new(clock.clone()), 1_000);
+        let settings = EngineSettings::default();
+        let mut engine = SurgeEngine::new(
+            Arc::new(UnusedLog),
+            Arc::new(cache),
+            Arc::new(clock.clone()),
+            settings.clone(),
+        );
+        let here = cell(0.0);
+        async fn totals(engine: &SurgeEngine, keys: &Keys, cell: CellIndex) -> Vec<(u64, u64)> {
+            engine.window_totals(keys, &[cell]).await.expect("totals")
+        }
+        let keys = settings.names.keys.clone();
+        let t0 = clock.now_ms();
+        engine
+            .handle_batch(&[ping("d1", here, t0, 0), ping("d2", here, t0, 1)])
+            .await
+            .expect("pings");
+        assert_eq!(totals(&engine, &keys, here).await, [(0, 2)]);
+        engine
+            .handle_batch(&[ride("d1", Kind::Matched, t0 + 10, 0)])
+            .await
+            .expect("match");
+        assert_eq!(
+            totals(&engine, &keys, here).await,
+            [(0, 1)],
+            "the matched driver left the supply"
+        );
+        engine
+            .handle_batch(&[
+                ping("d1", here, t0 + 20, 2),
+                ride("d1", Kind::Started, t0 + 30, 1),
+            ])
+            .await
+            .expect("pings on the ride");
+        assert_eq!(
+            totals(&engine, &keys, here).await,
+            [(0, 1)],
+            "its pings do not count while on the ride"
+        );
+        engine
+            .handle_batch(&[ride("d1", Kind::Finished, t0 + 40, 2)])
+            .await
+            .expect("finish");
+        assert_eq!(
+            totals(&engine, &keys, here).await,
+            [(0, 2)],
+            "back once the ride ended"
+        );
+        engine
+            .handle_batch(&[ride("d1", Kind::Matched, t0 + 10, 0)])
+            .await
+            .expect("a redelivered, older match");
+        assert_eq!(
+            totals(&engine, &keys, here).await,
+            [(0, 2)],
+            "an older ride event changes nothing"
         );
     }
 }

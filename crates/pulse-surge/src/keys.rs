@@ -49,6 +49,12 @@ impl Keys {
         format!("{}drivers:available", self.prefix)
     }
 
+    /// Index of drivers on a ride, scored by their latest ping or ride event (Unix ms); their
+    /// positions are at [`Keys::driver`].
+    pub fn drivers_on_ride(&self) -> String {
+        format!("{}drivers:on-ride", self.prefix)
+    }
+
     /// The generation of the engines' state in this cache: a random value without a TTL,
     /// written when the state is (re)built. If it vanishes — a Redis restarted without
     /// persistence — or changes, the windows were lost, and each engine rebuilds its

@@ -487,6 +487,8 @@ mod tests {
             timestamp_ms: at_ms,
             lat: 52.52,
             lng: 13.405,
+            on_ride: false,
+            ride_at_ms: 0,
         };
         cache
             .apply(vec![

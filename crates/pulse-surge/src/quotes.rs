@@ -141,6 +141,31 @@ impl QuoteService {
         }
     }
 
+    /// A quote of the trip with the surge in force, without locking it (no quote id): the
+    /// fare of an order placed without a quote.
+    pub async fn unlocked(
+        &self,
+        tenant: &TenantId,
+        user_id: Option<&str>,
+        pickup: Point,
+        dropoff: Option<Point>,
+    ) -> Quote {
+        let cell = pickup.cell();
+        let surge = self.current_surge(tenant, cell).await;
+        let distance_m = dropoff.map_or(0.0, |dropoff| pickup.distance_m(&dropoff));
+        Quote {
+            h3: cell.to_string(),
+            dropoff_h3: dropoff.map(|point| point.cell().to_string()),
+            multiplier: surge.multiplier,
+            source: surge.source,
+            updated_at: surge.updated_at,
+            price: self.settings.tariff.price(distance_m, surge.multiplier),
+            quote_id: None,
+            expires_at_ms: None,
+            user_id: user_id.map(str::to_owned),
+        }
+    }
+
     /// Quotes a trip for `tenant` (and, when named, `user_id`) and locks its price under a new
     /// quote id (when the cache takes it). The lock is the tenant's: no other tenant can
     /// redeem it.
@@ -151,22 +176,9 @@ impl QuoteService {
         pickup: Point,
         dropoff: Option<Point>,
     ) -> Quote {
-        let cell = pickup.cell();
-        let surge = self.current_surge(tenant, cell).await;
-        let distance_m = dropoff.map_or(0.0, |dropoff| pickup.distance_m(&dropoff));
-        let mut quote = Quote {
-            h3: cell.to_string(),
-            dropoff_h3: dropoff.map(|point| point.cell().to_string()),
-            multiplier: surge.multiplier,
-            source: surge.source,
-            updated_at: surge.updated_at,
-            price: self.settings.tariff.price(distance_m, surge.multiplier),
-            quote_id: None,
-            expires_at_ms: None,
-            user_id: user_id.map(str::to_owned),
-        };
-        metrics::counter!(QUOTES_TOTAL, "source" => surge.source.label()).increment(1);
-        if surge.source == SurgeSource::Fallback {
+        let mut quote = self.unlocked(tenant, user_id, pickup, dropoff).await;
+        metrics::counter!(QUOTES_TOTAL, "source" => quote.source.label()).increment(1);
+        if quote.source == SurgeSource::Fallback {
             // The cache is down, so the lock could not be stored either.
             return quote;
         }

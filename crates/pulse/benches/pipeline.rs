@@ -135,6 +135,7 @@ fn main() {
                         timestamp: pulse_core::clock::Clock::now_ms(&now) + *i as i64,
                         lat: point(*i).lat(),
                         lng: point(*i).lng(),
+                        vehicle_type: String::new(),
                     };
                     OutgoingRecord::keyed(event.driver_id.clone(), event.encode_to_vec())
                 })

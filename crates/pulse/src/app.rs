@@ -137,6 +137,7 @@ impl Application {
                     clock.clone(),
                     backend_timeout,
                 ));
+            let rides = wiring::rides::router(config, &backends, clock.clone(), backend_timeout);
             let jobs_api = wiring::jobs::router(
                 config,
                 &backends,
@@ -146,7 +147,7 @@ impl Application {
                 backend_timeout,
             );
             let api = pulse_http::auth::require(
-                api.merge(events).merge(jobs_api),
+                api.merge(rides).merge(events).merge(jobs_api),
                 guard,
                 Scope::Full,
                 Some(QuotaClass::Api),
@@ -287,6 +288,27 @@ impl Application {
             supervisor.spawn("redeliverer", async move {
                 redeliverer.run(stop).await;
                 Ok(())
+            });
+        }
+        if self.roles.contains(&Role::Tracker) {
+            let (tracker, settings) = wiring::rides::tracker(&self.config, &self.backends);
+            let log = self.backends.log.clone();
+            let stop = self.shutdown.clone();
+            supervisor.spawn("tracker", async move {
+                pulse_runtime::processor::run(log, tracker, settings, stop)
+                    .await
+                    .map_err(Into::into)
+            });
+        }
+        if self.roles.contains(&Role::Dispatch) {
+            let (dispatch, settings) =
+                wiring::rides::dispatch(&self.config, &self.backends, self.clock.clone());
+            let log = self.backends.log.clone();
+            let stop = self.shutdown.clone();
+            supervisor.spawn("dispatch", async move {
+                pulse_runtime::processor::run(log, dispatch, settings, stop)
+                    .await
+                    .map_err(Into::into)
             });
         }
         if let (true, Some(jobs)) = (self.roles.contains(&Role::Worker), self.jobs.as_ref()) {

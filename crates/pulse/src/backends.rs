@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use pulse_core::cache::Cache;
+use pulse_core::geo_index::GeoIndex;
 use pulse_core::health::HealthCheck;
 use pulse_core::log::{EventLog, TopicSpec};
 use pulse_core::rate_limit::RateLimiter;
@@ -13,8 +14,8 @@ use pulse_core::PortResult;
 use pulse_embedded_log::{EmbeddedLog, EmbeddedLogOptions};
 use pulse_kafka::{KafkaLog, KafkaOptions};
 use pulse_memory::MemoryCache;
-use pulse_memory::MemoryRateLimiter;
-use pulse_redis::{RedisCache, RedisOptions, RedisRateLimiter};
+use pulse_memory::{MemoryGeoIndex, MemoryRateLimiter};
+use pulse_redis::{RedisCache, RedisGeoIndex, RedisOptions, RedisRateLimiter};
 use pulse_resilience::{Breaker, FailOpenRateLimiter, LeasedRateLimiter};
 use pulse_store::{Database, StoreOptions};
 
@@ -27,6 +28,7 @@ pub fn declared_topics() -> Vec<TopicSpec> {
         pulse_orders::TOPICS,
         pulse_surge::engine::TOPICS,
         pulse_gateway::TOPICS,
+        pulse_marketplace::TOPICS,
         &[pulse_runtime::processor::DEAD_LETTER],
     ]
     .concat()
@@ -46,6 +48,8 @@ pub struct Backends {
     /// Per-tenant quotas: in-process beside the in-process cache; on Redis (one count for every
     /// process), falling open to an in-process limit while Redis does not answer.
     pub rate_limiter: Arc<dyn RateLimiter>,
+    /// Where drivers are: in-process beside the in-process cache, on the same Redis otherwise.
+    pub geo: Arc<dyn GeoIndex>,
 }
 
 /// Name of the ingress limiter (the `limiter` label of `pulse_rate_limiter_fallbacks_total`,
@@ -126,12 +130,16 @@ impl Backends {
         let mut memory_cache = None;
         let clock: pulse_core::clock::SharedClock = Arc::new(pulse_core::clock::SystemClock);
         let local_limiter = Arc::new(MemoryRateLimiter::new(clock.clone(), LOCAL_LIMITER_KEYS));
-        let (cache, rate_limiter): (Arc<dyn Cache>, Arc<dyn RateLimiter>) =
+        let (cache, rate_limiter, geo): (Arc<dyn Cache>, Arc<dyn RateLimiter>, Arc<dyn GeoIndex>) =
             match config.cache_target()? {
                 CacheTarget::Memory => {
                     let cache = MemoryCache::new(clock, config.memory_cache.max_entries);
                     memory_cache = Some(cache.clone());
-                    (Arc::new(cache), local_limiter)
+                    (
+                        Arc::new(cache),
+                        local_limiter,
+                        Arc::new(MemoryGeoIndex::new()),
+                    )
                 }
                 CacheTarget::Redis(url) => {
                     let options = RedisOptions {
@@ -158,7 +166,8 @@ impl Backends {
                         INGRESS_LIMITER,
                         &config.quote_breaker.settings(),
                     ));
-                    (Arc::new(cache), Arc::new(limiter))
+                    let geo = RedisGeoIndex::sharing(&cache, &config.prefix);
+                    (Arc::new(cache), Arc::new(limiter), Arc::new(geo))
                 }
             };
         for topic in declared_topics() {
@@ -173,6 +182,7 @@ impl Backends {
             cache,
             memory_cache,
             rate_limiter,
+            geo,
         })
     }
 

@@ -5,6 +5,8 @@
 
 use pulse_gateway::config::GatewayConfig;
 use pulse_jobs::config::JobsConfig;
+use pulse_marketplace::dispatch::DispatchConfig;
+use pulse_marketplace::tracker::TrackerConfig;
 use pulse_sinks::WebhookSettings;
 use pulse_tenants::config::{AuthConfig, QuotasConfig};
 use std::net::SocketAddr;
@@ -142,6 +144,10 @@ pub struct Config {
     pub webhooks: WebhookSettings,
     /// Background jobs: limits, the worker, retention, tenants' weights.
     pub jobs: JobsConfig,
+    /// The tracker: how fresh a driver's ping must be to count.
+    pub tracker: TrackerConfig,
+    /// Dispatch: automatic matching, radii, retries.
+    pub dispatch: DispatchConfig,
 }
 
 /// A setting that must never reach a log: its `Debug` shows only that it is set.
@@ -184,6 +190,8 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             webhooks: WebhookSettings::default(),
             jobs: JobsConfig::default(),
+            tracker: TrackerConfig::default(),
+            dispatch: DispatchConfig::default(),
             http: HttpConfig::default(),
         }
     }
@@ -336,6 +344,8 @@ impl Config {
             self.webhooks.validate(),
             self.gateway.validate(),
             self.jobs.validate(),
+            self.tracker.validate(),
+            self.dispatch.validate(),
             (self.jobs.worker.drain_timeout_ms < self.shutdown_timeout_secs.saturating_mul(1_000))
                 .then_some(())
                 .ok_or_else(|| {

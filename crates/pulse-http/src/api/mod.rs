@@ -1,4 +1,5 @@
-//! The public API under `/api/v1`, one router per domain: orders ([`orders_router`]); driver
+//! The public API under `/api/v1`, one router per domain: orders ([`orders_router`]); the ride
+//! lifecycle, histories and nearby drivers ([`rides_router`]); driver
 //! locations, quotes and the live surge map ([`surge_router`]). The binary merges the routers of
 //! the domains a process serves.
 
@@ -8,6 +9,7 @@ pub(crate) mod jobs;
 mod json;
 pub(crate) mod orders;
 pub(crate) mod quotes;
+pub(crate) mod rides;
 pub(crate) mod surge;
 
 use std::sync::Arc;
@@ -47,6 +49,21 @@ pub struct OrdersApi {
     pub orders: OrderService,
 }
 
+/// What the ride lifecycle's handlers need.
+#[derive(Debug, Clone)]
+pub struct RidesApi {
+    /// Reading and moving rides.
+    pub rides: pulse_marketplace::rides::RideService,
+    /// Matching on demand.
+    pub dispatcher: pulse_marketplace::dispatch::Dispatcher,
+    /// Where drivers are.
+    pub geo: Arc<dyn pulse_core::geo_index::GeoIndex>,
+    /// How old a driver's latest ping may be to be shown or matched.
+    pub max_age: Duration,
+    /// Time.
+    pub clock: SharedClock,
+}
+
 /// What the surge domain's handlers need (driver locations, quotes, the live map).
 #[derive(Debug, Clone)]
 pub struct SurgeApi {
@@ -71,9 +88,26 @@ pub fn orders_router(state: OrdersApi, timeout: Duration, body: BodyLimits) -> R
 /// [`orders_router`] before it is given its state: what it serves, to list without backends
 /// (the OpenAPI document's coverage test).
 pub fn orders_routes(timeout: Duration, body: BodyLimits) -> Router<Arc<OrdersApi>> {
+    let routes = Router::new().route("/orders", post(orders::place));
+    bounded(routes, timeout, body)
+}
+
+/// The ride lifecycle's routes under `/api/v1`.
+pub fn rides_router(state: RidesApi, timeout: Duration, body: BodyLimits) -> Router {
+    rides_routes(timeout, body).with_state(Arc::new(state))
+}
+
+/// [`rides_router`] before it is given its state.
+pub fn rides_routes(timeout: Duration, body: BodyLimits) -> Router<Arc<RidesApi>> {
     let routes = Router::new()
-        .route("/orders", post(orders::place))
-        .route("/orders/{order_id}", get(orders::get));
+        .route("/orders/{order_id}", get(rides::get))
+        .route("/orders/{order_id}/status", post(rides::change_status))
+        .route("/orders/{order_id}/cancel", post(rides::cancel))
+        .route("/orders/{order_id}/dispatch", post(rides::dispatch))
+        .route("/orders/{order_id}/trail", get(rides::trail))
+        .route("/riders/{user_id}/rides", get(rides::rider_rides))
+        .route("/drivers/{driver_id}/rides", get(rides::driver_rides))
+        .route("/drivers/nearby", get(rides::nearby));
     bounded(routes, timeout, body)
 }
 
@@ -169,6 +203,7 @@ pub fn surge_routes(timeout: Duration, body: BodyLimits) -> Router<Arc<SurgeApi>
             "/drivers/{driver_id}/location",
             post(drivers::report_location),
         )
+        .route("/drivers/locations", post(drivers::report_locations))
         .route("/quote", get(quotes::quote))
         .route("/surge/cells", get(surge::cells));
     let streams = Router::new().route("/surge/stream", get(surge::stream));

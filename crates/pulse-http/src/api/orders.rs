@@ -1,4 +1,4 @@
-//! `POST /api/v1/orders` and `GET /api/v1/orders/{id}`.
+//! `POST /api/v1/orders`, and the order as every orders and rides route shows it.
 
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use super::{rfc3339, ApiJson, LatLng, OrdersApi};
 use crate::auth::Caller;
 use crate::openapi::domain;
 use crate::openapi::responses::*;
-use crate::{ApiError, ApiPath};
+use crate::ApiError;
 
 /// An order to place.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -30,11 +30,21 @@ pub(crate) struct PlaceOrder {
     /// Where to drop off.
     dropoff: LatLng,
     /// A locked quote (`GET /api/v1/quote?...&user_id=`) to pay: the order then costs its price.
+    /// Without one, the order pays a fresh quote's price.
     #[serde(default)]
     quote_id: Option<Uuid>,
+    /// Only drivers of this vehicle are matched (`car`, `bike`, …: 1 to 32 of `a-z0-9_-`).
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 32,
+        pattern = "^[a-z0-9_-]{1,32}$",
+        example = "car"
+    )]
+    vehicle_type: Option<String>,
 }
 
-/// What the order costs, from its locked quote.
+/// What the order costs: its locked quote's price, else a fresh quote's at placement.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = OrderPrice)]
 struct PriceBody {
@@ -62,9 +72,58 @@ pub(crate) struct OrderBody {
     /// The quote it paid, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     quote_id: Option<Uuid>,
-    /// Its price, when it paid a quote.
+    /// Its fare, fixed at placement (`total` is what the rider pays).
     #[serde(skip_serializing_if = "Option::is_none")]
     price: Option<PriceBody>,
+    /// The vehicle asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vehicle_type: Option<String>,
+    /// The matched driver.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    driver_id: Option<String>,
+    /// Why dispatch gave up, while the order waits unmatched (still `PENDING`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    no_driver: Option<String>,
+    /// The statuses it went through, oldest first (on reads of one order).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<Vec<StepBody>>,
+}
+
+/// A status an order reached.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OrderStep)]
+pub(crate) struct StepBody {
+    #[schema(value_type = domain::OrderStatus)]
+    status: &'static str,
+    /// RFC 3339, UTC.
+    #[schema(format = DateTime)]
+    at: String,
+    /// The driver, for the steps that have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    driver_id: Option<String>,
+}
+
+impl OrderBody {
+    /// The order with its history: `PENDING` at placement, then each step kept.
+    pub(crate) fn with_history(
+        order: Order,
+        steps: Vec<pulse_marketplace::model::RideStep>,
+    ) -> Self {
+        let placed = StepBody {
+            status: pulse_orders::OrderStatus::Pending.as_str(),
+            at: rfc3339(order.created_at_ms),
+            driver_id: None,
+        };
+        let steps = std::iter::once(placed).chain(steps.into_iter().map(|step| StepBody {
+            status: step.status.as_str(),
+            at: rfc3339(step.at_ms),
+            driver_id: step.driver_id,
+        }));
+        Self {
+            history: Some(steps.collect()),
+            ..Self::from(order)
+        }
+    }
 }
 
 impl From<Order> for OrderBody {
@@ -81,6 +140,10 @@ impl From<Order> for OrderBody {
                 total: price.total,
                 multiplier: f64::from(price.multiplier_milli) / 1_000.0,
             }),
+            vehicle_type: order.vehicle_type,
+            driver_id: order.driver_id,
+            no_driver: order.no_driver,
+            history: None,
         }
     }
 }
@@ -173,6 +236,10 @@ pub(crate) async fn place(
         body.dropoff.point("dropoff")?,
         body.quote_id,
     )?;
+    let request = match &body.vehicle_type {
+        Some(vehicle_type) => request.with_vehicle_type(vehicle_type)?,
+        None => request,
+    };
     let placed = state.orders.place(&caller.tenant, request, key).await?;
     let mut response = (StatusCode::CREATED, Json(OrderBody::from(placed.order))).into_response();
     if placed.replayed {
@@ -181,40 +248,4 @@ pub(crate) async fn place(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
-}
-
-/// Read an order of the caller's tenant.
-#[utoipa::path(
-    get,
-    path = "/api/v1/orders/{order_id}",
-    operation_id = "getOrder",
-    tag = "orders",
-    params(
-        ("order_id" = String, Path, min_length = 1, max_length = 64,
-            pattern = "^[A-Za-z0-9_-]{1,64}$",
-            description = "The order's id (a UUID); an id that is no UUID is 404, one outside \
-                the path charset 400."),
-    ),
-    responses(
-        (status = 200, description = "The order.", body = OrderBody),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 429, response = TooManyRequests),
-        (status = 500, response = Internal),
-        (status = 503, response = Unavailable),
-    )
-)]
-pub(crate) async fn get(
-    State(state): State<Arc<OrdersApi>>,
-    Caller(caller): Caller,
-    ApiPath(order_id): ApiPath<String>,
-) -> Result<Json<OrderBody>, ApiError> {
-    let id = Uuid::parse_str(&order_id)
-        .map_err(|_| ApiError::not_found(format!("no order {order_id:?}")))?;
-    match state.orders.get(&caller.tenant, id).await? {
-        Some(order) => Ok(Json(OrderBody::from(order))),
-        None => Err(ApiError::not_found(format!("no order {id}"))),
-    }
 }

@@ -168,12 +168,16 @@ pub(crate) struct IssuedKey {
     scope: Scope,
 }
 
-/// An order's state.
+/// An order's state: `PENDING` → `MATCHED` → `STARTED` → `FINISHED`, and `CANCELLED` from
+/// `PENDING` or `MATCHED`.
 #[derive(ToSchema)]
 #[schema(rename_all = "SCREAMING_SNAKE_CASE")]
 pub(crate) enum OrderStatus {
     Pending,
-    Completed,
+    Matched,
+    Started,
+    Finished,
+    Cancelled,
 }
 
 #[cfg(test)]
@@ -347,10 +351,7 @@ mod tests {
         for class in [QuotaClass::Api, QuotaClass::Events, QuotaClass::Jobs] {
             assert_mirrors("QuotaClass", class);
         }
-        for status in [
-            pulse_orders::OrderStatus::Pending,
-            pulse_orders::OrderStatus::Completed,
-        ] {
+        for status in pulse_orders::OrderStatus::ALL {
             assert_mirrors("OrderStatus", status.as_str());
         }
     }

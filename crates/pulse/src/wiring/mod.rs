@@ -4,5 +4,6 @@
 pub mod gateway;
 pub mod jobs;
 pub mod orders;
+pub mod rides;
 pub mod surge;
 pub mod tenants;

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pulse_core::clock::SharedClock;
 use pulse_core::{PortResult, TenantId};
+use pulse_geo::Point;
 use pulse_orders::{LockedPrice, OrderPrice, OrderService, OrderTopics, PriceLocks};
 use pulse_store::Database;
-use pulse_surge::quotes::QuoteService;
+use pulse_surge::quotes::{Quote, QuoteService};
 use uuid::Uuid;
 
 /// The surge domain's quotes, as the price locks orders pay.
@@ -20,13 +21,22 @@ impl PriceLocks for QuotedPrices {
     async fn locked(&self, tenant: &TenantId, quote_id: &Uuid) -> PortResult<Option<LockedPrice>> {
         let quote = self.0.locked(tenant, quote_id).await?;
         Ok(quote.map(|quote| LockedPrice {
+            price: price_of(&quote),
             h3: quote.h3,
             user_id: quote.user_id,
-            price: OrderPrice {
-                total: quote.price.total,
-                multiplier_milli: (quote.multiplier * 1_000.0).round() as i32,
-            },
         }))
+    }
+
+    async fn fresh(&self, tenant: &TenantId, pickup: Point, dropoff: Point) -> OrderPrice {
+        price_of(&self.0.unlocked(tenant, None, pickup, Some(dropoff)).await)
+    }
+}
+
+/// What an order pays for `quote`.
+fn price_of(quote: &Quote) -> OrderPrice {
+    OrderPrice {
+        total: quote.price.total,
+        multiplier_milli: (quote.multiplier * 1_000.0).round() as i32,
     }
 }
 

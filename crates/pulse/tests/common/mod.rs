@@ -153,6 +153,12 @@ impl TestApp {
             listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: data_dir.to_owned(),
             prefix: test_prefix(),
+            // The seed's surge examples count every driver that pings; a test of rides turns
+            // automatic dispatch on (matched drivers leave the supply).
+            dispatch: pulse_marketplace::dispatch::DispatchConfig {
+                auto: false,
+                ..Default::default()
+            },
             ..Config::default()
         };
         configure(&mut config);
