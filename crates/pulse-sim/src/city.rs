@@ -143,6 +143,26 @@ pub enum Request {
         /// Dropoff.
         dropoff: Position,
     },
+    /// `POST /api/v1/orders/{order_id}/status`: the driver picked the rider up, or dropped
+    /// them off.
+    Move {
+        /// The order.
+        order_id: String,
+        /// Its driver.
+        driver_id: String,
+        /// `STARTED` or `FINISHED`.
+        status: &'static str,
+    },
+}
+
+/// A ride a driver was matched to, as the city drives it.
+#[derive(Debug, Clone, PartialEq)]
+struct Ride {
+    order_id: String,
+    pickup: Position,
+    dropoff: Position,
+    /// The rider is on board.
+    started: bool,
 }
 
 /// The shape of a simulated city.
@@ -160,6 +180,8 @@ pub struct CitySettings {
     pub hotspots: usize,
     /// Seconds between two pings of one driver.
     pub ping_interval_secs: f64,
+    /// Speed of a driver on a ride, metres per second.
+    pub ride_speed_mps: f64,
     /// Seconds one tick stands for.
     pub tick_secs: f64,
 }
@@ -177,8 +199,10 @@ struct Driver {
     destination: Position,
     speed_mps: f64,
     available: bool,
-    /// Ticks left on the current trip (unavailable meanwhile).
+    /// Ticks left on the current break (unavailable meanwhile).
     trip_ticks: u64,
+    /// The ride Pulse matched it to, if any.
+    ride: Option<Ride>,
     /// Offset of this driver's pings among the ticks, so pings spread evenly.
     phase: u64,
 }
@@ -193,7 +217,7 @@ const CRUISE_SPREAD_M: f64 = 700.0;
 const STARTING_NEAR_HOTSPOT: f64 = 0.4;
 /// How fast hotspots drift, metres per second (demand moves across town over tens of minutes).
 const HOTSPOT_DRIFT_MPS: f64 = 4.0;
-/// Chance, per ping of an available driver, of starting a trip.
+/// Chance, per ping of an available driver, of taking a break (it reports itself unavailable).
 const TRIP_CHANCE: f64 = 0.03;
 
 /// The simulated city.
@@ -244,6 +268,7 @@ impl City {
                     speed_mps: 6.0 + city.rng.f64() * 8.0,
                     available: true,
                     trip_ticks: 0,
+                    ride: None,
                     phase: city.rng.u64(0..ping_every_ticks),
                 }
             })
@@ -273,12 +298,16 @@ impl City {
         }
         let mut requests = Vec::new();
         for index in 0..self.drivers.len() {
-            self.drive(index);
+            if let Some(moved) = self.drive(index) {
+                requests.push(moved);
+            }
             let driver = &mut self.drivers[index];
             if !(self.tick + driver.phase).is_multiple_of(self.ping_every_ticks) {
                 continue;
             }
-            if driver.available && self.rng.f64() < TRIP_CHANCE {
+            // A driver on a ride keeps reporting itself available, as a driver app online
+            // would: Pulse knows it is on a ride and never counts or matches it meanwhile.
+            if driver.available && driver.ride.is_none() && self.rng.f64() < TRIP_CHANCE {
                 driver.available = false;
                 let trip_secs = 20.0 + self.rng.f64() * 70.0;
                 driver.trip_ticks = (trip_secs / tick_secs) as u64;
@@ -302,10 +331,49 @@ impl City {
         requests
     }
 
-    /// Moves one driver along; on arrival it picks a new destination, half the time near a
-    /// hotspot.
-    fn drive(&mut self, index: usize) {
+    /// Gives `order_id` to `driver_id` (as Pulse matched it): the driver heads for the pickup,
+    /// then the dropoff. Returns `false` for a driver the city does not know or that is already
+    /// on a ride.
+    pub fn assign(
+        &mut self,
+        driver_id: &str,
+        order_id: &str,
+        pickup: Position,
+        dropoff: Position,
+    ) -> bool {
+        let index = driver_id
+            .strip_prefix("driver-")
+            .and_then(|index| index.parse::<usize>().ok());
+        let Some(driver) = index.and_then(|index| self.drivers.get_mut(index)) else {
+            return false;
+        };
+        if driver.id != driver_id || driver.ride.is_some() {
+            return false;
+        }
+        driver.destination = pickup;
+        driver.ride = Some(Ride {
+            order_id: order_id.to_owned(),
+            pickup,
+            dropoff,
+            started: false,
+        });
+        true
+    }
+
+    /// Drivers on a ride now.
+    pub fn riding(&self) -> usize {
+        self.drivers
+            .iter()
+            .filter(|driver| driver.ride.is_some())
+            .count()
+    }
+
+    /// Moves one driver along. On a ride it drives to the pickup, then to the dropoff, and says
+    /// so (the returned move); otherwise, on arrival it picks a new destination, half the time
+    /// near a hotspot.
+    fn drive(&mut self, index: usize) -> Option<Request> {
         let tick_secs = self.settings.tick_secs;
+        let ride_speed = self.settings.ride_speed_mps;
         let bounds = self.settings.bounds;
         let near_hotspot = self.rng.bool() && !self.hotspots.is_empty();
         let hotspot = self.near_hotspot(CRUISE_SPREAD_M);
@@ -317,15 +385,37 @@ impl City {
                 driver.available = true;
             }
         }
-        let step_m = driver.speed_mps * tick_secs;
-        let remaining_m = distance_m(driver.at, driver.destination);
-        if remaining_m <= step_m {
-            driver.at = driver.destination;
-            driver.destination = if near_hotspot { hotspot } else { fallback };
+        let speed = if driver.ride.is_some() {
+            ride_speed
         } else {
+            driver.speed_mps
+        };
+        let step_m = speed * tick_secs;
+        let remaining_m = distance_m(driver.at, driver.destination);
+        if remaining_m > step_m {
             let heading = bearing(driver.at, driver.destination);
             driver.at = bounds.clamp(moved(driver.at, heading, step_m));
+            return None;
         }
+        driver.at = driver.destination;
+        let Some(ride) = driver.ride.as_mut() else {
+            driver.destination = if near_hotspot { hotspot } else { fallback };
+            return None;
+        };
+        let status = if ride.started { "FINISHED" } else { "STARTED" };
+        let order_id = ride.order_id.clone();
+        if ride.started {
+            driver.ride = None;
+            driver.destination = if near_hotspot { hotspot } else { fallback };
+        } else {
+            ride.started = true;
+            driver.destination = ride.dropoff;
+        }
+        Some(Request::Move {
+            order_id,
+            driver_id: driver.id.clone(),
+            status,
+        })
     }
 
     /// A point scattered `spread_m` (one standard deviation) around a random hotspot.
@@ -395,6 +485,7 @@ mod tests {
             order_rate: 20.0,
             hotspots: 3,
             ping_interval_secs: 3.0,
+            ride_speed_mps: 60.0,
             tick_secs: 0.1,
         }
     }
@@ -428,9 +519,10 @@ mod tests {
                 Request::Order {
                     pickup, dropoff, ..
                 } => assert!(inside(pickup) && inside(dropoff), "{request:?}"),
+                Request::Move { .. } => panic!("no ride was assigned: {request:?}"),
             }
         }
-        // Some drivers take trips (unavailable for a while).
+        // Some drivers take breaks (unavailable for a while).
         assert!(requests.iter().any(|r| matches!(
             r,
             Request::Ping {
@@ -468,5 +560,50 @@ mod tests {
             .unwrap_err()
             .contains("not a box"));
         assert!("a,b,c,d".parse::<CityBox>().unwrap_err().contains("SOUTH"));
+    }
+
+    #[test]
+    fn a_matched_driver_drives_to_the_pickup_starts_drives_to_the_dropoff_and_finishes() {
+        let mut city = City::new(settings(), 7);
+        let pickup = Position {
+            lat: 52.52,
+            lng: 13.40,
+        };
+        let dropoff = Position {
+            lat: 52.53,
+            lng: 13.41,
+        };
+        assert!(
+            !city.assign("driver-999999", "o-1", pickup, dropoff),
+            "unknown driver"
+        );
+        assert!(city.assign("driver-0", "o-1", pickup, dropoff));
+        assert!(
+            !city.assign("driver-0", "o-2", pickup, dropoff),
+            "already on a ride"
+        );
+        let mut moves = Vec::new();
+        for _ in 0..100_000 {
+            for request in city.step() {
+                if let Request::Move {
+                    order_id,
+                    driver_id,
+                    status,
+                } = request
+                {
+                    assert_eq!((order_id.as_str(), driver_id.as_str()), ("o-1", "driver-0"));
+                    moves.push(status);
+                }
+            }
+            if moves.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(moves, ["STARTED", "FINISHED"]);
+        assert_eq!(city.riding(), 0);
+        assert!(
+            city.assign("driver-0", "o-2", pickup, dropoff),
+            "free again"
+        );
     }
 }

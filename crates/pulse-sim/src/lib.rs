@@ -1,7 +1,9 @@
 //! The city simulator behind `pulse simulate` and `pulse demo`: drivers and riders of a
 //! simulated city ([`city`]) driving a running Pulse through its public HTTP API only, with live
 //! progress and a summary ([`report`]). Drivers report their location; a rider asks for a quote
-//! and orders with its `quote_id`, as an app would.
+//! and orders with its `quote_id`, as an app would. Each order is followed until Pulse matched it
+//! (or gave up: `no_driver`); its driver then drives to the pickup, starts the ride, drives to the
+//! dropoff and finishes it, through the same API a driver app would use.
 //!
 //! Requests are sent concurrently up to a limit; when Pulse is slower than the city, the city
 //! waits (the achieved rates in the summary say so) rather than queueing without bound. Every
@@ -27,6 +29,19 @@ const TICK: Duration = Duration::from_millis(100);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reading Pulse's map for the progress view gives up after this.
 const MAP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an order is followed for its match (Pulse retries a minute by default).
+const WATCH_FOR: Duration = Duration::from_secs(90);
+/// First and longest wait between two reads of a followed order.
+const WATCH_EVERY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+
+/// An order Pulse matched, for the city to drive.
+#[derive(Debug)]
+struct Matched {
+    order_id: String,
+    driver_id: String,
+    pickup: city::Position,
+    dropoff: city::Position,
+}
 
 /// How to run a simulation.
 #[derive(Debug, Clone)]
@@ -43,6 +58,8 @@ pub struct SimSettings {
     pub hotspots: usize,
     /// Seconds between two pings of a driver.
     pub ping_interval: Duration,
+    /// Speed of a driver on a ride, metres per second (sped up, so rides finish in a demo).
+    pub ride_speed_mps: f64,
     /// The area.
     pub city: CityBox,
     /// Seed of every random choice.
@@ -78,6 +95,10 @@ impl SimSettings {
         anyhow::ensure!(
             (1..=4096).contains(&self.concurrency),
             "--concurrency must be between 1 and 4096"
+        );
+        anyhow::ensure!(
+            self.ride_speed_mps.is_finite() && (1.0..=10_000.0).contains(&self.ride_speed_mps),
+            "--ride-speed must be between 1 and 10000 metres per second"
         );
         anyhow::ensure!(
             self.ping_interval >= TICK,
@@ -129,11 +150,15 @@ pub async fn run(
             order_rate: settings.order_rate,
             hotspots: settings.hotspots,
             ping_interval_secs: settings.ping_interval.as_secs_f64(),
+            ride_speed_mps: settings.ride_speed_mps,
             tick_secs: TICK.as_secs_f64(),
         },
         settings.seed,
     );
     let stats = Arc::new(Mutex::new(Stats::default()));
+    let (matches_sender, mut matches) = tokio::sync::mpsc::unbounded_channel::<Matched>();
+    // Followers of orders end with the run.
+    let followers = stop.child_token();
     let in_flight = Arc::new(Semaphore::new(settings.concurrency));
     let started = Instant::now();
     let deadline = settings.duration.map(|duration| started + duration);
@@ -164,6 +189,14 @@ pub async fn run(
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             break;
         }
+        while let Ok(matched) = matches.try_recv() {
+            city.assign(
+                &matched.driver_id,
+                &matched.order_id,
+                matched.pickup,
+                matched.dropoff,
+            );
+        }
         for request in city.step() {
             // Waiting here is the backpressure: the city slows down with the server.
             let permit = tokio::select! {
@@ -171,8 +204,12 @@ pub async fn run(
                 permit = in_flight.clone().acquire_owned() => permit.context("request limiter closed")?,
             };
             let (client, target, stats) = (client.clone(), target.clone(), stats.clone());
+            let follow = Follow {
+                matches: matches_sender.clone(),
+                stop: followers.clone(),
+            };
             tokio::spawn(async move {
-                send(&client, &target, request, &stats).await;
+                send(&client, &target, request, &stats, follow).await;
                 drop(permit);
             });
         }
@@ -183,6 +220,7 @@ pub async fn run(
         }
     }
     cells_reader.abort();
+    followers.cancel();
     // Let what is in flight finish, so the summary counts every request sent.
     let _all = in_flight
         .acquire_many(settings.concurrency as u32)
@@ -201,9 +239,22 @@ pub async fn run(
     ))
 }
 
+/// Where a followed order's match goes, and when following ends.
+#[derive(Debug, Clone)]
+struct Follow {
+    matches: tokio::sync::mpsc::UnboundedSender<Matched>,
+    stop: CancellationToken,
+}
+
 /// Sends one request of the city (a rider's is a quote, then an order with the quote's id) and
-/// records the outcomes.
-async fn send(client: &reqwest::Client, target: &str, request: Request, stats: &Mutex<Stats>) {
+/// records the outcomes; a placed order is followed (in a task of its own) until it is matched.
+async fn send(
+    client: &reqwest::Client,
+    target: &str,
+    request: Request,
+    stats: &Arc<Mutex<Stats>>,
+    follow: Follow,
+) {
     match request {
         Request::Ping {
             driver_id,
@@ -238,9 +289,99 @@ async fn send(client: &reqwest::Client, target: &str, request: Request, stats: &
                 order["quote_id"] = Value::String(quote_id);
             }
             let order = client.post(format!("{target}/api/v1/orders")).json(&order);
-            exchange(Kind::Order, order, stats).await;
+            let placed = exchange(Kind::Order, order, stats).await;
+            if let Some(order_id) = placed
+                .as_ref()
+                .and_then(|order| order["order_id"].as_str())
+                .map(str::to_owned)
+            {
+                let (client, target, stats) = (client.clone(), target.to_owned(), stats.clone());
+                tokio::spawn(async move {
+                    let matched =
+                        follow_order(&client, &target, &order_id, &stats, &follow.stop).await;
+                    if let Some(driver_id) = matched {
+                        let _ = follow.matches.send(Matched {
+                            order_id,
+                            driver_id,
+                            pickup,
+                            dropoff,
+                        });
+                    }
+                });
+            }
+        }
+        Request::Move {
+            order_id,
+            driver_id,
+            status,
+        } => {
+            let move_ride = client
+                .post(format!("{target}/api/v1/orders/{order_id}/status"))
+                .json(&json!({ "status": status, "driver_id": driver_id }));
+            if exchange(Kind::Move, move_ride, stats).await.is_some() {
+                stats
+                    .lock()
+                    .expect("stats lock")
+                    .record_move(status == "STARTED");
+            }
         }
     }
+}
+
+/// Reads `order_id` (more and more rarely) until Pulse matched it — recording the match and its
+/// latency from the order's history — or gave up on it; returns the matched driver.
+async fn follow_order(
+    client: &reqwest::Client,
+    target: &str,
+    order_id: &str,
+    stats: &Mutex<Stats>,
+    stop: &CancellationToken,
+) -> Option<String> {
+    let started = Instant::now();
+    let mut every = WATCH_EVERY.0;
+    while started.elapsed() < WATCH_FOR {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            () = tokio::time::sleep(every) => {}
+        }
+        every = (every * 2).min(WATCH_EVERY.1);
+        let Ok(response) = client
+            .get(format!("{target}/api/v1/orders/{order_id}"))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(order) = response.json::<Value>().await else {
+            continue;
+        };
+        if order.get("no_driver").is_some() {
+            stats.lock().expect("stats lock").record_no_driver();
+            return None;
+        }
+        match order["status"].as_str() {
+            Some("MATCHED") => {
+                let latency = match_latency(&order).unwrap_or(started.elapsed());
+                stats.lock().expect("stats lock").record_match(latency);
+                return order["driver_id"].as_str().map(str::to_owned);
+            }
+            Some("PENDING") => {}
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Placement to match, from the order's history as Pulse recorded it.
+fn match_latency(order: &Value) -> Option<Duration> {
+    let at = |text: &Value| humantime::parse_rfc3339(text.as_str()?).ok();
+    let placed = at(&order["created_at"])?;
+    let matched = order["history"]
+        .as_array()?
+        .iter()
+        .find(|step| step["status"] == "MATCHED")
+        .and_then(|step| at(&step["at"]))?;
+    matched.duration_since(placed).ok()
 }
 
 /// Sends one request, records its outcome, and returns the JSON body of a success.

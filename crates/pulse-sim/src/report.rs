@@ -26,16 +26,19 @@ pub enum Kind {
     Order,
     /// A driver location.
     Ping,
+    /// A driver's move of its ride (`STARTED`, `FINISHED`).
+    Move,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Quote, Kind::Order, Kind::Ping];
+    const ALL: [Kind; 4] = [Kind::Quote, Kind::Order, Kind::Ping, Kind::Move];
 
     fn index(self) -> usize {
         match self {
             Kind::Quote => 0,
             Kind::Order => 1,
             Kind::Ping => 2,
+            Kind::Move => 3,
         }
     }
 
@@ -44,8 +47,20 @@ impl Kind {
             Kind::Quote => "quotes",
             Kind::Order => "orders",
             Kind::Ping => "pings",
+            Kind::Move => "moves",
         }
     }
+}
+
+/// What became of the city's orders as rides.
+#[derive(Debug, Clone, Default)]
+struct RideStats {
+    matched: u64,
+    no_driver: u64,
+    started: u64,
+    finished: u64,
+    /// Placement to match, as Pulse recorded them (the order's history), microseconds.
+    match_us: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -85,7 +100,8 @@ impl KindStats {
 /// Everything recorded so far.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
-    kinds: [KindStats; 3],
+    kinds: [KindStats; 4],
+    rides: RideStats,
     errors: BTreeMap<String, u64>,
     error_samples: Vec<String>,
 }
@@ -100,7 +116,8 @@ struct KindWindow {
 /// Counters now and latencies since the previous progress report.
 #[derive(Debug, Clone)]
 pub struct Window {
-    kinds: [KindWindow; 3],
+    kinds: [KindWindow; 4],
+    rides: (u64, u64, u64),
     errors: BTreeMap<String, u64>,
 }
 
@@ -124,6 +141,30 @@ impl Stats {
         *self.errors.entry(cause).or_default() += 1;
     }
 
+    /// An order Pulse matched, `latency` after its placement.
+    pub fn record_match(&mut self, latency: Duration) {
+        self.rides.matched += 1;
+        if self.rides.match_us.len() < MAX_SAMPLES {
+            self.rides
+                .match_us
+                .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// An order Pulse gave up matching (`no_driver`).
+    pub fn record_no_driver(&mut self) {
+        self.rides.no_driver += 1;
+    }
+
+    /// A ride its driver started (`true`) or finished (`false`).
+    pub fn record_move(&mut self, started: bool) {
+        if started {
+            self.rides.started += 1;
+        } else {
+            self.rides.finished += 1;
+        }
+    }
+
     /// The counters, and the latencies since the last call (which starts a new window).
     pub fn take_window(&mut self) -> Window {
         let kinds = self.kinds.each_mut().map(|stats| {
@@ -136,6 +177,11 @@ impl Stats {
         });
         Window {
             kinds,
+            rides: (
+                self.rides.matched,
+                self.rides.finished,
+                self.rides.no_driver,
+            ),
             errors: self.errors.clone(),
         }
     }
@@ -185,6 +231,23 @@ pub struct KindSummary {
     pub latency_ms: Latency,
 }
 
+/// The city's orders as rides.
+#[derive(Debug, Clone, Serialize)]
+pub struct RideSummary {
+    /// Orders Pulse matched to a driver.
+    pub matched: u64,
+    /// Rides their driver started.
+    pub started: u64,
+    /// Rides their driver finished.
+    pub finished: u64,
+    /// Orders Pulse gave up on (`no_driver`).
+    pub no_driver: u64,
+    /// Placement to match, as Pulse recorded them, milliseconds.
+    pub match_latency_ms: Latency,
+    /// The drivers' `STARTED` and `FINISHED` requests.
+    pub moves: KindSummary,
+}
+
 /// A cell with a live surge.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HotCell {
@@ -219,6 +282,8 @@ pub struct Summary {
     pub orders: KindSummary,
     /// Driver locations.
     pub pings: KindSummary,
+    /// Orders as rides: matched, started, finished, `no_driver`, and how fast they were matched.
+    pub rides: RideSummary,
     /// Failed requests by cause.
     pub errors: BTreeMap<String, u64>,
     /// A few failures in full.
@@ -281,6 +346,14 @@ impl Summary {
             quotes: kind(&stats.kinds[Kind::Quote.index()]),
             orders: kind(&stats.kinds[Kind::Order.index()]),
             pings: kind(&stats.kinds[Kind::Ping.index()]),
+            rides: RideSummary {
+                matched: stats.rides.matched,
+                started: stats.rides.started,
+                finished: stats.rides.finished,
+                no_driver: stats.rides.no_driver,
+                match_latency_ms: Latency::of(&mut stats.rides.match_us.clone()),
+                moves: kind(&stats.kinds[Kind::Move.index()]),
+            },
             errors: stats.errors.clone(),
             error_samples: stats.error_samples.clone(),
             hotspots: hotspots.iter().map(|p| [p.lat, p.lng]).collect(),
@@ -316,6 +389,18 @@ impl fmt::Display for Summary {
         kind_line(f, "quotes", &self.quotes)?;
         kind_line(f, "orders", &self.orders)?;
         kind_line(f, "pings", &self.pings)?;
+        kind_line(f, "moves", &self.rides.moves)?;
+        let rides = &self.rides;
+        writeln!(
+            f,
+            "  rides  {:>9} matched {:>6} started {:>6} finished {:>6} no_driver   match p50 {:.1} ms  p99 {:.1} ms",
+            rides.matched,
+            rides.started,
+            rides.finished,
+            rides.no_driver,
+            rides.match_latency_ms.p50,
+            rides.match_latency_ms.p99
+        )?;
         if self.errors.is_empty() {
             writeln!(f, "  errors   none")?;
         } else {
@@ -356,7 +441,7 @@ enum Mode {
 pub struct Progress {
     mode: Mode,
     drawn: usize,
-    last: Option<(Duration, [u64; 3])>,
+    last: Option<(Duration, [u64; 4])>,
 }
 
 impl Progress {
@@ -400,7 +485,7 @@ impl Progress {
                 let seconds = (elapsed - at).as_secs_f64().max(f64::EPSILON);
                 std::array::from_fn(|i| (sent[i] - last[i]) as f64 / seconds)
             }
-            None => [0.0; 3],
+            None => [0.0; 4],
         };
         self.last = Some((elapsed, sent));
         let clock = format!(
@@ -431,12 +516,17 @@ impl Progress {
             .take(3)
             .map(|cell| format!("{} ×{:.2}", cell.h3, cell.multiplier))
             .collect();
-        let [quotes_line, orders_line, pings_line] = kind_lines;
+        let [quotes_line, orders_line, pings_line, moves_line] = kind_lines;
+        let (matched, finished, no_driver) = window.rides;
         let lines = [
             format!("pulse simulate  {clock}"),
             quotes_line,
             orders_line,
             pings_line,
+            moves_line,
+            format!(
+                "  rides  {matched:>9} matched {finished:>9} finished {no_driver:>7} no_driver"
+            ),
             format!("  errors   {errors}"),
             format!(
                 "  hottest  {}",
@@ -467,7 +557,11 @@ impl Progress {
                         format!("{} {sent} ({failed} failed)", kind.name())
                     })
                     .collect();
-                writeln!(err, "[{clock}] {}  errors: {errors}", counts.join("  "))
+                writeln!(
+                    err,
+                    "[{clock}] {}  rides {matched} matched {finished} finished {no_driver} no_driver  errors: {errors}",
+                    counts.join("  ")
+                )
             }
             Mode::Quiet => Ok(()),
         };

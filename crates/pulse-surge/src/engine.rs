@@ -231,6 +231,9 @@ pub struct DriverState {
     /// Time of the ride event that last set `on_ride`, Unix milliseconds.
     #[serde(default)]
     pub ride_at_ms: i64,
+    /// The order of the ride it is on (the map draws that ride's trail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ride_order: Option<String>,
 }
 
 impl DriverState {
@@ -246,6 +249,7 @@ enum SupplyChange {
     Ping(CellIndex, DriverLocationUpdated),
     Ride {
         driver_id: String,
+        order_id: String,
         on_ride: bool,
         at_ms: i64,
     },
@@ -280,6 +284,7 @@ fn decode_ride(record: &ConsumedRecord) -> Result<Option<SupplyChange>, String> 
     }
     Ok(Some(SupplyChange::Ride {
         driver_id: event.driver_id,
+        order_id: event.order_id,
         on_ride,
         at_ms: event.timestamp,
     }))
@@ -591,9 +596,17 @@ impl SurgeEngine {
                         lng: ping.lng,
                         on_ride: previous.as_ref().is_some_and(|previous| previous.on_ride),
                         ride_at_ms: previous.as_ref().map_or(0, |previous| previous.ride_at_ms),
+                        ride_order: previous
+                            .as_ref()
+                            .and_then(|previous| previous.ride_order.clone()),
                     }
                 }
-                SupplyChange::Ride { on_ride, at_ms, .. } => {
+                SupplyChange::Ride {
+                    on_ride,
+                    at_ms,
+                    order_id,
+                    ..
+                } => {
                     if previous
                         .as_ref()
                         .is_some_and(|previous| previous.ride_at_ms >= *at_ms)
@@ -610,10 +623,12 @@ impl SurgeEngine {
                         lng: 0.0,
                         on_ride: false,
                         ride_at_ms: 0,
+                        ride_order: None,
                     });
                     DriverState {
                         on_ride: *on_ride,
                         ride_at_ms: *at_ms,
+                        ride_order: on_ride.then(|| order_id.clone()),
                         ..base
                     }
                 }

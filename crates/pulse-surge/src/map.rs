@@ -84,6 +84,19 @@ pub struct DriverDot {
     pub lng: f64,
 }
 
+/// A driver on a ride: its latest position and the ride's order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RidingDot {
+    /// Driver id.
+    pub id: String,
+    /// Latitude, degrees.
+    pub lat: f64,
+    /// Longitude, degrees.
+    pub lng: f64,
+    /// The ride's order (its trail is at `GET /api/v1/orders/{order_id}/trail`).
+    pub order_id: String,
+}
+
 /// Sums over a snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Totals {
@@ -97,6 +110,9 @@ pub struct Totals {
     pub supply: u64,
     /// Available drivers listed.
     pub drivers: usize,
+    /// Drivers on a ride listed.
+    #[serde(default)]
+    pub riding: usize,
     /// Highest multiplier (1 without cells).
     pub max_multiplier: f64,
 }
@@ -110,6 +126,8 @@ pub struct SurgeSnapshot {
     pub cells: Vec<CellView>,
     /// Available drivers, ordered by id.
     pub drivers: Vec<DriverDot>,
+    /// Drivers on a ride (never counted as supply), ordered by id.
+    pub riding: Vec<RidingDot>,
     /// Whether cells were left out (more than [`MapSettings::max_cells`]).
     pub cells_truncated: bool,
     /// Whether drivers were left out (more than [`MapSettings::max_drivers`]).
@@ -129,6 +147,8 @@ pub struct SurgeUpdate {
     pub removed: Vec<String>,
     /// Every available driver (drivers move all the time; a diff would rarely be smaller).
     pub drivers: Vec<DriverDot>,
+    /// Every driver on a ride.
+    pub riding: Vec<RidingDot>,
     /// As in the snapshot.
     pub drivers_truncated: bool,
     /// Sums.
@@ -156,7 +176,11 @@ impl SurgeSnapshot {
             .filter(|cell| !now.contains_key(cell.h3.as_str()))
             .map(|cell| cell.h3.clone())
             .collect();
-        if cells.is_empty() && removed.is_empty() && self.drivers == previous.drivers {
+        if cells.is_empty()
+            && removed.is_empty()
+            && self.drivers == previous.drivers
+            && self.riding == previous.riding
+        {
             return None;
         }
         Some(SurgeUpdate {
@@ -164,6 +188,7 @@ impl SurgeSnapshot {
             cells,
             removed,
             drivers: self.drivers.clone(),
+            riding: self.riding.clone(),
             drivers_truncated: self.drivers_truncated,
             totals: self.totals.clone(),
         })
@@ -216,20 +241,23 @@ impl SurgeMap {
         let now_ms = self.clock.now_ms();
         let (cells, cells_truncated) = self.cells(now_ms).await?;
         let (drivers, drivers_truncated) = self.drivers(now_ms).await?;
+        let (riding, riding_truncated) = self.riding(now_ms).await?;
         let totals = Totals {
             cells: cells.len(),
             surging_cells: cells.iter().filter(|cell| cell.multiplier > 1.0).count(),
             demand: cells.iter().map(|cell| cell.demand).sum(),
             supply: cells.iter().map(|cell| cell.supply).sum(),
             drivers: drivers.len(),
+            riding: riding.len(),
             max_multiplier: cells.iter().map(|cell| cell.multiplier).fold(1.0, f64::max),
         };
         Ok(SurgeSnapshot {
             generated_at: now_ms.div_euclid(1_000),
             cells,
             drivers,
+            riding,
             cells_truncated,
-            drivers_truncated,
+            drivers_truncated: drivers_truncated || riding_truncated,
             totals,
         })
     }
@@ -285,28 +313,58 @@ impl SurgeMap {
     }
 
     async fn drivers(&self, now_ms: i64) -> PortResult<(Vec<DriverDot>, bool)> {
+        let index = self.settings.keys.available_drivers();
+        self.dots(&index, now_ms, |id, state| {
+            state.counts().then_some(DriverDot {
+                id,
+                lat: state.lat,
+                lng: state.lng,
+            })
+        })
+        .await
+    }
+
+    async fn riding(&self, now_ms: i64) -> PortResult<(Vec<RidingDot>, bool)> {
+        let index = self.settings.keys.drivers_on_ride();
+        self.dots(&index, now_ms, |id, state| {
+            let order_id = state.ride_order.clone().filter(|_| state.on_ride)?;
+            Some(RidingDot {
+                id,
+                lat: state.lat,
+                lng: state.lng,
+                order_id,
+            })
+        })
+        .await
+    }
+
+    /// The drivers of `index` seen in the window, placed, as `dot` draws them (`None`: left
+    /// out), ordered by id.
+    async fn dots<D>(
+        &self,
+        index: &str,
+        now_ms: i64,
+        dot: impl Fn(String, &DriverState) -> Option<D>,
+    ) -> PortResult<(Vec<D>, bool)> {
         let window_start = now_ms - millis(self.settings.window);
         let (listed, truncated) = self
             .listed(
-                &self.settings.keys.available_drivers(),
+                index,
                 window_start,
                 self.settings.max_drivers,
                 |id: &str| self.settings.keys.driver(id),
             )
             .await?;
-        let mut drivers: Vec<DriverDot> = listed
+        let mut listed = listed;
+        listed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let drivers = listed
             .into_iter()
             .filter_map(|(id, raw)| {
                 let state: DriverState = serde_json::from_slice(&raw).ok()?;
                 let placed = state.lat != 0.0 || state.lng != 0.0;
-                (state.available && placed).then_some(DriverDot {
-                    id,
-                    lat: state.lat,
-                    lng: state.lng,
-                })
+                placed.then(|| dot(id, &state)).flatten()
             })
             .collect();
-        drivers.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         Ok((drivers, truncated))
     }
 }
@@ -489,6 +547,7 @@ mod tests {
             lng: 13.405,
             on_ride: false,
             ride_at_ms: 0,
+            ride_order: None,
         };
         cache
             .apply(vec![
@@ -554,6 +613,7 @@ mod tests {
                 demand: 6,
                 supply: 2,
                 drivers: 1,
+                riding: 0,
                 max_multiplier: 2.5
             }
         );

@@ -277,6 +277,10 @@ pub struct CityArgs {
     /// Time between two location reports of one driver
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
+    /// Speed of a driver on a ride, metres per second: the city runs rides sped up so a demo
+    /// sees them finish (1 to 10000)
+    #[arg(long, value_name = "M_PER_S", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub ride_speed: u32,
     /// `berlin`, or a box SOUTH,WEST,NORTH,EAST in degrees
     #[arg(long, default_value = "berlin", allow_hyphen_values = true)]
     pub city: CityBox,
@@ -329,6 +333,7 @@ impl CityArgs {
             order_rate: self.rate,
             hotspots: self.hotspots as usize,
             ping_interval: self.ping_interval,
+            ride_speed_mps: f64::from(self.ride_speed),
             city: self.city,
             seed,
             duration: (!duration.is_zero()).then_some(duration),

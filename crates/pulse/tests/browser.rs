@@ -92,7 +92,8 @@ fn artifact_dir() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_map_draws_live_surge_in_headless_chromium() {
-    let app = TestApp::spawn(|_| {}).await;
+    // Rides run, so the map shows drivers on a ride apart and draws a ride's trail.
+    let app = TestApp::spawn(|config| config.dispatch.auto = true).await;
     let stop = CancellationToken::new();
     let simulation = tokio::spawn(pulse_sim::run(
         SimSettings {
@@ -102,6 +103,7 @@ async fn the_map_draws_live_surge_in_headless_chromium() {
             order_rate: 40.0,
             hotspots: 2,
             ping_interval: Duration::from_secs(2),
+            ride_speed_mps: 60.0,
             city: CityBox::BERLIN,
             seed: 11,
             duration: Some(Duration::from_secs(60)),
@@ -168,6 +170,35 @@ async fn the_map_draws_live_surge_in_headless_chromium() {
     };
     assert_eq!(state["polygons"], state["hexagons"], "{state}");
     assert!(state["drivers"].as_u64() > Some(0), "driver dots: {state}");
+
+    // A driver on a ride is drawn apart; clicking it draws its ride's trail from the API.
+    let click_a_rider = json!({
+        "script": "const m = window.pulseMap; const dot = document.querySelector('#riding circle.rider'); \
+                   if (dot && m.trailPoints === 0) dot.dispatchEvent(new MouseEvent('click', {bubbles: true})); \
+                   const trail = document.getElementById('trail'); \
+                   return {riding: m.riding, trailPoints: m.trailPoints, trailShown: !trail.hidden, \
+                           riderDots: document.querySelectorAll('#riding circle.rider').length};",
+        "args": []
+    });
+    let started = Instant::now();
+    loop {
+        let state = driver
+            .command(
+                reqwest::Method::POST,
+                &format!("/session/{id}/execute/sync"),
+                Some(click_a_rider.clone()),
+            )
+            .await;
+        if state["trailPoints"].as_u64() > Some(0) && state["trailShown"] == json!(true) {
+            assert_eq!(state["riding"], state["riderDots"], "{state}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "no ride's trail was drawn; last state {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     // Let a few more updates land so the screenshot shows a lively city.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let screenshot = driver

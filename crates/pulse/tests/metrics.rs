@@ -22,6 +22,7 @@ async fn the_operator_metrics_are_present_and_moving_after_a_scripted_run() {
             order_rate: 30.0,
             hotspots: 2,
             ping_interval: Duration::from_secs(1),
+            ride_speed_mps: 60.0,
             city: CityBox::BERLIN,
             seed: 21,
             duration: Some(Duration::from_secs(4)),

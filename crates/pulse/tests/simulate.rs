@@ -1,5 +1,6 @@
-//! `pulse simulate` against an embedded Pulse: the city's orders are all recorded, surge appears
-//! where the hotspots are, and the summary's counts match what the server stored.
+//! `pulse simulate` against an embedded Pulse: the city's orders are all recorded and run as rides
+//! (matched, started, finished), surge appears where the hotspots are, and the summary's counts
+//! match what the server stored.
 
 mod common;
 
@@ -25,7 +26,7 @@ fn pair(value: &Value) -> [f64; 2] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulator_fills_the_city_and_its_summary_matches_the_server() {
     let data = tempfile::tempdir().expect("data dir");
-    let app = TestApp::spawn_in(data.path(), |_| {}).await;
+    let app = TestApp::spawn_in(data.path(), |config| config.dispatch.auto = true).await;
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse"))
         .args([
             "simulate",
@@ -45,6 +46,9 @@ async fn the_simulator_fills_the_city_and_its_summary_matches_the_server() {
             "25",
             "--hotspots",
             "2",
+            // Rides within the 8 s of the run.
+            "--ride-speed",
+            "5000",
         ])
         .arg("--json")
         // The key `pulse up` wrote into its data directory, found without --api-key.
@@ -64,6 +68,7 @@ async fn the_simulator_fills_the_city_and_its_summary_matches_the_server() {
     for kind in ["quotes", "orders", "pings"] {
         let counts = &summary[kind];
         assert_eq!(counts["failed"], 0, "{kind}: {summary}");
+        assert_eq!(counts["failed"], 0, "{kind}: {summary}");
         assert_eq!(counts["succeeded"], counts["sent"], "{kind}: {summary}");
         assert!(counts["sent"].as_u64() >= Some(1), "{kind}: {summary}");
     }
@@ -74,6 +79,18 @@ async fn the_simulator_fills_the_city_and_its_summary_matches_the_server() {
     // Every rider asked for a quote first.
     assert_eq!(summary["quotes"]["succeeded"], orders["sent"], "{summary}");
     assert_eq!(summary["seed"], 5);
+
+    // The orders ran as rides: matched by Pulse, driven, started and finished by their drivers.
+    let rides = &summary["rides"];
+    for count in ["matched", "started", "finished"] {
+        assert!(rides[count].as_u64() >= Some(1), "{count}: {summary}");
+    }
+    assert_eq!(rides["moves"]["failed"], 0, "{summary}");
+    assert!(rides["matched"].as_u64() <= Some(placed), "{summary}");
+    assert!(
+        rides["match_latency_ms"]["p99"].as_f64() > Some(0.0),
+        "{summary}"
+    );
 
     // The server answered exactly the requests the summary counts (nothing else in this test
     // binary talks to it, and metrics are process-wide).
@@ -97,6 +114,23 @@ async fn the_simulator_fills_the_city_and_its_summary_matches_the_server() {
         Some(placed as f64),
         "{summary}"
     );
+    let moved = metric_sum(
+        &metrics,
+        "pulse_http_requests_total",
+        &[
+            "route=\"/api/v1/orders/{order_id}/status\"",
+            "status=\"200\"",
+        ],
+    );
+    assert_eq!(moved, rides["moves"]["succeeded"].as_f64(), "{summary}");
+    for (to, count) in [("FINISHED", "finished"), ("STARTED", "started")] {
+        let label = format!("to=\"{to}\"");
+        assert_eq!(
+            metric_sum(&metrics, "pulse_ride_transitions_total", &[&label]),
+            rides[count].as_f64(),
+            "{to}: {summary}"
+        );
+    }
 
     // The server recorded exactly the orders the summary counts.
     let pool = sqlx::SqlitePool::connect(&format!(

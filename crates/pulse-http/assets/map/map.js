@@ -1,5 +1,6 @@
-// Pulse live surge map: draws H3 cells and available drivers from /api/v1/surge/stream (SSE)
-// into an inline SVG. No dependencies, no network access besides the two same-origin endpoints.
+// Pulse live surge map: draws H3 cells, available drivers and drivers on a ride from
+// /api/v1/surge/stream (SSE) into an inline SVG, and a ride's trail (/api/v1/orders/{id}/trail)
+// when one of its drivers is clicked. No dependencies, no network access but same-origin endpoints.
 'use strict';
 (() => {
   const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -50,8 +51,11 @@
 
   // ---------- state ----------
   const svg = $('map'), world = $('world'), cellsG = $('cells'), driversG = $('drivers');
+  const ridingG = $('riding'), trailEl = $('trail');
   const cells = new Map(); // h3 -> { el, data, fill, bbox: [x0, y0, x1, y1] }
   const drivers = new Map(); // id -> { el, x, y }
+  const riders = new Map(); // driver id on a ride -> { el, x, y, order }
+  let selectedOrder = null, trailFetchedAt = 0;
   const colourCounts = new Map(); // fill -> number of cells drawn with it
   let totals = null, truncated = false;
   let serverSkew = 0; // client clock minus server clock, seconds
@@ -59,7 +63,7 @@
   let gotData = false, fitted = false, streamSnapshotSeen = false;
   let hovered = null, pinned = null; // h3 strings
 
-  const pulseMap = (window.pulseMap = { hexagons: 0, colours: [], sseEvents: 0, drivers: 0, connected: false });
+  const pulseMap = (window.pulseMap = { hexagons: 0, colours: [], sseEvents: 0, drivers: 0, riding: 0, trailPoints: 0, connected: false });
 
   // ---------- data application ----------
   function countColour(fill, delta) {
@@ -105,7 +109,8 @@
     if (hovered === h3) hideTooltip();
   }
 
-  function setDrivers(list) {
+  // Draws `list` into `group`, one dot per driver id, reusing the dots already drawn.
+  function setDots(list, dots, group, className) {
     const seen = new Set();
     for (const d of Array.isArray(list) ? list : []) {
       if (!d || !Number.isFinite(d.lat) || !Number.isFinite(d.lng)) continue;
@@ -113,14 +118,19 @@
       if (seen.has(id)) continue;
       seen.add(id);
       const [x, y] = project(d.lat, d.lng);
-      let rec = drivers.get(id);
+      let rec = dots.get(id);
       if (!rec) {
         const el = document.createElementNS(SVG_NS, 'circle');
-        el.setAttribute('class', 'driver');
+        el.setAttribute('class', className);
         el.setAttribute('r', '3');
         rec = { el };
-        drivers.set(id, rec);
-        driversG.appendChild(el);
+        dots.set(id, rec);
+        group.appendChild(el);
+      }
+      if (typeof d.order_id === 'string' && rec.order !== d.order_id) {
+        rec.order = d.order_id;
+        rec.el.setAttribute('data-order', d.order_id);
+        rec.el.classList.toggle('selected', d.order_id === selectedOrder);
       }
       if (rec.x !== x || rec.y !== y) {
         rec.x = x; rec.y = y;
@@ -128,9 +138,50 @@
         rec.el.setAttribute('cy', y.toFixed(1));
       }
     }
-    for (const [id, rec] of drivers) if (!seen.has(id)) { rec.el.remove(); drivers.delete(id); }
-    driversG.classList.toggle('no-glide', drivers.size > GLIDE_LIMIT);
+    for (const [id, rec] of dots) if (!seen.has(id)) { rec.el.remove(); dots.delete(id); }
+    group.classList.toggle('no-glide', dots.size > GLIDE_LIMIT);
   }
+  const setDrivers = (list) => setDots(list, drivers, driversG, 'driver');
+  function setRiding(list) {
+    setDots(list, riders, ridingG, 'driver rider');
+    if (selectedOrder && ![...riders.values()].some((rec) => rec.order === selectedOrder)) {
+      // The ride ended: its trail stays drawn until another is picked or Esc.
+      trailEl.classList.add('ended');
+    } else if (selectedOrder && Date.now() - trailFetchedAt > 2000) {
+      showTrail(selectedOrder);
+    }
+  }
+
+  // ---------- a ride's trail ----------
+  function showTrail(order) {
+    selectedOrder = order;
+    trailFetchedAt = Date.now();
+    for (const rec of riders.values()) rec.el.classList.toggle('selected', rec.order === order);
+    if (!order) {
+      trailEl.hidden = true;
+      pulseMap.trailPoints = 0;
+      return;
+    }
+    fetch(`/api/v1/orders/${encodeURIComponent(order)}/trail`, { headers: AUTH, cache: 'no-store' })
+      .then((res) => (res.ok ? res.json() : null))
+      .then((trail) => {
+        if (!trail || selectedOrder !== order || !Array.isArray(trail.points)) return;
+        const pts = trail.points
+          .filter((p) => Number.isFinite(p.lat) && Number.isFinite(p.lng))
+          .map((p) => project(p.lat, p.lng));
+        const rider = [...riders.values()].find((rec) => rec.order === order);
+        if (rider) pts.push([rider.x, rider.y]);
+        trailEl.setAttribute('points', pts.map((p) => p[0].toFixed(1) + ',' + p[1].toFixed(1)).join(' '));
+        trailEl.classList.remove('ended');
+        trailEl.hidden = pts.length < 2;
+        pulseMap.trailPoints = trail.points.length;
+      })
+      .catch(() => {}); // a trail is a nicety; the map goes on without it
+  }
+  ridingG.addEventListener('click', (e) => {
+    const order = e.target && e.target.getAttribute && e.target.getAttribute('data-order');
+    if (order) showTrail(order === selectedOrder ? null : order);
+  });
 
   // `full` = snapshot semantics (replace everything); otherwise an update diff.
   function apply(msg, full) {
@@ -144,6 +195,7 @@
     incoming.forEach(upsertCell);
     if (!full && Array.isArray(msg.removed)) msg.removed.forEach(removeCell);
     if (full || Array.isArray(msg.drivers)) setDrivers(msg.drivers);
+    if (full || Array.isArray(msg.riding)) setRiding(msg.riding);
     if (msg.totals && typeof msg.totals === 'object') totals = msg.totals;
     else if (full) totals = null; // fall back to totals computed from what is drawn
     truncated = !!msg.drivers_truncated;
@@ -166,6 +218,7 @@
   function render() {
     pulseMap.hexagons = cells.size;
     pulseMap.drivers = drivers.size;
+    pulseMap.riding = riders.size;
     pulseMap.colours = [...colourCounts.keys()];
 
     // Totals come from the server; fall back to what is drawn if they are missing.
@@ -187,6 +240,7 @@
     $('t-demand').textContent = fmt(t.demand ?? demand);
     $('t-supply').textContent = fmt(t.supply ?? supply);
     $('t-drivers').textContent = fmt(t.drivers ?? drivers.size);
+    $('t-riding').textContent = fmt(t.riding ?? riders.size);
     const maxMult = cells.size ? t.max_multiplier ?? max : null;
     $('t-max').textContent = maxMult == null ? '–' : fmtMult(maxMult);
     $('t-max').style.color = maxMult == null ? '' : colourFor(maxMult);
@@ -283,6 +337,7 @@
       viewFrame = 0;
       world.setAttribute('transform', `translate(${view.tx} ${view.ty}) scale(${view.k})`);
       driversG.style.setProperty('--r', dotRadiusPx(view.k) / view.k + 'px');
+      ridingG.style.setProperty('--r', (dotRadiusPx(view.k) * 1.3) / view.k + 'px');
       // Dot grid spacing stays constant in metres within a zoom octave, so it moves with the ground.
       const g = 48 * Math.pow(2, ((Math.log2(view.k) % 1) + 1) % 1);
       const stage = $('stage').style;
@@ -398,7 +453,7 @@
   $('panel-close').addEventListener('click', () => pin(null));
   document.addEventListener('keydown', (e) => {
     if (e.target instanceof HTMLInputElement || e.ctrlKey || e.metaKey || e.altKey) return;
-    if (e.key === 'Escape') pin(null);
+    if (e.key === 'Escape') { pin(null); showTrail(null); }
     else if (e.key === 'f' || e.key === 'F') fit(true);
     else if (e.key === '+' || e.key === '=') zoomCentre(1.6);
     else if (e.key === '-' || e.key === '_') zoomCentre(1 / 1.6);

@@ -51,7 +51,7 @@ pub(crate) struct CellView {
     boundary: Vec<[f64; 2]>,
 }
 
-/// An available driver's latest position.
+/// A driver's latest position.
 #[derive(ToSchema)]
 pub(crate) struct DriverDot {
     /// Driver id.
@@ -60,6 +60,19 @@ pub(crate) struct DriverDot {
     lat: f64,
     /// Longitude, degrees.
     lng: f64,
+}
+
+/// A driver on a ride: its latest position and the ride's order.
+#[derive(ToSchema)]
+pub(crate) struct RidingDot {
+    /// Driver id.
+    id: String,
+    /// Latitude, degrees.
+    lat: f64,
+    /// Longitude, degrees.
+    lng: f64,
+    /// The ride's order (its trail is at `GET /api/v1/orders/{order_id}/trail`).
+    order_id: String,
 }
 
 /// Sums over a snapshot.
@@ -75,6 +88,8 @@ pub(crate) struct Totals {
     supply: u64,
     /// Available drivers listed.
     drivers: u64,
+    /// Drivers on a ride listed.
+    riding: u64,
     /// Highest multiplier (1 without cells).
     max_multiplier: f64,
 }
@@ -89,6 +104,8 @@ pub(crate) struct SurgeSnapshot {
     cells: Vec<CellView>,
     /// Available drivers, ordered by id.
     drivers: Vec<DriverDot>,
+    /// Drivers on a ride (never counted as supply), ordered by id.
+    riding: Vec<RidingDot>,
     /// Whether cells were left out (more than the map's cell limit).
     cells_truncated: bool,
     /// Whether drivers were left out (more than the map's driver limit).
@@ -108,6 +125,8 @@ pub(crate) struct SurgeUpdate {
     removed: Vec<String>,
     /// Every available driver.
     drivers: Vec<DriverDot>,
+    /// Every driver on a ride.
+    riding: Vec<RidingDot>,
     /// As in the snapshot.
     drivers_truncated: bool,
     /// Sums.
@@ -183,7 +202,7 @@ pub(crate) enum OrderStatus {
 #[cfg(test)]
 mod tests {
     use pulse_core::{Currency, Money, TenantId};
-    use pulse_surge::map::{CellView, DriverDot, SurgeSnapshot, SurgeUpdate, Totals};
+    use pulse_surge::map::{CellView, DriverDot, RidingDot, SurgeSnapshot, SurgeUpdate, Totals};
     use pulse_surge::quotes::SurgeSource;
     use pulse_tenants::{IssuedKey, KeyId, QuotaClass, QuotaSetting, Scope, TenantQuotas};
     use serde::Serialize;
@@ -258,6 +277,7 @@ mod tests {
             demand: 4,
             supply: 2,
             drivers: 1,
+            riding: 1,
             max_multiplier: 1.5,
         }
     }
@@ -282,6 +302,15 @@ mod tests {
         }
     }
 
+    fn rider() -> RidingDot {
+        RidingDot {
+            id: "driver-2".to_owned(),
+            lat: 52.53,
+            lng: 13.41,
+            order_id: "0193a1b2-0000-7000-8000-000000000000".to_owned(),
+        }
+    }
+
     #[test]
     fn the_mirror_schemas_have_the_fields_the_domain_types_serialise() {
         assert_mirrors(
@@ -297,6 +326,7 @@ mod tests {
                 generated_at: 1_700_000_000,
                 cells: vec![cell()],
                 drivers: vec![driver()],
+                riding: vec![rider()],
                 cells_truncated: false,
                 drivers_truncated: false,
                 totals: totals(),
@@ -309,6 +339,7 @@ mod tests {
                 cells: vec![cell()],
                 removed: vec!["881f1d4889fffff".to_owned()],
                 drivers: vec![driver()],
+                riding: vec![rider()],
                 drivers_truncated: false,
                 totals: totals(),
             },
