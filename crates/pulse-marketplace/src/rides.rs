@@ -312,3 +312,172 @@ pub(crate) fn settle(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use pulse_core::TenantId;
+    use pulse_geo::Point;
+    use pulse_orders::{Order, OrderStatus};
+
+    use super::*;
+
+    fn order(status: OrderStatus, driver: Option<&str>) -> Order {
+        let point = Point::new(52.52, 13.40).expect("point");
+        Order {
+            id: Uuid::now_v7(),
+            tenant: TenantId::default_tenant(),
+            user_id: "rider".into(),
+            pickup: point,
+            dropoff: point,
+            pickup_h3: point.cell().to_string(),
+            dropoff_h3: point.cell().to_string(),
+            status,
+            created_at_ms: 1,
+            quote_id: None,
+            price: None,
+            vehicle_type: None,
+            driver_id: driver.map(str::to_owned),
+            no_driver: None,
+        }
+    }
+
+    /// What a rule decided, without its event.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Apply(OrderStatus, DriverChange),
+        Answer(Answer),
+    }
+
+    fn seen(decision: Decision) -> Seen {
+        match decision {
+            Decision::Apply(transition) => Seen::Apply(transition.to, transition.driver),
+            Decision::Answer(answer) => Seen::Answer(answer),
+        }
+    }
+
+    fn decide(from: OrderStatus, held: Option<&str>, to: OrderStatus, by: Option<&str>) -> Seen {
+        let topics = RideTopics::with_prefix("");
+        seen(decide_move(&topics, &order(from, held), to, by, 10))
+    }
+
+    #[test]
+    fn a_driver_starts_and_finishes_only_its_own_ride_and_the_end_frees_it() {
+        use OrderStatus::*;
+        assert_eq!(
+            decide(Matched, Some("d1"), Started, Some("d1")),
+            Seen::Apply(Started, DriverChange::Keep)
+        );
+        assert_eq!(
+            decide(Started, Some("d1"), Finished, Some("d1")),
+            Seen::Apply(Finished, DriverChange::Release("d1".into()))
+        );
+        for (from, to) in [(Matched, Started), (Started, Finished)] {
+            assert_eq!(
+                decide(from, Some("d1"), to, Some("d2")),
+                Seen::Answer(Answer::NotTheDriver),
+                "{from:?} -> {to:?} by another driver"
+            );
+            assert_eq!(
+                decide(from, Some("d1"), to, None),
+                Seen::Answer(Answer::NotTheDriver),
+                "{from:?} -> {to:?} by nobody"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cancel_frees_a_matched_driver_and_a_pending_order_has_none_to_free() {
+        use OrderStatus::*;
+        assert_eq!(
+            decide(Matched, Some("d1"), Cancelled, None),
+            Seen::Apply(Cancelled, DriverChange::Release("d1".into()))
+        );
+        assert_eq!(
+            decide(Pending, None, Cancelled, None),
+            Seen::Apply(Cancelled, DriverChange::Keep)
+        );
+    }
+
+    #[test]
+    fn repeating_the_move_just_made_is_already_done_and_any_other_is_refused() {
+        use OrderStatus::*;
+        assert_eq!(
+            decide(Started, Some("d1"), Started, Some("d1")),
+            Seen::Answer(Answer::AlreadyDone)
+        );
+        assert_eq!(
+            decide(Started, Some("d1"), Started, Some("d2")),
+            Seen::Answer(Answer::NotTheDriver),
+            "another driver repeating it is not the repeat"
+        );
+        assert_eq!(
+            decide(Finished, Some("d1"), Finished, Some("d1")),
+            Seen::Answer(Answer::AlreadyDone)
+        );
+        assert_eq!(
+            decide(Cancelled, None, Cancelled, None),
+            Seen::Answer(Answer::AlreadyDone)
+        );
+        for (from, to) in [
+            (Pending, Started),
+            (Pending, Finished),
+            (Matched, Finished),
+            (Started, Cancelled),
+            (Finished, Cancelled),
+            (Finished, Started),
+            (Cancelled, Started),
+        ] {
+            assert_eq!(
+                decide(from, Some("d1"), to, Some("d1")),
+                Seen::Answer(Answer::WrongState),
+                "{from:?} -> {to:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_match_claims_its_candidates_only_while_pending() {
+        use OrderStatus::*;
+        let topics = RideTopics::with_prefix("");
+        let candidates = vec!["d1".to_owned(), "d2".to_owned()];
+        assert_eq!(
+            seen(decide_match(&topics, &order(Pending, None), candidates.clone(), 5)),
+            Seen::Apply(Matched, DriverChange::Claim(candidates.clone()))
+        );
+        assert_eq!(
+            seen(decide_match(&topics, &order(Matched, Some("d9")), candidates.clone(), 5)),
+            Seen::Answer(Answer::AlreadyDone)
+        );
+        for status in [Started, Finished, Cancelled] {
+            assert_eq!(
+                seen(decide_match(&topics, &order(status, Some("d9")), candidates.clone(), 5)),
+                Seen::Answer(Answer::WrongState),
+                "{status:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_event_announces_the_order_as_it_is_after_the_move() {
+        let topics = RideTopics::with_prefix("staging.");
+        let before = order(OrderStatus::Pending, None);
+        let Decision::Apply(transition) =
+            decide_match(&topics, &before, vec!["d1".to_owned()], 42)
+        else {
+            panic!("a pending order is matched");
+        };
+        let after = Order {
+            status: OrderStatus::Matched,
+            driver_id: Some("d7".into()),
+            ..before
+        };
+        let event = (transition.announce)(&after);
+        assert_eq!(event.topic, "staging.rides.events");
+        assert_eq!(event.aggregate_id, after.id);
+        let decoded = RideEvent::decode(event.payload.as_ref()).expect("a ride event");
+        assert_eq!(decoded.kind, Kind::Matched as i32);
+        assert_eq!(decoded.driver_id, "d7", "the driver the claim took");
+        assert_eq!(decoded.timestamp, 42);
+        assert_eq!(decoded.order_id, after.id.to_string());
+    }
+}
