@@ -61,6 +61,7 @@ async fn assert_operational_endpoints(app: &TestApp) {
             "supply.updates",
             "events.ingest",
             "events.processed",
+            "rides.events",
             "pulse.dead-letter"
         ],
         "the contract topics, declared by their domains"

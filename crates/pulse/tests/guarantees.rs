@@ -216,9 +216,29 @@ async fn a_poison_record_is_dead_lettered_and_does_not_stall_its_partition() {
         .consumer(&unique_name("dlq-reader"), &[names().dead_letter.as_str()])
         .await
         .expect("consumer");
-    let letter = pulse_conformance::event_log::poll_exactly(letters.as_mut(), 1)
-        .await
-        .remove(0);
+    // Both processors reading demand.orders refuse it, each into its own dead letter: the
+    // engine's and the dispatcher's (its group in `pulse.dlq.group`).
+    let mut both = pulse_conformance::event_log::poll_exactly(letters.as_mut(), 2).await;
+    let group_of = |letter: &pulse_core::log::ConsumedRecord| {
+        letter
+            .header("pulse.dlq.group")
+            .map(|group| String::from_utf8_lossy(group).into_owned())
+            .unwrap_or_default()
+    };
+    both.sort_by_key(|letter| group_of(letter));
+    let groups: Vec<String> = both.iter().map(group_of).collect();
+    let dispatch_group = format!(
+        "{}{}",
+        common::test_prefix(),
+        pulse_marketplace::dispatch::GROUP
+    );
+    let mut expected = vec![names().group, dispatch_group];
+    expected.sort();
+    assert_eq!(groups, expected);
+    let letter = both
+        .into_iter()
+        .find(|letter| group_of(letter) == names().group)
+        .expect("the engine's letter");
     assert_eq!(letter.payload.as_ref(), &[0xff, 0xff, 0xff, 0xff]);
     let reason = letter.header("pulse.dlq.reason").expect("reason");
     assert!(
