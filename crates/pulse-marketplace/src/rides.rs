@@ -441,16 +441,31 @@ mod tests {
         let topics = RideTopics::with_prefix("");
         let candidates = vec!["d1".to_owned(), "d2".to_owned()];
         assert_eq!(
-            seen(decide_match(&topics, &order(Pending, None), candidates.clone(), 5)),
+            seen(decide_match(
+                &topics,
+                &order(Pending, None),
+                candidates.clone(),
+                5
+            )),
             Seen::Apply(Matched, DriverChange::Claim(candidates.clone()))
         );
         assert_eq!(
-            seen(decide_match(&topics, &order(Matched, Some("d9")), candidates.clone(), 5)),
+            seen(decide_match(
+                &topics,
+                &order(Matched, Some("d9")),
+                candidates.clone(),
+                5
+            )),
             Seen::Answer(Answer::AlreadyDone)
         );
         for status in [Started, Finished, Cancelled] {
             assert_eq!(
-                seen(decide_match(&topics, &order(status, Some("d9")), candidates.clone(), 5)),
+                seen(decide_match(
+                    &topics,
+                    &order(status, Some("d9")),
+                    candidates.clone(),
+                    5
+                )),
                 Seen::Answer(Answer::WrongState),
                 "{status:?}"
             );
@@ -461,8 +476,7 @@ mod tests {
     fn the_event_announces_the_order_as_it_is_after_the_move() {
         let topics = RideTopics::with_prefix("staging.");
         let before = order(OrderStatus::Pending, None);
-        let Decision::Apply(transition) =
-            decide_match(&topics, &before, vec!["d1".to_owned()], 42)
+        let Decision::Apply(transition) = decide_match(&topics, &before, vec!["d1".to_owned()], 42)
         else {
             panic!("a pending order is matched");
         };
