@@ -623,9 +623,19 @@ async fn distributed_matched_drivers_leave_the_surge_supply() {
     matched_drivers_leave_the_surge_supply(Mode::distributed().await).await;
 }
 
+/// A child process killed when dropped, so a failing test leaves none behind.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A `pulse serve --role dispatch` process on the distributed backends.
-fn dispatch_process(store_url: &str, prefix: &str) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_pulse"))
+fn dispatch_process(store_url: &str, prefix: &str) -> Killed {
+    let child = Command::new(env!("CARGO_BIN_EXE_pulse"))
         .args(["serve", "--role", "dispatch", "--log-level", "warn"])
         .arg("--listen")
         .arg(format!("127.0.0.1:{}", common::free_port()))
@@ -634,13 +644,18 @@ fn dispatch_process(store_url: &str, prefix: &str) -> std::process::Child {
         .args(["--cache", &services::redis_url()])
         .env("PULSE_PREFIX", prefix)
         .env("PULSE_DISPATCH__AUTO", "true")
-        .env("PULSE_DISPATCH__RETRY_FOR_MS", "4000")
+        // Long enough for a new process to join its group (a Kafka rebalance takes seconds)
+        // before the orders waiting for it are given up on.
+        .env("PULSE_DISPATCH__RETRY_FOR_MS", "12000")
         .env("PULSE_DISPATCH__RETRY_EVERY_MS", "300")
         .env("PULSE_DISPATCH__CONCURRENCY", "4")
+        // The drivers ping once, at the start: they must stay fresh for the whole test.
+        .env("PULSE_TRACKER__MAX_AGE_MS", "600000")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("a dispatch process")
+        .expect("a dispatch process");
+    Killed(child)
 }
 
 #[tokio::test]
@@ -655,7 +670,11 @@ async fn distributed_a_dispatcher_killed_mid_stream_matches_every_order_once() {
     let prefix = common::test_prefix();
     // Everything but the dispatcher in this process; the dispatcher in its own.
     let roles = [Role::Gateway, Role::Relay, Role::Tracker, Role::Engine];
-    let app = TestApp::spawn_roles(dir.path(), &roles, |config| mode.configure(config, true)).await;
+    let app = TestApp::spawn_roles(dir.path(), &roles, |config| {
+        mode.configure(config, true);
+        config.tracker.max_age_ms = 600_000;
+    })
+    .await;
     let here = common::unique_point();
     let locations: Vec<Value> = (0..30)
         .map(|i| {
@@ -687,8 +706,8 @@ async fn distributed_a_dispatcher_killed_mid_stream_matches_every_order_once() {
                 order["status"] == "MATCHED"
             })
             .await;
-            dispatcher.kill().expect("SIGKILL");
-            dispatcher.wait().unwrap();
+            dispatcher.0.kill().expect("SIGKILL");
+            dispatcher.0.wait().unwrap();
             dispatcher = dispatch_process(&store_url, &prefix);
         }
     }
@@ -706,7 +725,47 @@ async fn distributed_a_dispatcher_killed_mid_stream_matches_every_order_once() {
         }
     }
     assert_eq!((drivers.len(), no_driver), (30, 90));
-    dispatcher.kill().unwrap();
-    dispatcher.wait().unwrap();
+    drop(dispatcher);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_a_fleet_batch_takes_a_thousand_positions_and_no_more() {
+    let app = app(&Mode::Embedded, false).await;
+    let here = common::unique_point();
+    let batch = |count: usize| {
+        let locations: Vec<Value> = (0..count)
+            .map(|i| {
+                let at = east_of(here.0, here.1, i as f64);
+                json!({"driver_id": format!("fleet-driver-number-{i:05}"), "lat": at.0,
+                       "lng": at.1, "available": true, "vehicle_type": "car"})
+            })
+            .collect();
+        json!({ "locations": locations })
+    };
+    let (status, body) = app
+        .post_json("/api/v1/drivers/locations", &batch(1_000))
+        .await;
+    assert_eq!((status, &body["accepted"]), (202, &json!(1_000)), "{body}");
+    let (status, body) = app
+        .post_json("/api/v1/drivers/locations", &batch(1_001))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("1000"),
+        "{body}"
+    );
+    let mut bad = batch(2);
+    bad["locations"][1]["lat"] = json!(91.0);
+    let (status, body) = app.post_json("/api/v1/drivers/locations", &bad).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("locations[1]"),
+        "{body}"
+    );
+    wait_nearby(&app, here, |found| found.len() >= 500).await;
     app.stop().await;
 }

@@ -46,6 +46,8 @@ pub(crate) struct Location {
 
 /// Most positions in one batch.
 pub(crate) const MAX_LOCATIONS_PER_BATCH: usize = 1_000;
+/// Largest body of a batch: 1,000 positions with long ids and full-precision coordinates fit.
+pub(crate) const MAX_FLEET_BODY_BYTES: usize = 160 * 1024;
 
 /// A driver's position in a batch.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -212,6 +214,8 @@ pub(crate) async fn report_location(
 }
 
 /// Report many drivers' positions at once (a fleet's devices, relayed): one append, all or none.
+///
+/// Its body may be up to 160 KiB (the other routes' 16 KiB would not hold 1,000 positions).
 #[utoipa::path(
     post,
     path = "/api/v1/drivers/locations",

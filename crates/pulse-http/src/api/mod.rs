@@ -203,11 +203,18 @@ pub fn surge_routes(timeout: Duration, body: BodyLimits) -> Router<Arc<SurgeApi>
             "/drivers/{driver_id}/location",
             post(drivers::report_location),
         )
-        .route("/drivers/locations", post(drivers::report_locations))
         .route("/quote", get(quotes::quote))
         .route("/surge/cells", get(surge::cells));
     let streams = Router::new().route("/surge/stream", get(surge::stream));
-    bounded(routes, timeout, body).merge(with_body_limits(streams, body))
+    // A fleet's batch of up to 1,000 positions is ~75 KB: it gets a body limit of its own.
+    let fleets = Router::new().route("/drivers/locations", post(drivers::report_locations));
+    let fleet_body = BodyLimits {
+        max_bytes: body.max_bytes.max(drivers::MAX_FLEET_BODY_BYTES),
+        ..body
+    };
+    bounded(routes, timeout, body)
+        .merge(bounded(fleets, timeout, fleet_body))
+        .merge(with_body_limits(streams, body))
 }
 
 /// `routes` reading each body whole within `body` first, then bounded by a deadline of
