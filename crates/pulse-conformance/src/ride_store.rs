@@ -6,7 +6,6 @@
 
 use bytes::Bytes;
 use pulse_core::TenantId;
-use pulse_geo::Point;
 use pulse_marketplace::model::{Answer, DriverReport, DriverStatus};
 use pulse_marketplace::ports::{
     Decide, Decision, DriverChange, RideParty, RideStore, Transition, TransitionOutcome,
@@ -25,26 +24,7 @@ fn tenant(name: &str) -> TenantId {
 
 /// A pending order of `tenant`'s `user`, stored.
 async fn placed(db: &Database, tenant: &TenantId, user: &str) -> Order {
-    let pickup = Point::new(52.52, 13.40).expect("point");
-    let dropoff = Point::new(52.53, 13.41).expect("point");
-    let order = Order {
-        id: Uuid::now_v7(),
-        tenant: tenant.clone(),
-        user_id: user.to_owned(),
-        pickup,
-        dropoff,
-        pickup_h3: pickup.cell().to_string(),
-        dropoff_h3: dropoff.cell().to_string(),
-        status: OrderStatus::Pending,
-        created_at_ms: T0,
-        quote_id: None,
-        price: None,
-        vehicle_type: None,
-        driver_id: None,
-        no_driver: None,
-    };
-    let mut event = OutboxEvent::new("demand.orders", "ORDER", order.id, Bytes::new(), T0);
-    event.tenant = tenant.clone();
+    let (order, event) = crate::store::order_of(tenant, user, T0, None);
     let created = OrderStore::create(db, &order, None, &event)
         .await
         .expect("create");

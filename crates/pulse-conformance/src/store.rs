@@ -198,7 +198,7 @@ fn order_with_event(user: &str, at_ms: i64) -> (Order, OutboxEvent) {
 }
 
 /// A new order of `tenant`'s `user` at `at_ms`, paying `quote_id`, with its outbox row.
-fn order_of(
+pub(crate) fn order_of(
     tenant: &TenantId,
     user: &str,
     at_ms: i64,

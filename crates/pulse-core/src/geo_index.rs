@@ -13,8 +13,11 @@
 
 use async_trait::async_trait;
 
-use crate::{PortResult, TenantId};
+use crate::{PortError, PortResult, TenantId};
 
+/// The widest latitude a position or a search may have: Redis's GEO limit (EPSG:900913), kept by
+/// every adapter so they all refuse the same input.
+pub const MAX_LATITUDE: f64 = 85.051_128_78;
 /// Most drivers one search may return.
 pub const MAX_NEARBY: usize = 500;
 /// Widest radius one search may cover, metres.
@@ -25,7 +28,7 @@ pub const MAX_RADIUS_M: f64 = 50_000.0;
 pub struct DriverPosition {
     /// The driver (unique within its tenant).
     pub driver_id: String,
-    /// Latitude, degrees (−90…90).
+    /// Latitude, degrees (within ±[`MAX_LATITUDE`]).
     pub lat: f64,
     /// Longitude, degrees (−180…180).
     pub lng: f64,
@@ -69,6 +72,50 @@ pub struct NearbyDriver {
     pub at_ms: i64,
     /// Its vehicle type, when reported.
     pub vehicle_type: Option<String>,
+}
+
+/// Whether (`lat`, `lng`) is a point every adapter can hold.
+pub fn in_range(lat: f64, lng: f64) -> bool {
+    (-MAX_LATITUDE..=MAX_LATITUDE).contains(&lat) && (-180.0..=180.0).contains(&lng)
+}
+
+fn out_of_range(what: &str, lat: f64, lng: f64) -> PortError {
+    PortError::Invalid(format!(
+        "{what} ({lat}, {lng}) is outside latitude ±{MAX_LATITUDE}, longitude ±180"
+    ))
+}
+
+/// Why an adapter refuses `position`, if it does: an empty driver id, or a point out of range.
+pub fn check_position(position: &DriverPosition) -> PortResult<()> {
+    if position.driver_id.is_empty() {
+        return Err(PortError::Invalid("a driver id is empty".into()));
+    }
+    if !in_range(position.lat, position.lng) {
+        let what = format!("driver {}'s position", position.driver_id);
+        return Err(out_of_range(&what, position.lat, position.lng));
+    }
+    Ok(())
+}
+
+/// Why an adapter refuses `query`, if it does: a radius outside 0…[`MAX_RADIUS_M`], a limit above
+/// [`MAX_NEARBY`], or a centre out of range.
+pub fn check_query(query: &NearbyQuery) -> PortResult<()> {
+    if !(0.0..=MAX_RADIUS_M).contains(&query.radius_m) {
+        return Err(PortError::Invalid(format!(
+            "radius {} m is outside 0…{MAX_RADIUS_M} m",
+            query.radius_m
+        )));
+    }
+    if query.limit > MAX_NEARBY {
+        return Err(PortError::Invalid(format!(
+            "limit {} is above {MAX_NEARBY}",
+            query.limit
+        )));
+    }
+    if !in_range(query.lat, query.lng) {
+        return Err(out_of_range("the search's centre", query.lat, query.lng));
+    }
+    Ok(())
 }
 
 /// Where drivers are, per tenant. See the module docs for the ordering rules.

@@ -45,9 +45,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use h3o::{CellIndex, LatLng, Resolution};
-use pulse_core::geo_index::{
-    DriverPosition, GeoIndex, NearbyDriver, NearbyQuery, MAX_NEARBY, MAX_RADIUS_M,
-};
+use pulse_core::geo_index::{DriverPosition, GeoIndex, NearbyDriver, NearbyQuery};
 use pulse_core::{PortError, PortResult, TenantId};
 
 /// The H3 resolution of the grid.
@@ -65,16 +63,15 @@ pub const CELL_RADIUS_BOUND_M: f64 = 800.0;
 /// radius spans, never for correctness.
 const CELL_SPACING_ESTIMATE_M: f64 = 600.0;
 
-/// The rings a walk may take at most: far beyond what [`MAX_RADIUS_M`] needs (about 90 rings
+/// The rings a walk may take at most: far beyond what [`MAX_RADIUS_M`](pulse_core::geo_index::MAX_RADIUS_M) needs (about 90 rings
 /// of 600 m), a guard against a bound that never grows, e.g. if a ring wrapped a pole.
 const MAX_RINGS: u32 = 256;
 
 /// Mean Earth radius (IUGG), metres.
 pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
-/// The widest latitude a position or a search may have: Redis's GEO limit (EPSG:900913), kept
-/// by both adapters so they refuse the same input.
-pub const MAX_LATITUDE: f64 = 85.051_128_78;
+pub use pulse_core::geo_index::MAX_LATITUDE;
+use pulse_core::geo_index::{check_position, check_query, in_range};
 
 /// A point with what the haversine formula needs of it, precomputed.
 #[derive(Debug, Clone, Copy)]
@@ -467,32 +464,11 @@ fn disk_cells_estimate(radius_m: f64) -> f64 {
 }
 
 /// The point at `lat`, `lng` if both are within the range both adapters accept.
-fn valid_point(lat: f64, lng: f64) -> Option<LatLng> {
-    let in_range = (-MAX_LATITUDE..=MAX_LATITUDE).contains(&lat) && (-180.0..=180.0).contains(&lng);
-    in_range.then(|| LatLng::new(lat, lng).ok()).flatten()
-}
-
-fn out_of_range(what: &str, lat: f64, lng: f64) -> PortError {
-    PortError::Invalid(format!(
-        "{what} ({lat}, {lng}) is outside latitude ±{MAX_LATITUDE}, longitude ±180"
-    ))
-}
-
-fn check_query(query: &NearbyQuery) -> PortResult<LatLng> {
-    if !(0.0..=MAX_RADIUS_M).contains(&query.radius_m) {
-        return Err(PortError::Invalid(format!(
-            "radius {} m is outside 0…{MAX_RADIUS_M} m",
-            query.radius_m
-        )));
-    }
-    if query.limit > MAX_NEARBY {
-        return Err(PortError::Invalid(format!(
-            "limit {} is above {MAX_NEARBY}",
-            query.limit
-        )));
-    }
-    valid_point(query.lat, query.lng)
-        .ok_or_else(|| out_of_range("the search's centre", query.lat, query.lng))
+/// The point of `lat`, `lng`, checked in range first (as every adapter checks it).
+fn point_of(lat: f64, lng: f64) -> Option<LatLng> {
+    in_range(lat, lng)
+        .then(|| LatLng::new(lat, lng).ok())
+        .flatten()
 }
 
 /// The in-process geo index. Cheap to clone; clones share the same drivers.
@@ -557,12 +533,9 @@ impl GeoIndex for MemoryGeoIndex {
         }
         let mut cells = Vec::with_capacity(positions.len());
         for position in positions {
-            if position.driver_id.is_empty() {
-                return Err(PortError::Invalid("a driver id is empty".into()));
-            }
-            let point = valid_point(position.lat, position.lng).ok_or_else(|| {
-                let what = format!("driver {}'s position", position.driver_id);
-                out_of_range(&what, position.lat, position.lng)
+            check_position(position)?;
+            let point = point_of(position.lat, position.lng).ok_or_else(|| {
+                PortError::Invalid(format!("driver {}'s position", position.driver_id))
             })?;
             cells.push(point.to_cell(RESOLUTION));
         }
@@ -595,7 +568,9 @@ impl GeoIndex for MemoryGeoIndex {
         tenant: &TenantId,
         query: &NearbyQuery,
     ) -> PortResult<Vec<NearbyDriver>> {
-        let centre = check_query(query)?;
+        check_query(query)?;
+        let centre = point_of(query.lat, query.lng)
+            .ok_or_else(|| PortError::Invalid("the search's centre".into()))?;
         if query.limit == 0 {
             return Ok(Vec::new());
         }

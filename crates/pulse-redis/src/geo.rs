@@ -59,15 +59,13 @@ use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use pulse_core::cache::Cache;
-use pulse_core::geo_index::{
-    DriverPosition, GeoIndex, NearbyDriver, NearbyQuery, MAX_NEARBY, MAX_RADIUS_M,
-};
+use pulse_core::geo_index::{DriverPosition, GeoIndex, NearbyDriver, NearbyQuery};
 use pulse_core::{PortError, PortResult, TenantId};
 
 use crate::{RedisCache, RedisOptions};
 
-/// The widest latitude a position or a search may have: Redis's GEO limit (EPSG:900913).
-pub const MAX_LATITUDE: f64 = 85.051_128_78;
+pub use pulse_core::geo_index::MAX_LATITUDE;
+use pulse_core::geo_index::{check_position, check_query};
 
 /// Positions per `update` script call.
 pub const POSITIONS_PER_CALL: usize = 1_000;
@@ -287,46 +285,6 @@ impl RedisGeoIndex {
             .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
             .await
     }
-}
-
-fn valid_point(lat: f64, lng: f64) -> bool {
-    (-MAX_LATITUDE..=MAX_LATITUDE).contains(&lat) && (-180.0..=180.0).contains(&lng)
-}
-
-fn out_of_range(what: &str, lat: f64, lng: f64) -> PortError {
-    PortError::Invalid(format!(
-        "{what} ({lat}, {lng}) is outside latitude ±{MAX_LATITUDE}, longitude ±180"
-    ))
-}
-
-fn check_position(position: &DriverPosition) -> PortResult<()> {
-    if position.driver_id.is_empty() {
-        return Err(PortError::Invalid("a driver id is empty".into()));
-    }
-    if !valid_point(position.lat, position.lng) {
-        let what = format!("driver {}'s position", position.driver_id);
-        return Err(out_of_range(&what, position.lat, position.lng));
-    }
-    Ok(())
-}
-
-fn check_query(query: &NearbyQuery) -> PortResult<()> {
-    if !(0.0..=MAX_RADIUS_M).contains(&query.radius_m) {
-        return Err(PortError::Invalid(format!(
-            "radius {} m is outside 0…{MAX_RADIUS_M} m",
-            query.radius_m
-        )));
-    }
-    if query.limit > MAX_NEARBY {
-        return Err(PortError::Invalid(format!(
-            "limit {} is above {MAX_NEARBY}",
-            query.limit
-        )));
-    }
-    if !valid_point(query.lat, query.lng) {
-        return Err(out_of_range("the search's centre", query.lat, query.lng));
-    }
-    Ok(())
 }
 
 /// The radius `nearest` searches first: a thirty-second of the query's, at least
