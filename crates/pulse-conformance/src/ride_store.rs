@@ -8,7 +8,8 @@ use bytes::Bytes;
 use pulse_core::TenantId;
 use pulse_marketplace::model::{Answer, DriverReport, DriverStatus};
 use pulse_marketplace::ports::{
-    Decide, Decision, DriverChange, RideParty, RideStore, Transition, TransitionOutcome,
+    Decide, Decision, DriverChange, MoneyChange, RideParty, RideStore, Transition,
+    TransitionOutcome,
 };
 use pulse_orders::{CreateOutcome, Order, OrderStatus, OrderStore};
 use pulse_outbox::OutboxEvent;
@@ -58,11 +59,12 @@ fn moving(from: OrderStatus, to: OrderStatus, driver: DriverChange) -> Decide {
             to,
             at_ms: T0 + 1,
             driver,
+            money: MoneyChange::Keep,
             announce: Box::new(|after: &Order| {
                 let mut event =
                     OutboxEvent::new("rides.events", "ORDER", after.id, Bytes::new(), T0);
                 event.tenant = after.tenant.clone();
-                event
+                vec![event]
             }),
         })
     })

@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::ports::{Decide, RideStore, TransitionOutcome};
 use crate::rides::{decide_match, settle, Moved, RideError};
-use crate::RideTopics;
+use crate::RideRules;
 
 /// Consumer group of the `dispatch` processor, before any deployment prefix.
 pub const GROUP: &str = "pulse-dispatch-group";
@@ -109,6 +109,13 @@ pub enum Dispatched {
     NoDriver(String),
     /// The order was already past `PENDING` (matched, cancelled, …): as it is.
     Decided(Order),
+    /// The rider's wallet cannot cover the fare (`wallet.require_funds`): not retried.
+    Unpayable {
+        /// The fare.
+        fare: pulse_core::money::Money,
+        /// What the wallet had available, minor units.
+        available_minor: i64,
+    },
 }
 
 /// Matches orders to drivers.
@@ -120,7 +127,7 @@ pub struct Dispatcher {
     settings: DispatchConfig,
     /// How old a driver's latest ping may be to be proposed.
     max_age: Duration,
-    topics: RideTopics,
+    topics: RideRules,
 }
 
 impl Dispatcher {
@@ -132,7 +139,7 @@ impl Dispatcher {
         clock: SharedClock,
         settings: DispatchConfig,
         max_age: Duration,
-        topics: RideTopics,
+        topics: RideRules,
     ) -> Self {
         Self {
             store,
@@ -198,6 +205,16 @@ impl Dispatcher {
                         metrics::counter!(ATTEMPTS_TOTAL, "outcome" => "stale_candidate")
                             .increment(offered);
                     }
+                    TransitionOutcome::InsufficientFunds {
+                        fare,
+                        available_minor,
+                    } => {
+                        metrics::counter!(ATTEMPTS_TOTAL, "outcome" => "unpayable").increment(1);
+                        return Ok(Dispatched::Unpayable {
+                            fare,
+                            available_minor,
+                        });
+                    }
                     TransitionOutcome::Answered(_, now) => {
                         metrics::counter!(ATTEMPTS_TOTAL, "outcome" => "decided").increment(1);
                         return Ok(Dispatched::Decided(*now));
@@ -248,6 +265,14 @@ impl Dispatcher {
                 order_id: id,
                 reason,
             }),
+            Dispatched::Unpayable {
+                fare,
+                available_minor,
+            } => Err(RideError::InsufficientFunds {
+                order_id: id,
+                fare,
+                available_minor,
+            }),
             Dispatched::Decided(order) if order.status == OrderStatus::Matched => Ok(Moved {
                 order,
                 changed: false,
@@ -264,8 +289,22 @@ impl Dispatcher {
     /// An attempt for an order the processor took: retried later, or given up on once its
     /// retry time is over.
     async fn attempt_or_reschedule(&self, order: &Order, until_ms: Option<i64>) -> PortResult<()> {
-        let Dispatched::NoDriver(reason) = self.attempt(order).await? else {
-            return Ok(());
+        let reason = match self.attempt(order).await? {
+            Dispatched::NoDriver(reason) => reason,
+            Dispatched::Unpayable {
+                fare,
+                available_minor,
+            } => {
+                let reason = format!(
+                    "insufficient funds: the fare of {fare} exceeds the rider's available {available_minor}"
+                );
+                tracing::info!(order_id = %order.id, %reason, "unpayable; giving up");
+                return self
+                    .store
+                    .give_up_dispatch(&order.tenant, order.id, &reason)
+                    .await;
+            }
+            Dispatched::Matched(_) | Dispatched::Decided(_) => return Ok(()),
         };
         let now_ms = self.clock.now_ms();
         let until_ms = until_ms.unwrap_or(order.created_at_ms + self.settings.retry_for_ms as i64);

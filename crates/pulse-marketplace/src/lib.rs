@@ -7,6 +7,9 @@
 //!   `dispatch` processor does it for every new order, retrying without holding its partition.
 //! * [`rides::RideService`] reads rides and moves them: `PENDING` → `MATCHED` → `STARTED` →
 //!   `FINISHED`, and `CANCELLED` from `PENDING` or `MATCHED`.
+//! * Money moves with the rides (`pulse-ledger`): the match holds the fare on the rider's
+//!   wallet in its unit of work, the finish sends the payment on `wallet.transactions`, a
+//!   cancellation voids the hold in its unit of work.
 //!
 //! Invariants:
 //! * the store's driver status decides: a match claims its driver with a conditional write in the
@@ -36,18 +39,33 @@ pub const RIDE_EVENTS: TopicSpec = TopicSpec {
 /// The topics the marketplace writes to.
 pub const TOPICS: &[TopicSpec] = &[RIDE_EVENTS];
 
-/// The topic names of one deployment (prefix applied).
+/// What every transition of a deployment writes besides its row changes: where its events go
+/// (prefix applied) and whether a hold must be covered by the rider's wallet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RideTopics {
+pub struct RideRules {
     /// Where [`RIDE_EVENTS`] goes.
     pub events: String,
+    /// Where the payments of finished rides go ([`pulse_ledger::WALLET_TRANSACTIONS`]).
+    pub payments: String,
+    /// A match whose fare exceeds the rider's available balance is refused (`wallet.require_funds`).
+    pub require_funds: bool,
 }
 
-impl RideTopics {
-    /// The topics under `prefix` (empty: the contract names).
+impl RideRules {
+    /// The topics under `prefix` (empty: the contract names); funds not required.
     pub fn with_prefix(prefix: &str) -> Self {
         Self {
             events: RIDE_EVENTS.named(prefix),
+            payments: pulse_ledger::WALLET_TRANSACTIONS.named(prefix),
+            require_funds: false,
+        }
+    }
+
+    /// The same, refusing matches the rider cannot pay when `require_funds`.
+    pub fn requiring_funds(self, require_funds: bool) -> Self {
+        Self {
+            require_funds,
+            ..self
         }
     }
 }

@@ -23,9 +23,27 @@ pub enum DriverChange {
     Release(String),
 }
 
-/// Builds the event announcing a transition from the order as it is after it (with the driver a
-/// claim took).
-pub type Announce = Box<dyn FnOnce(&Order) -> OutboxEvent + Send>;
+/// What a transition does with the ride's money, in the same unit of work (the ledger's
+/// accounts are in the same store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoneyChange {
+    /// Nothing.
+    Keep,
+    /// Holds the order's fare on the rider's wallet for the claimed driver's payable (a pending
+    /// transfer, reference `ride:{order}:hold`). With `require_funds`, a fare above the rider's
+    /// available balance writes nothing and the outcome is
+    /// [`TransitionOutcome::InsufficientFunds`].
+    Hold {
+        /// Refuse a fare the wallet cannot cover.
+        require_funds: bool,
+    },
+    /// Voids the order's hold, if it has one that is not resolved yet.
+    Void,
+}
+
+/// Builds the events announcing a transition from the order as it is after it (with the driver
+/// a claim took).
+pub type Announce = Box<dyn FnOnce(&Order) -> Vec<OutboxEvent> + Send>;
 
 /// A transition the domain decided, for the store to write in one unit of work: the order's
 /// new status (and driver), its history entry, the driver's change and the outbox event.
@@ -36,7 +54,9 @@ pub struct Transition {
     pub at_ms: i64,
     /// The driver change that goes with it.
     pub driver: DriverChange,
-    /// The event announcing it (on `rides.events`).
+    /// The money change that goes with it.
+    pub money: MoneyChange,
+    /// The events announcing it (on `rides.events`; a finish also on `wallet.transactions`).
     pub announce: Announce,
 }
 
@@ -46,6 +66,7 @@ impl std::fmt::Debug for Transition {
             .field("to", &self.to)
             .field("at_ms", &self.at_ms)
             .field("driver", &self.driver)
+            .field("money", &self.money)
             .finish_non_exhaustive()
     }
 }
@@ -72,6 +93,14 @@ pub enum TransitionOutcome {
     /// None of the drivers to claim was available (another order has or is taking them, or
     /// they are offline or unknown): nothing was written.
     DriverTaken,
+    /// The hold was refused: the rider's available balance does not cover the fare. Nothing
+    /// was written.
+    InsufficientFunds {
+        /// The fare.
+        fare: pulse_core::money::Money,
+        /// What the rider's wallet had available.
+        available_minor: i64,
+    },
     /// No such order in the tenant.
     NotFound,
 }
@@ -100,7 +129,8 @@ pub trait RideStore: Send + Sync + std::fmt::Debug {
     /// Reads `order_id` of `tenant` under a lock for the rest of the unit of work, asks
     /// `decide`, and writes what it decided — all in one unit of work. With
     /// [`DriverChange::Claim`] the driver is claimed first; when it is not available nothing is
-    /// written and the outcome is [`TransitionOutcome::DriverTaken`].
+    /// written and the outcome is [`TransitionOutcome::DriverTaken`]. The [`MoneyChange`] is
+    /// written in the same unit.
     async fn transition(
         &self,
         tenant: &TenantId,

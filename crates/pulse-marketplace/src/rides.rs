@@ -9,15 +9,16 @@ use pulse_core::clock::SharedClock;
 use pulse_core::{PortError, TenantId};
 use pulse_orders::{Order, OrderStatus, AGGREGATE_TYPE};
 use pulse_outbox::OutboxEvent;
-use pulse_proto::v1::{ride_event::Kind, RideEvent};
+use pulse_proto::v1::{ride_event::Kind, wallet_transaction, RideEvent, WalletTransaction};
 use pulse_proto::Message;
 use uuid::Uuid;
 
 use crate::model::{Answer, RideStep, TrailPoint};
 use crate::ports::{
-    Decide, Decision, DriverChange, RidePage, RideParty, RideStore, Transition, TransitionOutcome,
+    Decide, Decision, DriverChange, MoneyChange, RidePage, RideParty, RideStore, Transition,
+    TransitionOutcome,
 };
-use crate::RideTopics;
+use crate::RideRules;
 
 /// Transitions committed, by the status reached (`to`).
 pub const TRANSITIONS_TOTAL: &str = "pulse_ride_transitions_total";
@@ -46,6 +47,16 @@ pub enum RideError {
         /// The driver named.
         driver_id: String,
     },
+    /// The rider's wallet cannot cover the fare (`wallet.require_funds`).
+    #[error("order {order_id}: the fare of {fare} exceeds the rider's available balance of {available_minor}")]
+    InsufficientFunds {
+        /// The order.
+        order_id: Uuid,
+        /// Its fare.
+        fare: pulse_core::money::Money,
+        /// What the wallet had available, minor units.
+        available_minor: i64,
+    },
     /// Dispatch found no available driver.
     #[error("no available driver for order {order_id}: {reason}")]
     NoDriver {
@@ -70,7 +81,7 @@ pub struct Moved {
 
 /// The ride event a transition announces.
 pub(crate) fn ride_event(
-    topics: &RideTopics,
+    topics: &RideRules,
     order: &Order,
     kind: Kind,
     driver_id: Option<&str>,
@@ -100,6 +111,29 @@ pub(crate) fn ride_event(
     outbox
 }
 
+/// The payment a finished ride asks the `wallet` processor for: post its hold.
+pub(crate) fn payment_event(rules: &RideRules, order: &Order, at_ms: i64) -> Option<OutboxEvent> {
+    let price = order.price.as_ref()?;
+    let event = WalletTransaction {
+        order_id: order.id.to_string(),
+        kind: wallet_transaction::Kind::PostHold as i32,
+        user_id: order.user_id.clone(),
+        driver_id: order.driver_id.clone().unwrap_or_default(),
+        amount_minor: price.total.amount_minor,
+        currency: price.total.currency.as_str().to_owned(),
+        timestamp: at_ms,
+    };
+    let mut outbox = OutboxEvent::new(
+        rules.payments.clone(),
+        AGGREGATE_TYPE,
+        order.id,
+        Bytes::from(event.encode_to_vec()),
+        at_ms,
+    );
+    outbox.tenant = order.tenant.clone();
+    Some(outbox)
+}
+
 /// The kind of event announcing a move to `to`.
 fn kind_of(to: OrderStatus) -> Kind {
     match to {
@@ -117,7 +151,7 @@ fn kind_of(to: OrderStatus) -> Kind {
 /// finish it; a match claims its driver, and the end of a ride (finished, or cancelled once
 /// matched) frees it.
 pub(crate) fn decide_move(
-    topics: &RideTopics,
+    topics: &RideRules,
     order: &Order,
     to: OrderStatus,
     driver: Option<&str>,
@@ -155,13 +189,13 @@ pub(crate) fn decide_move(
         }
         _ => DriverChange::Keep,
     };
-    apply(topics, to, change, at_ms)
+    apply(topics, order, to, change, at_ms)
 }
 
 /// The rule of a match: a `PENDING` order claims the first available of `candidates`; an order
 /// matched already is [`Answer::AlreadyDone`], any other is [`Answer::WrongState`].
 pub(crate) fn decide_match(
-    topics: &RideTopics,
+    topics: &RideRules,
     order: &Order,
     candidates: Vec<String>,
     at_ms: i64,
@@ -169,6 +203,7 @@ pub(crate) fn decide_match(
     match order.status {
         OrderStatus::Pending => apply(
             topics,
+            order,
             OrderStatus::Matched,
             DriverChange::Claim(candidates),
             at_ms,
@@ -178,21 +213,41 @@ pub(crate) fn decide_match(
     }
 }
 
-/// The transition to `to`, announced from the order as it is after it.
-fn apply(topics: &RideTopics, to: OrderStatus, driver: DriverChange, at_ms: i64) -> Decision {
-    let topics = topics.clone();
+/// The transition of `order` to `to`, announced from the order as it is after it. The money
+/// follows the ride: a priced match holds its fare, a cancellation voids any hold, a finish
+/// sends its payment.
+fn apply(
+    rules: &RideRules,
+    order: &Order,
+    to: OrderStatus,
+    driver: DriverChange,
+    at_ms: i64,
+) -> Decision {
+    let rules = rules.clone();
+    let money = match to {
+        OrderStatus::Matched if order.price.is_some() => MoneyChange::Hold {
+            require_funds: rules.require_funds,
+        },
+        OrderStatus::Cancelled if order.status == OrderStatus::Matched => MoneyChange::Void,
+        _ => MoneyChange::Keep,
+    };
     Decision::Apply(Transition {
         to,
         at_ms,
         driver,
+        money,
         announce: Box::new(move |after: &Order| {
-            ride_event(
-                &topics,
+            let mut events = vec![ride_event(
+                &rules,
                 after,
                 kind_of(to),
                 after.driver_id.as_deref(),
                 at_ms,
-            )
+            )];
+            if to == OrderStatus::Finished {
+                events.extend(payment_event(&rules, after, at_ms));
+            }
+            events
         }),
     })
 }
@@ -211,12 +266,12 @@ pub struct Ride {
 pub struct RideService {
     store: Arc<dyn RideStore>,
     clock: SharedClock,
-    topics: RideTopics,
+    topics: RideRules,
 }
 
 impl RideService {
     /// Rides in `store`, announced on `topics`.
-    pub fn new(store: Arc<dyn RideStore>, clock: SharedClock, topics: RideTopics) -> Self {
+    pub fn new(store: Arc<dyn RideStore>, clock: SharedClock, topics: RideRules) -> Self {
         Self {
             store,
             clock,
@@ -306,6 +361,14 @@ pub(crate) fn settle(
             driver_id: driver.unwrap_or_default(),
         }),
         TransitionOutcome::NotFound => Err(RideError::NotFound(id)),
+        TransitionOutcome::InsufficientFunds {
+            fare,
+            available_minor,
+        } => Err(RideError::InsufficientFunds {
+            order_id: id,
+            fare,
+            available_minor,
+        }),
         TransitionOutcome::DriverTaken => Err(RideError::NoDriver {
             order_id: id,
             reason: "the driver was taken by another order".into(),
@@ -356,7 +419,7 @@ mod tests {
     }
 
     fn decide(from: OrderStatus, held: Option<&str>, to: OrderStatus, by: Option<&str>) -> Seen {
-        let topics = RideTopics::with_prefix("");
+        let topics = RideRules::with_prefix("");
         seen(decide_move(&topics, &order(from, held), to, by, 10))
     }
 
@@ -438,7 +501,7 @@ mod tests {
     #[test]
     fn a_match_claims_its_candidates_only_while_pending() {
         use OrderStatus::*;
-        let topics = RideTopics::with_prefix("");
+        let topics = RideRules::with_prefix("");
         let candidates = vec!["d1".to_owned(), "d2".to_owned()];
         assert_eq!(
             seen(decide_match(
@@ -474,7 +537,7 @@ mod tests {
 
     #[test]
     fn the_event_announces_the_order_as_it_is_after_the_move() {
-        let topics = RideTopics::with_prefix("staging.");
+        let topics = RideRules::with_prefix("staging.");
         let before = order(OrderStatus::Pending, None);
         let Decision::Apply(transition) = decide_match(&topics, &before, vec!["d1".to_owned()], 42)
         else {

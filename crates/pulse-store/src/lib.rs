@@ -16,6 +16,7 @@
 
 mod gateway;
 pub mod jobs;
+mod ledger;
 mod orders;
 pub mod outbox;
 mod rides;

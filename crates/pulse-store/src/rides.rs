@@ -11,14 +11,14 @@
 use pulse_core::{PortResult, TenantId};
 use pulse_marketplace::model::{DriverRecord, DriverReport, DriverStatus, RideStep, TrailPoint};
 use pulse_marketplace::ports::{
-    Decide, Decision, DriverChange, RidePage, RideParty, RideStore, TransitionOutcome,
+    Decide, Decision, DriverChange, MoneyChange, RidePage, RideParty, RideStore, TransitionOutcome,
 };
 use pulse_orders::{Order, OrderStatus};
 use uuid::Uuid;
 
 use crate::orders::{corrupt, order_from_row, ORDER_COLUMNS};
 use crate::sql::{value_rows_after, PerDialect, Sql};
-use crate::{outbox, Backend, Database};
+use crate::{ledger, outbox, Backend, Database};
 
 /// Rows per multi-row statement: far below both engines' bound-parameter limits.
 const CHUNK: usize = 300;
@@ -191,6 +191,24 @@ impl RideStore for Database {
                     }
                     Decision::Apply(transition) => transition,
                 };
+                // The funds first: a refused hold must not have claimed a driver.
+                let fare = order.price.as_ref().map(|price| price.total);
+                if let (
+                    MoneyChange::Hold {
+                        require_funds: true,
+                    },
+                    Some(fare),
+                ) = (transition.money, fare)
+                {
+                    if let ledger::Funds::Short(available_minor) =
+                        ledger::hold_funds(&mut tx, &order, fare).await?
+                    {
+                        return Ok(TransitionOutcome::InsufficientFunds {
+                            fare,
+                            available_minor,
+                        });
+                    }
+                }
                 match &transition.driver {
                     DriverChange::Claim(candidates) if candidates.is_empty() => {
                         return Ok(TransitionOutcome::DriverTaken);
@@ -233,8 +251,17 @@ impl RideStore for Database {
                     .bind(transition.at_ms)
                     .bind(order.driver_id.as_deref());
                 tx.execute(&step).await?;
-                let event = (transition.announce)(&order);
-                outbox::enqueue(&mut tx, std::slice::from_ref(&event)).await?;
+                match (transition.money, fare) {
+                    (MoneyChange::Hold { .. }, Some(fare)) => {
+                        ledger::hold(&mut tx, &order, fare, transition.at_ms).await?
+                    }
+                    (MoneyChange::Void, _) => {
+                        ledger::void(&mut tx, &order, transition.at_ms).await?
+                    }
+                    _ => {}
+                }
+                let events = (transition.announce)(&order);
+                outbox::enqueue(&mut tx, &events).await?;
                 Ok(TransitionOutcome::Applied(Box::new(order)))
             })
         })

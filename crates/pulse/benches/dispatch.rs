@@ -46,7 +46,7 @@ use pulse_geo::Point;
 use pulse_marketplace::dispatch::{DispatchConfig, Dispatched, Dispatcher};
 use pulse_marketplace::model::{DriverRecord, DriverReport, RideStep, TrailPoint};
 use pulse_marketplace::ports::{Decide, RidePage, RideParty, RideStore, TransitionOutcome};
-use pulse_marketplace::RideTopics;
+use pulse_marketplace::RideRules;
 use pulse_memory::MemoryGeoIndex;
 use pulse_orders::{CreateOutcome, Order, OrderStatus, OrderStore};
 use pulse_outbox::OutboxEvent;
@@ -441,7 +441,7 @@ async fn bench(mode: &str, set_busy: bool) {
         clock.clone(),
         DispatchConfig::default(),
         Duration::from_secs(600),
-        RideTopics::with_prefix(""),
+        RideRules::with_prefix(""),
     );
     let started = Instant::now();
     let cpu_before = cpu_ticks();

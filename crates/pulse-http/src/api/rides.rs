@@ -37,6 +37,11 @@ impl From<RideError> for ApiError {
             RideError::WrongState { .. } => conflict("invalid_transition"),
             RideError::NotTheDriver { .. } => conflict("not_the_driver"),
             RideError::NoDriver { .. } => conflict("no_driver"),
+            RideError::InsufficientFunds { .. } => ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_funds",
+                err.to_string(),
+            ),
             RideError::Backend(port) if port.is_retryable() => {
                 tracing::warn!(error = %err, "ride backend unavailable");
                 ApiError::unavailable("rides are temporarily unavailable; retry")

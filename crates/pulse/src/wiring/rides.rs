@@ -11,7 +11,7 @@ use pulse_marketplace::dispatch::{DispatchProcessor, Dispatcher};
 use pulse_marketplace::ports::RideStore;
 use pulse_marketplace::rides::RideService;
 use pulse_marketplace::tracker::{Tracker, TrackerTopics};
-use pulse_marketplace::RideTopics;
+use pulse_marketplace::RideRules;
 use pulse_runtime::processor::ConsumerSettings;
 
 use crate::backends::Backends;
@@ -29,7 +29,7 @@ pub fn dispatcher(config: &Config, backends: &Backends, clock: SharedClock) -> D
         clock,
         config.dispatch.clone(),
         config.tracker.max_age(),
-        RideTopics::with_prefix(&config.prefix),
+        RideRules::with_prefix(&config.prefix),
     )
 }
 
@@ -45,7 +45,7 @@ pub fn router(
             rides: RideService::new(
                 store(backends),
                 clock.clone(),
-                RideTopics::with_prefix(&config.prefix),
+                RideRules::with_prefix(&config.prefix),
             ),
             dispatcher: dispatcher(config, backends, clock.clone()),
             geo: backends.geo.clone(),
@@ -64,7 +64,7 @@ pub fn tracker(config: &Config, backends: &Backends) -> (Tracker, ConsumerSettin
         store(backends),
         TrackerTopics {
             supply: pulse_surge::engine::EngineNames::with_prefix(&config.prefix).supply,
-            rides: RideTopics::with_prefix(&config.prefix).events,
+            rides: RideRules::with_prefix(&config.prefix).events,
         },
     );
     let settings = tracker.consumer(

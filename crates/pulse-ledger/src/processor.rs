@@ -1,0 +1,209 @@
+//! The `wallet` processor (Atlas's payment worker): its own group on `wallet.transactions`,
+//! posting each finished ride's hold — a batch in one unit of work, exactly once per ride by the
+//! store's unique constraint, whatever is redelivered. A poison payment goes to the dead-letter
+//! topic with its reason; a store error fails the batch, which the consumer loop retries with
+//! backoff without committing its offsets. Now and then it checks the ledger's invariants and
+//! exports what it found.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pulse_core::clock::SharedClock;
+use pulse_core::log::ConsumedRecord;
+use pulse_core::money::{Currency, Money};
+use pulse_core::tenant::TENANT_HEADER;
+use pulse_core::{PortResult, TenantId};
+use pulse_proto::v1::{wallet_transaction::Kind, WalletTransaction};
+use pulse_proto::Message;
+use pulse_runtime::processor::{ConsumerSettings, Poison, Processor, Tick};
+use uuid::Uuid;
+
+use crate::model::LedgerSettings;
+use crate::ports::{Ledger, PostHold, Posted};
+
+/// The processor's consumer group.
+pub const GROUP: &str = "pulse-wallet-group";
+/// Holds posted, by outcome (`posted`, `already`, `voided`, `no_hold`, `mismatch`).
+pub const POSTINGS_TOTAL: &str = "pulse_wallet_postings_total";
+/// Minor units charged to riders by posted holds, by currency.
+pub const CHARGED_MINOR_TOTAL: &str = "pulse_wallet_charged_minor_total";
+/// Violations the last invariant check found (0: the ledger is sound).
+pub const VIOLATIONS: &str = "pulse_ledger_violations";
+/// When the invariants were last checked, Unix seconds.
+pub const VERIFIED_AT: &str = "pulse_ledger_verified_timestamp_seconds";
+/// Most violations one periodic check collects.
+const VIOLATIONS_KEPT: usize = 100;
+
+/// The `wallet` processor.
+#[derive(Debug)]
+pub struct WalletProcessor {
+    ledger: Arc<dyn Ledger>,
+    settings: LedgerSettings,
+    clock: SharedClock,
+    next_verify_ms: i64,
+}
+
+/// A payment to post, or why its record is poison.
+fn decode(
+    record: &ConsumedRecord,
+    at_ms: i64,
+    settings: &LedgerSettings,
+) -> Result<PostHold, String> {
+    let tenant = TenantId::from_header(record.header(TENANT_HEADER).map(|raw| raw.as_ref()))
+        .map_err(|err| err.to_string())?;
+    let event = WalletTransaction::decode(record.payload.as_ref())
+        .map_err(|err| format!("undecodable WalletTransaction: {err}"))?;
+    if event.kind != Kind::PostHold as i32 {
+        return Err(format!("unknown payment kind {}", event.kind));
+    }
+    let order_id = Uuid::parse_str(&event.order_id)
+        .map_err(|err| format!("order id {:?}: {err}", event.order_id))?;
+    if event.amount_minor <= 0 {
+        return Err(format!(
+            "amount_minor {} of order {order_id}: a payment is > 0",
+            event.amount_minor
+        ));
+    }
+    let currency =
+        Currency::parse(&event.currency).map_err(|err| format!("order {order_id}: {err}"))?;
+    Ok(PostHold {
+        tenant,
+        order_id,
+        amount: Money::new(event.amount_minor, currency),
+        commission_bp: settings.commission_bp,
+        revenue_shard: settings.shard_of(&crate::model::reference::commission(order_id)),
+        at_ms,
+    })
+}
+
+impl WalletProcessor {
+    /// The processor over `ledger`.
+    pub fn new(ledger: Arc<dyn Ledger>, settings: LedgerSettings, clock: SharedClock) -> Self {
+        let next_verify_ms = clock.now_ms() + settings.verify_every_ms as i64;
+        Self {
+            ledger,
+            settings,
+            clock,
+            next_verify_ms,
+        }
+    }
+
+    /// How it consumes: its own group on `payments_topic`.
+    pub fn consumer(
+        &self,
+        group: String,
+        payments_topic: String,
+        dead_letter: String,
+    ) -> ConsumerSettings {
+        ConsumerSettings {
+            batch_size: 1_000,
+            tick: Duration::from_secs(1),
+            dead_letter_topic: dead_letter,
+            ..ConsumerSettings::new(group, vec![payments_topic])
+        }
+    }
+
+    /// Checks the invariants now and exports the result.
+    pub async fn verify_now(&self) -> PortResult<usize> {
+        let violations = self
+            .ledger
+            .verify(
+                self.clock.now_ms(),
+                self.settings.post_grace_ms as i64,
+                VIOLATIONS_KEPT,
+            )
+            .await?;
+        metrics::gauge!(VIOLATIONS).set(violations.len() as f64);
+        metrics::gauge!(VERIFIED_AT).set(self.clock.now_ms() as f64 / 1_000.0);
+        if let Some(first) = violations.first() {
+            tracing::error!(
+                rule = first.rule,
+                detail = %first.detail,
+                count = violations.len(),
+                "the ledger breaks an invariant"
+            );
+        }
+        Ok(violations.len())
+    }
+}
+
+#[async_trait]
+impl Processor for WalletProcessor {
+    fn name(&self) -> &'static str {
+        "wallet"
+    }
+
+    async fn handle(&mut self, records: &[ConsumedRecord]) -> PortResult<Vec<Poison>> {
+        let now_ms = self.clock.now_ms();
+        let mut poison = Vec::new();
+        let mut posts = Vec::new();
+        let mut indexes = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            match decode(record, now_ms, &self.settings) {
+                Ok(post) => {
+                    posts.push(post);
+                    indexes.push(index);
+                }
+                Err(reason) => poison.push(Poison { index, reason }),
+            }
+        }
+        if posts.is_empty() {
+            return Ok(poison);
+        }
+        let outcomes = self.ledger.post_holds(&posts).await?;
+        for ((post, outcome), index) in posts.iter().zip(&outcomes).zip(indexes) {
+            let label = match outcome {
+                Posted::Now(_) => {
+                    metrics::counter!(CHARGED_MINOR_TOTAL, "currency" => post.amount.currency.as_str().to_owned())
+                        .increment(post.amount.amount_minor as u64);
+                    "posted"
+                }
+                Posted::Already => "already",
+                Posted::Voided => {
+                    poison.push(Poison {
+                        index,
+                        reason: format!(
+                            "order {}: its hold was voided (the ride was cancelled)",
+                            post.order_id
+                        ),
+                    });
+                    "voided"
+                }
+                Posted::NoHold => {
+                    poison.push(Poison {
+                        index,
+                        reason: format!("order {}: no hold to post", post.order_id),
+                    });
+                    "no_hold"
+                }
+                Posted::Mismatch { held } => {
+                    poison.push(Poison {
+                        index,
+                        reason: format!(
+                            "order {}: the payment names {}, the hold reserved {}",
+                            post.order_id, post.amount, held
+                        ),
+                    });
+                    "mismatch"
+                }
+            };
+            metrics::counter!(POSTINGS_TOTAL, "outcome" => label).increment(1);
+        }
+        poison.sort_by_key(|poison| poison.index);
+        Ok(poison)
+    }
+
+    async fn tick(&mut self) -> PortResult<Tick> {
+        let now_ms = self.clock.now_ms();
+        if now_ms >= self.next_verify_ms {
+            self.next_verify_ms = now_ms + self.settings.verify_every_ms as i64;
+            // A failed check is reported and tried again at the next interval; it never stops
+            // the payments.
+            if let Err(err) = self.verify_now().await {
+                tracing::warn!(error = %err, "the ledger check failed; it runs again later");
+            }
+        }
+        Ok(Tick::Continue)
+    }
+}

@@ -1,0 +1,173 @@
+//! The wallet as riders and drivers see it: top-ups (idempotent per key), balances and entries.
+
+use std::sync::Arc;
+
+use pulse_core::clock::SharedClock;
+use pulse_core::money::{Currency, Money};
+use pulse_core::{PortError, TenantId};
+use uuid::Uuid;
+
+use crate::model::{reference, Account, Balance, EntryPage, LedgerSettings, Transfer};
+use crate::ports::{Created, Ledger, NewTransfer};
+
+/// Longest top-up idempotency key.
+pub const MAX_KEY_LEN: usize = 64;
+/// Top-ups written, by outcome (`new`, `repeat`, `mismatch`).
+pub const TOP_UPS_TOTAL: &str = "pulse_wallet_top_ups_total";
+
+/// Why a wallet call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The key was used before for another top-up.
+    #[error("idempotency key {key:?} was used for a top-up of {} {}; this one asks for {} {}",
+        original.amount.amount_minor, original.amount.currency, asked.amount_minor, asked.currency)]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The top-up it made.
+        original: Box<Transfer>,
+        /// What this request asked for.
+        asked: Money,
+    },
+    /// A backend failed.
+    #[error(transparent)]
+    Backend(#[from] PortError),
+}
+
+/// A top-up, new or found again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopUp {
+    /// Its transfer.
+    pub transfer: Transfer,
+    /// `false` when the key had been used for this very top-up: nothing was written.
+    pub created: bool,
+    /// The wallet after it.
+    pub balance: Balance,
+}
+
+/// Top-ups and wallet reads.
+#[derive(Debug, Clone)]
+pub struct WalletService {
+    ledger: Arc<dyn Ledger>,
+    settings: LedgerSettings,
+    clock: SharedClock,
+}
+
+/// Checks an idempotency key: 1 to [`MAX_KEY_LEN`] printable ASCII characters.
+fn check_key(key: &str) -> Result<(), WalletError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(WalletError::Invalid(format!(
+            "idempotency_key must be 1 to {MAX_KEY_LEN} printable ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
+impl WalletService {
+    /// Wallets in `ledger`.
+    pub fn new(ledger: Arc<dyn Ledger>, settings: LedgerSettings, clock: SharedClock) -> Self {
+        Self {
+            ledger,
+            settings,
+            clock,
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &LedgerSettings {
+        &self.settings
+    }
+
+    /// The currency of a read that names `currency` or none.
+    pub fn currency_or_default(&self, currency: Option<Currency>) -> Currency {
+        currency.unwrap_or_else(|| self.settings.currency())
+    }
+
+    /// Adds `amount` to `user_id`'s wallet from the top-up clearing account, once per `key`.
+    #[tracing::instrument(name = "wallet.top_up", skip(self, tenant, key))]
+    pub async fn top_up(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        amount: Money,
+        key: &str,
+    ) -> Result<TopUp, WalletError> {
+        check_key(key)?;
+        if amount.amount_minor <= 0 || amount.amount_minor > self.settings.max_top_up_minor {
+            return Err(WalletError::Invalid(format!(
+                "amount_minor must be 1 to {} (a top-up's limit)",
+                self.settings.max_top_up_minor
+            )));
+        }
+        let reference = reference::top_up(user_id, key);
+        let shard = self.settings.shard_of(&reference);
+        let created = self
+            .ledger
+            .transfer(
+                tenant,
+                NewTransfer {
+                    reference,
+                    debit: Account::top_ups(),
+                    credit: Account::rider(user_id),
+                    amount,
+                    shard,
+                    description: "top-up".to_owned(),
+                    at_ms: self.clock.now_ms(),
+                },
+            )
+            .await?;
+        let (transfer, new) = match created {
+            Created::New(transfer) => (transfer, true),
+            Created::Exists(transfer) => (transfer, false),
+            Created::Mismatch(original) => {
+                metrics::counter!(TOP_UPS_TOTAL, "outcome" => "mismatch").increment(1);
+                return Err(WalletError::KeyReused {
+                    key: key.to_owned(),
+                    original: Box::new(original),
+                    asked: amount,
+                });
+            }
+        };
+        let outcome = if new { "new" } else { "repeat" };
+        metrics::counter!(TOP_UPS_TOTAL, "outcome" => outcome).increment(1);
+        let balance = self
+            .ledger
+            .balance(tenant, &transfer.credit, transfer.amount.currency)
+            .await?;
+        Ok(TopUp {
+            transfer,
+            created: new,
+            balance,
+        })
+    }
+
+    /// `account`'s balance in `currency` (the default currency when `None`).
+    pub async fn balance(
+        &self,
+        tenant: &TenantId,
+        account: &Account,
+        currency: Option<Currency>,
+    ) -> Result<Balance, WalletError> {
+        let currency = self.currency_or_default(currency);
+        Ok(self.ledger.balance(tenant, account, currency).await?)
+    }
+
+    /// A page of `account`'s entries, newest first.
+    pub async fn entries(
+        &self,
+        tenant: &TenantId,
+        account: &Account,
+        currency: Option<Currency>,
+        before: Option<Uuid>,
+        limit: usize,
+    ) -> Result<EntryPage, WalletError> {
+        let currency = self.currency_or_default(currency);
+        Ok(self
+            .ledger
+            .entries(tenant, account, currency, before, limit)
+            .await?)
+    }
+}

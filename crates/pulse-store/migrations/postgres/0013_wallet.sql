@@ -1,0 +1,57 @@
+-- The wallet (seed 004): a double-entry ledger. `wallets` keeps one row per account (and per
+-- shard of the platform's accounts) with its balance as integer minor units; `transactions`
+-- the append-only entries (the seed's audit trail, `reference_id` linking the ride);
+-- `transfers` what the seed lacks: one debit and one credit account, an amount, a reference
+-- unique per tenant, and the pending transfer a post or void resolves.
+CREATE TABLE IF NOT EXISTS wallets (
+    tenant        TEXT NOT NULL,
+    kind          VARCHAR(16) NOT NULL,   -- rider | driver | revenue | top_ups
+    user_id       VARCHAR(64) NOT NULL,   -- the rider, the driver, or `platform`
+    currency      CHAR(3) NOT NULL,
+    shard         INTEGER NOT NULL DEFAULT 0,
+    balance       BIGINT NOT NULL DEFAULT 0,  -- the sum of its posted entries
+    pending       BIGINT NOT NULL DEFAULT 0,  -- the sum of its pending entries
+    updated_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (tenant, kind, user_id, currency, shard)
+);
+
+CREATE TABLE IF NOT EXISTS transfers (
+    id            UUID PRIMARY KEY,
+    tenant        TEXT NOT NULL,
+    reference     VARCHAR(160) NOT NULL,
+    kind          VARCHAR(10) NOT NULL,   -- single | pending | post | void
+    debit_kind    VARCHAR(16) NOT NULL,
+    debit_user    VARCHAR(64) NOT NULL,
+    credit_kind   VARCHAR(16) NOT NULL,
+    credit_user   VARCHAR(64) NOT NULL,
+    currency      CHAR(3) NOT NULL,
+    amount_minor  BIGINT NOT NULL CHECK (amount_minor > 0),
+    pending_id    UUID,
+    order_id      UUID,
+    created_at_ms BIGINT NOT NULL,
+    CHECK (debit_kind <> credit_kind OR debit_user <> credit_user)
+);
+-- "Exists is ok": a reference is written once per tenant.
+CREATE UNIQUE INDEX IF NOT EXISTS transfers_reference ON transfers (tenant, reference);
+-- A pending transfer is resolved (posted or voided) at most once: never both, never twice.
+CREATE UNIQUE INDEX IF NOT EXISTS transfers_resolve_once ON transfers (pending_id)
+    WHERE pending_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS transfers_by_order ON transfers (order_id) WHERE order_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS transactions (
+    id            UUID PRIMARY KEY,
+    tenant        TEXT NOT NULL,
+    transfer_id   UUID NOT NULL REFERENCES transfers (id),
+    kind          VARCHAR(16) NOT NULL,
+    wallet_id     VARCHAR(64) NOT NULL,   -- the account's user_id
+    currency      CHAR(3) NOT NULL,
+    shard         INTEGER NOT NULL DEFAULT 0,
+    amount        BIGINT NOT NULL,        -- negative = debit
+    phase         VARCHAR(8) NOT NULL,    -- pending | posted
+    description   TEXT,
+    reference_id  VARCHAR(160),           -- the transfer's reference
+    created_at_ms BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transactions_by_account
+    ON transactions (tenant, kind, wallet_id, currency, id);
+CREATE INDEX IF NOT EXISTS transactions_by_transfer ON transactions (transfer_id);
