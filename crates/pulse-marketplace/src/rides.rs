@@ -548,7 +548,9 @@ mod tests {
             driver_id: Some("d7".into()),
             ..before
         };
-        let event = (transition.announce)(&after);
+        let events = (transition.announce)(&after);
+        assert_eq!(events.len(), 1, "a match announces one ride event");
+        let event = &events[0];
         assert_eq!(event.topic, "staging.rides.events");
         assert_eq!(event.aggregate_id, after.id);
         let decoded = RideEvent::decode(event.payload.as_ref()).expect("a ride event");
@@ -556,5 +558,89 @@ mod tests {
         assert_eq!(decoded.driver_id, "d7", "the driver the claim took");
         assert_eq!(decoded.timestamp, 42);
         assert_eq!(decoded.order_id, after.id.to_string());
+    }
+
+    fn priced(status: OrderStatus, driver: Option<&str>) -> Order {
+        let usd = pulse_core::money::Currency::parse("USD").expect("USD");
+        Order {
+            price: Some(pulse_orders::OrderPrice {
+                total: pulse_core::money::Money::new(1_250, usd),
+                multiplier_milli: 1_000,
+            }),
+            ..order(status, driver)
+        }
+    }
+
+    #[test]
+    fn the_money_follows_the_ride() {
+        let rules = RideRules::with_prefix("").requiring_funds(true);
+        let money = |decision: Decision| match decision {
+            Decision::Apply(transition) => Some(transition.money),
+            Decision::Answer(_) => None,
+        };
+        let pending = priced(OrderStatus::Pending, None);
+        assert_eq!(
+            money(decide_match(&rules, &pending, vec!["d1".into()], 5)),
+            Some(MoneyChange::Hold {
+                require_funds: true
+            })
+        );
+        assert_eq!(
+            money(decide_match(
+                &rules,
+                &order(OrderStatus::Pending, None),
+                vec!["d1".into()],
+                5
+            )),
+            Some(MoneyChange::Keep),
+            "an order without a fare holds nothing"
+        );
+        let matched = priced(OrderStatus::Matched, Some("d1"));
+        assert_eq!(
+            money(decide_move(
+                &rules,
+                &matched,
+                OrderStatus::Cancelled,
+                None,
+                5
+            )),
+            Some(MoneyChange::Void)
+        );
+        assert_eq!(
+            money(decide_move(
+                &rules,
+                &pending,
+                OrderStatus::Cancelled,
+                None,
+                5
+            )),
+            Some(MoneyChange::Keep),
+            "an unmatched order has no hold to void"
+        );
+        let started = priced(OrderStatus::Started, Some("d1"));
+        let Decision::Apply(finish) =
+            decide_move(&rules, &started, OrderStatus::Finished, Some("d1"), 9)
+        else {
+            panic!("the driver finishes a started ride");
+        };
+        assert_eq!(
+            finish.money,
+            MoneyChange::Keep,
+            "the post is the wallet processor's"
+        );
+        let after = Order {
+            status: OrderStatus::Finished,
+            ..started
+        };
+        let events = (finish.announce)(&after);
+        let topics: Vec<&str> = events.iter().map(|event| event.topic.as_str()).collect();
+        assert_eq!(topics, ["rides.events", "wallet.transactions"]);
+        let payment = WalletTransaction::decode(events[1].payload.as_ref()).expect("a payment");
+        assert_eq!(payment.kind, wallet_transaction::Kind::PostHold as i32);
+        assert_eq!(payment.amount_minor, 1_250);
+        assert_eq!(payment.currency, "USD");
+        assert_eq!(payment.driver_id, "d1");
+        assert_eq!(payment.order_id, after.id.to_string());
+        assert_eq!(events[1].aggregate_id, after.id, "keyed by the order");
     }
 }
