@@ -22,6 +22,7 @@ pub mod faults;
 pub mod gateway_store;
 pub mod geo_index;
 pub mod job_queue;
+pub mod ledger;
 pub mod outbox;
 pub mod rate_limit;
 pub mod ride_store;
@@ -221,6 +222,29 @@ macro_rules! ride_store_suite {
                 reports_follow_pings_except_on_a_ride_and_fill_the_trail,
                 dispatch_attempts_are_taken_once_and_given_up,
                 histories_page_newest_first_per_rider_and_driver,
+            );
+        }
+    };
+}
+
+/// Stamps out the wallet's storage suite ([`ledger`]) for an adapter: `$factory` is an async
+/// expression returning a [`Fixture`] of an empty `pulse_store::Database`.
+#[macro_export]
+macro_rules! ledger_suite {
+    ($factory:expr) => {
+        mod ledger_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__stamp_cases!(ledger, $factory;
+                a_top_up_is_written_once_per_reference,
+                a_hold_is_written_with_the_match_and_posted_once_with_its_split,
+                a_batch_posts_each_hold_once_and_answers_each_payment,
+                a_cancelled_ride_voids_its_hold_which_is_never_posted,
+                holds_that_must_be_covered_never_take_a_wallet_below_zero,
+                a_refused_hold_claims_no_driver,
+                verify_names_each_broken_invariant,
+                a_match_without_a_hold_and_a_cancellation_without_a_void_are_named,
+                entries_page_newest_first,
             );
         }
     };

@@ -21,6 +21,7 @@ mod sqlite {
     pulse_conformance::gateway_store_suite!(sqlite());
     pulse_conformance::job_queue_suite!(sqlite());
     pulse_conformance::ride_store_suite!(sqlite());
+    pulse_conformance::ledger_suite!(sqlite());
 
     /// `kill -9` keeps the page cache, so only the settings SQLite reports show that a commit
     /// is fsynced: the writer's connection, which commits every unit of work, is in WAL mode
@@ -162,6 +163,7 @@ mod postgres {
     pulse_conformance::gateway_store_suite!(postgres());
     pulse_conformance::job_queue_suite!(postgres());
     pulse_conformance::ride_store_suite!(postgres());
+    pulse_conformance::ledger_suite!(postgres());
 }
 
 #[tokio::test]
