@@ -68,6 +68,12 @@ retried (orders with the same `Idempotency-Key`).
         crate::api::rides::rider_rides,
         crate::api::rides::driver_rides,
         crate::api::rides::nearby,
+        crate::api::wallet::top_up,
+        crate::api::wallet::rider_wallet,
+        crate::api::wallet::rider_entries,
+        crate::api::wallet::driver_wallet,
+        crate::api::wallet::driver_entries,
+        crate::api::wallet::totals,
         crate::api::drivers::report_location,
         crate::api::drivers::report_locations,
         crate::api::quotes::quote,
@@ -110,6 +116,7 @@ retried (orders with the same `Idempotency-Key`).
             responses::MethodNotAllowed,
             responses::RequestTimeout,
             responses::Conflict,
+            responses::PaymentRequired,
             responses::PayloadTooLarge,
             responses::UnsupportedMediaType,
             responses::Unprocessable,
@@ -124,6 +131,9 @@ retried (orders with the same `Idempotency-Key`).
             (`PENDING` → `MATCHED` → `STARTED` → `FINISHED`, or `CANCELLED`), dispatch to the \
             nearest available driver, histories, trails and the drivers near a point."),
         (name = "surge", description = "Driver locations, quotes and the live surge map."),
+        (name = "wallet", description = "The wallet: riders' top-ups and wallets, drivers' \
+            earnings, their entries, and the tenant's ledger totals. A ride's fare is held on the \
+            rider's wallet at the match, paid when it finishes, released when it is cancelled."),
         (name = "events", description = "The event gateway: events in (the seed's `/v1/events`, \
             and Segment's `/v1/track|identify|page|screen|group|alias|batch` beside it, answered \
             as Segment does), and the tenant's dead letters."),

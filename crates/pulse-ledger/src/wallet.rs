@@ -8,7 +8,7 @@ use pulse_core::{PortError, TenantId};
 use uuid::Uuid;
 
 use crate::model::{reference, Account, Balance, EntryPage, LedgerSettings, Transfer};
-use crate::ports::{Created, Ledger, NewTransfer};
+use crate::ports::{Created, Ledger, LedgerTotals, NewTransfer};
 
 /// Longest top-up idempotency key.
 pub const MAX_KEY_LEN: usize = 64;
@@ -153,6 +153,16 @@ impl WalletService {
     ) -> Result<Balance, WalletError> {
         let currency = self.currency_or_default(currency);
         Ok(self.ledger.balance(tenant, account, currency).await?)
+    }
+
+    /// Totals of `tenant`'s ledger in `currency` (the default currency when `None`).
+    pub async fn totals(
+        &self,
+        tenant: &TenantId,
+        currency: Option<Currency>,
+    ) -> Result<(Currency, LedgerTotals), WalletError> {
+        let currency = self.currency_or_default(currency);
+        Ok((currency, self.ledger.totals(tenant, currency).await?))
     }
 
     /// A page of `account`'s entries, newest first.

@@ -23,7 +23,7 @@ pub use model::{
     OrderPrice, OrderStatus, ValidationError, MAX_IDEMPOTENCY_KEY_CHARS, MAX_USER_ID_CHARS,
     MAX_VEHICLE_TYPE_CHARS,
 };
-pub use ports::{CreateOutcome, LockedPrice, OrderStore, PriceLocks};
+pub use ports::{CreateOutcome, Funds, LockedPrice, OrderStore, PriceLocks};
 pub use service::{OrderError, OrderService, Placed, AGGREGATE_TYPE, ORDERS_PLACED_TOTAL};
 
 /// `OrderCreatedEvent`s, one per accepted order, keyed by order id (the seed's contract).

@@ -68,3 +68,16 @@ pub trait PriceLocks: Send + Sync + std::fmt::Debug {
     /// (an order placed without a quote pays it).
     async fn fresh(&self, tenant: &TenantId, pickup: Point, dropoff: Point) -> OrderPrice;
 }
+
+/// What a rider can spend (the wallet's available balance), for placement to refuse a fare the
+/// wallet cannot cover. The hold at the match is what guarantees it; this only answers early.
+#[async_trait]
+pub trait Funds: Send + Sync + std::fmt::Debug {
+    /// `user_id`'s available balance in `currency`, minor units (0 for a rider without a wallet).
+    async fn available(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        currency: pulse_core::money::Currency,
+    ) -> PortResult<i64>;
+}

@@ -11,7 +11,7 @@ use pulse_proto::Message;
 use uuid::Uuid;
 
 use crate::model::{IdempotencyKey, NewOrder, Order, OrderStatus};
-use crate::ports::{CreateOutcome, OrderStore, PriceLocks};
+use crate::ports::{CreateOutcome, Funds, OrderStore, PriceLocks};
 use crate::OrderTopics;
 
 /// The aggregate type of order events (`pulse.aggregate_type`).
@@ -42,6 +42,16 @@ pub enum OrderError {
     /// Another order already paid with this quote.
     #[error("quote {0} was already used by another order; ask for a new quote")]
     QuoteUsed(Uuid),
+    /// The rider's wallet cannot cover the fare (the wallet requires funds).
+    #[error("the fare of {fare} exceeds the available balance of {available_minor} in {user_id}'s wallet; top it up first")]
+    InsufficientFunds {
+        /// The rider.
+        user_id: String,
+        /// The order's fare.
+        fare: pulse_core::money::Money,
+        /// What the wallet has available, minor units.
+        available_minor: i64,
+    },
     /// The idempotency key was used with a different request.
     #[error("Idempotency-Key {0:?} was already used with a different request")]
     IdempotencyConflict(String),
@@ -66,6 +76,7 @@ pub struct OrderService {
     prices: Arc<dyn PriceLocks>,
     clock: SharedClock,
     topics: OrderTopics,
+    funds: Option<Arc<dyn Funds>>,
 }
 
 impl OrderService {
@@ -82,6 +93,15 @@ impl OrderService {
             prices,
             clock,
             topics,
+            funds: None,
+        }
+    }
+
+    /// The same service refusing an order whose fare `funds` says the rider cannot pay.
+    pub fn requiring_funds(self, funds: Arc<dyn Funds>) -> Self {
+        Self {
+            funds: Some(funds),
+            ..self
         }
     }
 
@@ -135,6 +155,18 @@ impl OrderService {
                     .await
             }
         };
+        if let Some(funds) = &self.funds {
+            let available_minor = funds
+                .available(tenant, &request.user_id, price.total.currency)
+                .await?;
+            if available_minor < price.total.amount_minor {
+                return Err(OrderError::InsufficientFunds {
+                    user_id: request.user_id.clone(),
+                    fare: price.total,
+                    available_minor,
+                });
+            }
+        }
         let order = Order {
             id: Uuid::now_v7(),
             tenant: tenant.clone(),

@@ -44,11 +44,13 @@ pub enum Role {
     Tracker,
     /// The marketplace's dispatcher: matches new orders to the nearest available driver.
     Dispatch,
+    /// The wallet: posts finished rides' holds and checks the ledger's invariants.
+    Wallet,
 }
 
 impl Role {
     /// Every role, as `pulse up` runs them.
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::Gateway,
         Role::Engine,
         Role::Relay,
@@ -56,6 +58,7 @@ impl Role {
         Role::Worker,
         Role::Tracker,
         Role::Dispatch,
+        Role::Wallet,
     ];
 
     /// The role's name on the command line.
@@ -68,6 +71,7 @@ impl Role {
             Role::Worker => "worker",
             Role::Tracker => "tracker",
             Role::Dispatch => "dispatch",
+            Role::Wallet => "wallet",
         }
     }
 }
@@ -80,7 +84,7 @@ impl fmt::Display for Role {
 
 /// A role name that is not one of [`Role::ALL`].
 #[derive(Debug, thiserror::Error)]
-#[error("unknown role {0:?}: expected one or more of gateway, engine, relay, pipeline, worker (comma-separated)")]
+#[error("unknown role {0:?}: expected one or more of gateway, engine, relay, pipeline, worker, tracker, dispatch, wallet (comma-separated)")]
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {

@@ -114,12 +114,15 @@ impl Application {
                 clock.clone(),
                 backend_timeout,
             );
-            let orders = wiring::orders::service(
+            let mut orders = wiring::orders::service(
                 &backends.store,
                 quotes.clone(),
                 clock.clone(),
                 &config.prefix,
             );
+            if let Some(funds) = wiring::wallet::funds(config, &backends) {
+                orders = orders.requiring_funds(funds);
+            }
             let feed = wiring::surge::feed(
                 config,
                 &backends,
@@ -137,7 +140,10 @@ impl Application {
                     clock.clone(),
                     backend_timeout,
                 ));
-            let rides = wiring::rides::router(config, &backends, clock.clone(), backend_timeout);
+            let rides =
+                wiring::rides::router(config, &backends, clock.clone(), backend_timeout).merge(
+                    wiring::wallet::router(config, &backends, clock.clone(), backend_timeout),
+                );
             let jobs_api = wiring::jobs::router(
                 config,
                 &backends,
@@ -307,6 +313,17 @@ impl Application {
             let stop = self.shutdown.clone();
             supervisor.spawn("dispatch", async move {
                 pulse_runtime::processor::run(log, dispatch, settings, stop)
+                    .await
+                    .map_err(Into::into)
+            });
+        }
+        if self.roles.contains(&Role::Wallet) {
+            let (wallet, settings) =
+                wiring::wallet::processor(&self.config, &self.backends, self.clock.clone());
+            let log = self.backends.log.clone();
+            let stop = self.shutdown.clone();
+            supervisor.spawn("wallet", async move {
+                pulse_runtime::processor::run(log, wallet, settings, stop)
                     .await
                     .map_err(Into::into)
             });

@@ -29,6 +29,7 @@ pub fn declared_topics() -> Vec<TopicSpec> {
         pulse_surge::engine::TOPICS,
         pulse_gateway::TOPICS,
         pulse_marketplace::TOPICS,
+        pulse_ledger::TOPICS,
         &[pulse_runtime::processor::DEAD_LETTER],
     ]
     .concat()

@@ -41,7 +41,8 @@ pub enum Command {
     /// Run only the named roles, for split deployments on PostgreSQL, Kafka and Redis
     Serve {
         /// Comma-separated roles: gateway (HTTP API), relay (outbox to log), engine (surge
-        /// processor), pipeline (event gateway's sinks), worker (background jobs)
+        /// processor), pipeline (event gateway's sinks), worker (background jobs), tracker
+        /// (driver positions), dispatch (matching), wallet (ride payments, ledger checks)
         #[arg(long, value_name = "ROLES", required = true)]
         role: String,
         /// Settings.
@@ -98,6 +99,12 @@ pub enum Command {
         #[command(subcommand)]
         command: JobCommand,
     },
+    /// Check the wallet's ledger
+    Ledger {
+        /// What to do.
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
     /// Run Pulse (embedded, every role) with the simulator driving it, and print the map's URL
     Demo {
         /// How long to run, e.g. 10m (0 = until Ctrl-C)
@@ -106,6 +113,27 @@ pub enum Command {
         /// The city.
         #[command(flatten)]
         city: CityArgs,
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+/// `pulse ledger …`: works on the store of the given settings, also while Pulse runs on it.
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Check every invariant of every tenant's ledger: each transfer balances, every balance
+    /// equals the sum of its entries, no ride charged twice, no hold both posted and voided,
+    /// every finished ride posted, every cancelled ride's hold voided, every match held. Exits
+    /// 1 naming the first violation.
+    Verify {
+        /// How long a finished ride may wait for its payment before it counts as unposted,
+        /// e.g. 0s, 30s, 5m
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// Print every violation found (up to 1000) as JSON on stdout
+        #[arg(long)]
+        json: bool,
         /// Settings.
         #[command(flatten)]
         common: CommonArgs,
@@ -367,6 +395,9 @@ impl Command {
                 | JobCommand::Retry { common, .. }
                 | JobCommand::Cancel { common, .. }
                 | JobCommand::Redrive { common, .. } => common,
+            }),
+            Command::Ledger { command } => Some(match command {
+                LedgerCommand::Verify { common, .. } => common,
             }),
             Command::Simulate { .. } => None,
         }

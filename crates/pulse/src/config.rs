@@ -5,6 +5,7 @@
 
 use pulse_gateway::config::GatewayConfig;
 use pulse_jobs::config::JobsConfig;
+use pulse_ledger::model::LedgerSettings;
 use pulse_marketplace::dispatch::DispatchConfig;
 use pulse_marketplace::tracker::TrackerConfig;
 use pulse_sinks::WebhookSettings;
@@ -148,6 +149,8 @@ pub struct Config {
     pub tracker: TrackerConfig,
     /// Dispatch: automatic matching, radii, retries.
     pub dispatch: DispatchConfig,
+    /// The wallet: funds required or not, the commission, the ledger's checks.
+    pub wallet: LedgerSettings,
 }
 
 /// A setting that must never reach a log: its `Debug` shows only that it is set.
@@ -192,6 +195,7 @@ impl Default for Config {
             jobs: JobsConfig::default(),
             tracker: TrackerConfig::default(),
             dispatch: DispatchConfig::default(),
+            wallet: LedgerSettings::default(),
             http: HttpConfig::default(),
         }
     }
@@ -346,6 +350,7 @@ impl Config {
             self.jobs.validate(),
             self.tracker.validate(),
             self.dispatch.validate(),
+            self.wallet.validate(),
             (self.jobs.worker.drain_timeout_ms < self.shutdown_timeout_secs.saturating_mul(1_000))
                 .then_some(())
                 .ok_or_else(|| {

@@ -99,6 +99,12 @@ async fn run_command(cli: &Cli, config: &Config) -> anyhow::Result<()> {
             store.close().await;
             outcome
         }
+        Command::Ledger { command } => {
+            let store = open_migrated_store(config).await?;
+            let outcome = ledger_command(&store, command).await;
+            store.close().await;
+            outcome
+        }
         Command::Migrate { .. } => {
             let store = Backends::open_store(config).await?;
             store.migrate().await?;
@@ -126,6 +132,40 @@ async fn open_migrated_store(config: &Config) -> anyhow::Result<pulse_store::Dat
         store.migrate().await?;
     }
     Ok(store)
+}
+
+async fn ledger_command(
+    store: &pulse_store::Database,
+    command: &pulse::cli::LedgerCommand,
+) -> anyhow::Result<()> {
+    use pulse_core::clock::Clock;
+    use pulse_ledger::ports::Ledger;
+    let pulse::cli::LedgerCommand::Verify { grace, json, .. } = command;
+    let now_ms = pulse_core::clock::SystemClock.now_ms();
+    let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+    let violations = store.verify(now_ms, grace_ms, 1_000).await?;
+    if *json {
+        let listed: Vec<serde_json::Value> = violations
+            .iter()
+            .map(|v| serde_json::json!({"rule": v.rule, "detail": v.detail}))
+            .collect();
+        print_json(&serde_json::json!({"ok": violations.is_empty(), "violations": listed}))?;
+    }
+    match violations.first() {
+        None => {
+            eprintln!("ledger verified: every invariant holds");
+            Ok(())
+        }
+        Some(first) => anyhow::bail!(
+            "ledger violation: {} ({}){}",
+            first.rule,
+            first.detail,
+            match violations.len() {
+                1 => String::new(),
+                n => format!("; {n} violations in all"),
+            }
+        ),
+    }
 }
 
 fn tenants_on(store: &pulse_store::Database) -> pulse_tenants::Tenants {

@@ -11,6 +11,7 @@ pub(crate) mod orders;
 pub(crate) mod quotes;
 pub(crate) mod rides;
 pub(crate) mod surge;
+pub(crate) mod wallet;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -64,6 +65,13 @@ pub struct RidesApi {
     pub clock: SharedClock,
 }
 
+/// What the wallet's handlers need.
+#[derive(Debug, Clone)]
+pub struct WalletApi {
+    /// Top-ups, balances, entries.
+    pub wallet: pulse_ledger::wallet::WalletService,
+}
+
 /// What the surge domain's handlers need (driver locations, quotes, the live map).
 #[derive(Debug, Clone)]
 pub struct SurgeApi {
@@ -108,6 +116,29 @@ pub fn rides_routes(timeout: Duration, body: BodyLimits) -> Router<Arc<RidesApi>
         .route("/riders/{user_id}/rides", get(rides::rider_rides))
         .route("/drivers/{driver_id}/rides", get(rides::driver_rides))
         .route("/drivers/nearby", get(rides::nearby));
+    bounded(routes, timeout, body)
+}
+
+/// The wallet's routes under `/api/v1`.
+pub fn wallet_router(state: WalletApi, timeout: Duration, body: BodyLimits) -> Router {
+    wallet_routes(timeout, body).with_state(Arc::new(state))
+}
+
+/// [`wallet_router`] before it is given its state.
+pub fn wallet_routes(timeout: Duration, body: BodyLimits) -> Router<Arc<WalletApi>> {
+    let routes = Router::new()
+        .route("/riders/{user_id}/wallet", get(wallet::rider_wallet))
+        .route("/riders/{user_id}/wallet/top-ups", post(wallet::top_up))
+        .route(
+            "/riders/{user_id}/wallet/entries",
+            get(wallet::rider_entries),
+        )
+        .route("/drivers/{driver_id}/wallet", get(wallet::driver_wallet))
+        .route(
+            "/drivers/{driver_id}/wallet/entries",
+            get(wallet::driver_entries),
+        )
+        .route("/ledger/totals", get(wallet::totals));
     bounded(routes, timeout, body)
 }
 

@@ -166,6 +166,11 @@ impl From<OrderError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "quote_used", err.to_string())
             }
             OrderError::IdempotencyConflict(_) => unprocessable("idempotency_key_reused"),
+            OrderError::InsufficientFunds { .. } => ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_funds",
+                err.to_string(),
+            ),
             OrderError::Backend(port) if port.is_retryable() => {
                 tracing::warn!(error = %err, "order backend unavailable");
                 ApiError::unavailable(
@@ -209,6 +214,7 @@ impl From<OrderError> for ApiError {
         (status = 409, response = Conflict),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
+        (status = 402, response = PaymentRequired),
         (status = 422, response = Unprocessable),
         (status = 429, response = TooManyRequests),
         (status = 500, response = Internal),

@@ -223,6 +223,7 @@ pub(crate) async fn cancel(
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
+        (status = 402, response = PaymentRequired),
         (status = 409, response = Conflict),
         (status = 429, response = TooManyRequests),
         (status = 500, response = Internal),

@@ -64,7 +64,10 @@ error_responses! {
     RequestTimeout: "The request body did not arrive in time; the connection is closed.",
         "`request_timeout`";
     Conflict: "The request conflicts with the current state (a job that already finished).",
-        "`conflict`, `quote_used`, `wrong_state`";
+        "`conflict`, `quote_used`, `wrong_state`, `invalid_transition`, `not_the_driver`, \
+        `no_driver`, `idempotency_key_reused`";
+    PaymentRequired: "The rider's wallet cannot cover the fare (`wallet.require_funds` is on): \
+        top it up first.", "`insufficient_funds`";
     PayloadTooLarge: "The body exceeds the route's limit (16 KiB on the API).",
         "`payload_too_large`";
     UnsupportedMediaType: "The body is not JSON (`Content-Type: application/json`), or has a \

@@ -7,3 +7,4 @@ pub mod orders;
 pub mod rides;
 pub mod surge;
 pub mod tenants;
+pub mod wallet;

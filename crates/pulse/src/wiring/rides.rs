@@ -17,6 +17,11 @@ use pulse_runtime::processor::ConsumerSettings;
 use crate::backends::Backends;
 use crate::config::Config;
 
+/// What this deployment's transitions write besides their rows.
+fn rules(config: &Config) -> RideRules {
+    RideRules::with_prefix(&config.prefix).requiring_funds(config.wallet.require_funds)
+}
+
 fn store(backends: &Backends) -> Arc<dyn RideStore> {
     Arc::new(backends.store.clone())
 }
@@ -29,7 +34,7 @@ pub fn dispatcher(config: &Config, backends: &Backends, clock: SharedClock) -> D
         clock,
         config.dispatch.clone(),
         config.tracker.max_age(),
-        RideRules::with_prefix(&config.prefix),
+        rules(config),
     )
 }
 
@@ -42,11 +47,7 @@ pub fn router(
 ) -> Router {
     pulse_http::api::rides_router(
         pulse_http::api::RidesApi {
-            rides: RideService::new(
-                store(backends),
-                clock.clone(),
-                RideRules::with_prefix(&config.prefix),
-            ),
+            rides: RideService::new(store(backends), clock.clone(), rules(config)),
             dispatcher: dispatcher(config, backends, clock.clone()),
             geo: backends.geo.clone(),
             max_age: config.tracker.max_age(),
@@ -64,7 +65,7 @@ pub fn tracker(config: &Config, backends: &Backends) -> (Tracker, ConsumerSettin
         store(backends),
         TrackerTopics {
             supply: pulse_surge::engine::EngineNames::with_prefix(&config.prefix).supply,
-            rides: RideRules::with_prefix(&config.prefix).events,
+            rides: rules(config).events,
         },
     );
     let settings = tracker.consumer(
