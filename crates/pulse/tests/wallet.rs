@@ -405,7 +405,7 @@ async fn concurrent_holds_never_take_a_wallet_below_zero(mode: Mode) {
         rider["available_minor"].as_i64().unwrap() >= 0,
         "below zero: {rider}"
     );
-    assert!(matched >= 1 && matched < 100, "{matched} matched: {rider}");
+    assert!((1..100).contains(&matched), "{matched} matched: {rider}");
     assert!(
         rider["pending_minor"].as_i64().unwrap() <= 10_000,
         "{rider}"
