@@ -62,6 +62,7 @@ async fn assert_operational_endpoints(app: &TestApp) {
             "events.ingest",
             "events.processed",
             "rides.events",
+            "wallet.transactions",
             "pulse.dead-letter"
         ],
         "the contract topics, declared by their domains"
