@@ -70,6 +70,8 @@ pub struct SimSettings {
     pub concurrency: usize,
     /// The API key every request sends (`X-API-Key`); its tenant is the city's.
     pub api_key: Option<String>,
+    /// What each rider's wallet is topped up with before its first order, minor units (0: none).
+    pub top_up_minor: i64,
 }
 
 impl SimSettings {
@@ -156,6 +158,12 @@ pub async fn run(
         settings.seed,
     );
     let stats = Arc::new(Mutex::new(Stats::default()));
+    let wallets = Arc::new(Wallets {
+        amount_minor: settings.top_up_minor,
+        // One key per run: a rerun on the same data tops up again, a retry within it does not.
+        run: format!("sim-{}-{}", settings.seed, started_ms()),
+        done: Mutex::new(std::collections::HashSet::new()),
+    });
     let (matches_sender, mut matches) = tokio::sync::mpsc::unbounded_channel::<Matched>();
     // Followers of orders end with the run.
     let followers = stop.child_token();
@@ -207,6 +215,7 @@ pub async fn run(
             let follow = Follow {
                 matches: matches_sender.clone(),
                 stop: followers.clone(),
+                wallets: wallets.clone(),
             };
             tokio::spawn(async move {
                 send(&client, &target, request, &stats, follow).await;
@@ -228,6 +237,7 @@ pub async fn run(
         .context("request limiter closed")?;
     let elapsed = started.elapsed();
     let cells = fetch_cells(&client, &target).await;
+    let ledger = fetch_ledger(&client, &target).await;
     let stats = stats.lock().expect("stats lock").clone();
     progress.finish();
     Ok(Summary::new(
@@ -236,6 +246,7 @@ pub async fn run(
         &stats,
         city.hotspots(),
         cells.as_ref(),
+        ledger,
     ))
 }
 
@@ -244,6 +255,44 @@ pub async fn run(
 struct Follow {
     matches: tokio::sync::mpsc::UnboundedSender<Matched>,
     stop: CancellationToken,
+    wallets: Arc<Wallets>,
+}
+
+/// The riders' wallets: each is topped up once, before its first order of the run.
+#[derive(Debug)]
+struct Wallets {
+    amount_minor: i64,
+    run: String,
+    done: Mutex<std::collections::HashSet<String>>,
+}
+
+impl Wallets {
+    /// Whether `user_id` still needs its top-up (and marks it done: a failed one is not retried).
+    fn first_time(&self, user_id: &str) -> bool {
+        self.amount_minor > 0
+            && self
+                .done
+                .lock()
+                .expect("wallets lock")
+                .insert(user_id.to_owned())
+    }
+}
+
+fn started_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis())
+}
+
+/// The tenant's ledger totals, if Pulse answers them.
+async fn fetch_ledger(client: &reqwest::Client, target: &str) -> Option<report::LedgerSummary> {
+    let response = client
+        .get(format!("{target}/api/v1/ledger/totals"))
+        .timeout(MAP_TIMEOUT)
+        .send()
+        .await
+        .ok()?;
+    response.error_for_status().ok()?.json().await.ok()
 }
 
 /// Sends one request of the city (a rider's is a quote, then an order with the quote's id) and
@@ -277,9 +326,24 @@ async fn send(
             ));
             // A rider whose quote failed, or came without an id (Pulse's cache is down), still
             // orders, at the price of the moment.
-            let quote_id = exchange(Kind::Quote, quote, stats)
-                .await
+            let quoted = exchange(Kind::Quote, quote, stats).await;
+            let quote_id = quoted
+                .as_ref()
                 .and_then(|quote| quote.get("quote_id")?.as_str().map(str::to_owned));
+            if follow.wallets.first_time(&user_id) {
+                let currency = quoted
+                    .as_ref()
+                    .and_then(|quote| quote["price"]["total"]["currency"].as_str())
+                    .unwrap_or("USD");
+                let top_up = client
+                    .post(format!("{target}/api/v1/riders/{user_id}/wallet/top-ups"))
+                    .json(&json!({
+                        "amount_minor": follow.wallets.amount_minor,
+                        "currency": currency,
+                        "idempotency_key": follow.wallets.run,
+                    }));
+                exchange(Kind::TopUp, top_up, stats).await;
+            }
             let mut order = json!({
                 "user_id": user_id,
                 "pickup": { "lat": pickup.lat, "lng": pickup.lng },

@@ -28,10 +28,18 @@ pub enum Kind {
     Ping,
     /// A driver's move of its ride (`STARTED`, `FINISHED`).
     Move,
+    /// A rider's wallet top-up, before its first order.
+    TopUp,
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [Kind::Quote, Kind::Order, Kind::Ping, Kind::Move];
+    const ALL: [Kind; 5] = [
+        Kind::Quote,
+        Kind::Order,
+        Kind::Ping,
+        Kind::Move,
+        Kind::TopUp,
+    ];
 
     fn index(self) -> usize {
         match self {
@@ -39,6 +47,7 @@ impl Kind {
             Kind::Order => 1,
             Kind::Ping => 2,
             Kind::Move => 3,
+            Kind::TopUp => 4,
         }
     }
 
@@ -48,6 +57,7 @@ impl Kind {
             Kind::Order => "orders",
             Kind::Ping => "pings",
             Kind::Move => "moves",
+            Kind::TopUp => "top-ups",
         }
     }
 }
@@ -100,7 +110,7 @@ impl KindStats {
 /// Everything recorded so far.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
-    kinds: [KindStats; 4],
+    kinds: [KindStats; 5],
     rides: RideStats,
     errors: BTreeMap<String, u64>,
     error_samples: Vec<String>,
@@ -116,7 +126,7 @@ struct KindWindow {
 /// Counters now and latencies since the previous progress report.
 #[derive(Debug, Clone)]
 pub struct Window {
-    kinds: [KindWindow; 4],
+    kinds: [KindWindow; 5],
     rides: (u64, u64, u64),
     errors: BTreeMap<String, u64>,
 }
@@ -284,6 +294,10 @@ pub struct Summary {
     pub pings: KindSummary,
     /// Orders as rides: matched, started, finished, `no_driver`, and how fast they were matched.
     pub rides: RideSummary,
+    /// Riders' wallets topped up (each once, before its first order).
+    pub top_ups: KindSummary,
+    /// The tenant's ledger at the end (all runs so far): money moved, the platform's revenue.
+    pub ledger: Option<LedgerSummary>,
     /// Failed requests by cause.
     pub errors: BTreeMap<String, u64>,
     /// A few failures in full.
@@ -294,6 +308,25 @@ pub struct Summary {
     pub hottest_cells: Vec<HotCell>,
     /// Cells with a live surge at the end.
     pub live_cells: u64,
+}
+
+/// The tenant's ledger totals (`GET /api/v1/ledger/totals`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct LedgerSummary {
+    /// ISO 4217.
+    pub currency: String,
+    /// Paid into riders' wallets.
+    pub topped_up_minor: i64,
+    /// Fares charged (posted holds).
+    pub charged_minor: i64,
+    /// Rides charged.
+    pub rides_charged: i64,
+    /// The platform's commission.
+    pub revenue_minor: i64,
+    /// What drivers earned.
+    pub drivers_minor: i64,
+    /// Held by matched rides not yet paid.
+    pub held_minor: i64,
 }
 
 /// The hottest cells of a `/api/v1/surge/cells` answer.
@@ -327,6 +360,7 @@ impl Summary {
         stats: &Stats,
         hotspots: Vec<Position>,
         cells: Option<&Value>,
+        ledger: Option<LedgerSummary>,
     ) -> Self {
         let seconds = elapsed.as_secs_f64().max(f64::EPSILON);
         let kind = |stats: &KindStats| KindSummary {
@@ -354,6 +388,8 @@ impl Summary {
                 match_latency_ms: Latency::of(&mut stats.rides.match_us.clone()),
                 moves: kind(&stats.kinds[Kind::Move.index()]),
             },
+            top_ups: kind(&stats.kinds[Kind::TopUp.index()]),
+            ledger,
             errors: stats.errors.clone(),
             error_samples: stats.error_samples.clone(),
             hotspots: hotspots.iter().map(|p| [p.lat, p.lng]).collect(),
@@ -401,6 +437,20 @@ impl fmt::Display for Summary {
             rides.match_latency_ms.p50,
             rides.match_latency_ms.p99
         )?;
+        kind_line(f, "top-ups", &self.top_ups)?;
+        if let Some(ledger) = &self.ledger {
+            let money = |minor: i64| format!("{:.2} {}", minor as f64 / 100.0, ledger.currency);
+            writeln!(
+                f,
+                "  money    {} topped up, {} charged for {} rides, {} to drivers, {} platform revenue, {} held",
+                money(ledger.topped_up_minor),
+                money(ledger.charged_minor),
+                ledger.rides_charged,
+                money(ledger.drivers_minor),
+                money(ledger.revenue_minor),
+                money(ledger.held_minor),
+            )?;
+        }
         if self.errors.is_empty() {
             writeln!(f, "  errors   none")?;
         } else {
@@ -441,7 +491,7 @@ enum Mode {
 pub struct Progress {
     mode: Mode,
     drawn: usize,
-    last: Option<(Duration, [u64; 4])>,
+    last: Option<(Duration, [u64; 5])>,
 }
 
 impl Progress {
@@ -485,7 +535,7 @@ impl Progress {
                 let seconds = (elapsed - at).as_secs_f64().max(f64::EPSILON);
                 std::array::from_fn(|i| (sent[i] - last[i]) as f64 / seconds)
             }
-            None => [0.0; 4],
+            None => [0.0; Kind::ALL.len()],
         };
         self.last = Some((elapsed, sent));
         let clock = format!(
@@ -516,7 +566,7 @@ impl Progress {
             .take(3)
             .map(|cell| format!("{} ×{:.2}", cell.h3, cell.multiplier))
             .collect();
-        let [quotes_line, orders_line, pings_line, moves_line] = kind_lines;
+        let [quotes_line, orders_line, pings_line, moves_line, top_ups_line] = kind_lines;
         let (matched, finished, no_driver) = window.rides;
         let lines = [
             format!("pulse simulate  {clock}"),
@@ -524,6 +574,7 @@ impl Progress {
             orders_line,
             pings_line,
             moves_line,
+            top_ups_line,
             format!(
                 "  rides  {matched:>9} matched {finished:>9} finished {no_driver:>7} no_driver"
             ),

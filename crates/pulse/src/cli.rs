@@ -318,6 +318,10 @@ pub struct CityArgs {
     /// Most requests in flight at once (1 to 4096)
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub concurrency: u32,
+    /// What each rider's wallet is topped up with before its first order, minor units (0: no
+    /// top-ups)
+    #[arg(long, value_name = "MINOR_UNITS", default_value_t = 50_000, value_parser = clap::value_parser!(i64).range(0..=100_000_000))]
+    pub top_up: i64,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -367,6 +371,7 @@ impl CityArgs {
             duration: (!duration.is_zero()).then_some(duration),
             concurrency: self.concurrency as usize,
             api_key: None,
+            top_up_minor: self.top_up,
         }
     }
 }

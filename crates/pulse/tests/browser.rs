@@ -109,6 +109,7 @@ async fn the_map_draws_live_surge_in_headless_chromium() {
             duration: Some(Duration::from_secs(60)),
             concurrency: 16,
             api_key: Some(app.api_key.clone()),
+            top_up_minor: 50_000,
         },
         stop.clone(),
         Progress::quiet(),

@@ -28,6 +28,7 @@ async fn the_operator_metrics_are_present_and_moving_after_a_scripted_run() {
             duration: Some(Duration::from_secs(4)),
             concurrency: 8,
             api_key: Some(app.api_key.clone()),
+            top_up_minor: 50_000,
         },
         CancellationToken::new(),
         Progress::quiet(),

@@ -92,6 +92,27 @@ async fn the_simulator_fills_the_city_and_its_summary_matches_the_server() {
         "{summary}"
     );
 
+    // The city pays: every rider who ordered was topped up once, the rides finished were
+    // charged, and the platform kept its commission.
+    let top_ups = &summary["top_ups"];
+    assert_eq!(top_ups["failed"], 0, "{summary}");
+    assert!(top_ups["succeeded"].as_u64() >= Some(1), "{summary}");
+    assert!(
+        top_ups["succeeded"].as_u64() <= Some(200),
+        "one per rider at most: {summary}"
+    );
+    let ledger = &summary["ledger"];
+    assert_eq!(
+        ledger["topped_up_minor"].as_i64(),
+        top_ups["succeeded"].as_i64().map(|n| n * 50_000),
+        "{summary}"
+    );
+    assert!(ledger["revenue_minor"].as_i64() >= Some(0), "{summary}");
+    assert!(
+        ledger["rides_charged"].as_u64() <= rides["finished"].as_u64(),
+        "{summary}"
+    );
+
     // The server answered exactly the requests the summary counts (nothing else in this test
     // binary talks to it, and metrics are process-wide).
     let (status, metrics) = app.get("/metrics").await;
@@ -187,7 +208,33 @@ async fn the_simulator_fills_the_city_and_its_summary_matches_the_server() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Every finished ride is charged once the wallet caught up, and the ledger verifies.
+    let finished = rides["finished"].as_i64().expect("finished");
+    let started = Instant::now();
+    loop {
+        let (_, totals) = app.get_json("/api/v1/ledger/totals").await;
+        if totals["rides_charged"].as_i64() == Some(finished) {
+            assert!(totals["revenue_minor"].as_i64() > Some(0), "{totals}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{finished} rides finished, charged: {totals}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     app.stop().await;
+    let verified = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .args(["ledger", "verify", "--log-level", "warn", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .await
+        .expect("pulse ledger verify runs");
+    assert!(
+        verified.status.success(),
+        "pulse ledger verify after a run: {}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
 }
 
 #[tokio::test]
