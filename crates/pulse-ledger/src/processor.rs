@@ -49,6 +49,7 @@ fn decode(
     record: &ConsumedRecord,
     at_ms: i64,
     settings: &LedgerSettings,
+    revenue_shard: i32,
 ) -> Result<PostHold, String> {
     let tenant = TenantId::from_header(record.header(TENANT_HEADER).map(|raw| raw.as_ref()))
         .map_err(|err| err.to_string())?;
@@ -72,7 +73,7 @@ fn decode(
         order_id,
         amount: Money::new(event.amount_minor, currency),
         commission_bp: settings.commission_bp,
-        revenue_shard: settings.shard_of(&crate::model::reference::commission(order_id)),
+        revenue_shard,
         at_ms,
     })
 }
@@ -136,11 +137,18 @@ impl Processor for WalletProcessor {
 
     async fn handle(&mut self, records: &[ConsumedRecord]) -> PortResult<Vec<Poison>> {
         let now_ms = self.clock.now_ms();
+        // One revenue shard for the whole batch, and another for the next: concurrent batches
+        // (other partitions, other processes) credit different rows instead of queueing on one.
+        let revenue_shard = records.first().map_or(0, |first| {
+            let spread =
+                u64::from(first.position.partition) * 7_919 + first.position.offset.unsigned_abs();
+            (spread % u64::from(self.settings.platform_shards.max(1))) as i32
+        });
         let mut poison = Vec::new();
         let mut posts = Vec::new();
         let mut indexes = Vec::new();
         for (index, record) in records.iter().enumerate() {
-            match decode(record, now_ms, &self.settings) {
+            match decode(record, now_ms, &self.settings, revenue_shard) {
                 Ok(post) => {
                     posts.push(post);
                     indexes.push(index);
