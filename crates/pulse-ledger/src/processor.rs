@@ -42,6 +42,8 @@ pub struct WalletProcessor {
     settings: LedgerSettings,
     clock: SharedClock,
     next_verify_ms: i64,
+    /// The check running in the background, if any: a long scan never holds up the payments.
+    check: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A payment to post, or why its record is poison.
@@ -87,6 +89,7 @@ impl WalletProcessor {
             settings,
             clock,
             next_verify_ms,
+            check: None,
         }
     }
 
@@ -107,26 +110,31 @@ impl WalletProcessor {
 
     /// Checks the invariants now and exports the result.
     pub async fn verify_now(&self) -> PortResult<usize> {
-        let violations = self
-            .ledger
-            .verify(
-                self.clock.now_ms(),
-                self.settings.post_grace_ms as i64,
-                VIOLATIONS_KEPT,
-            )
-            .await?;
-        metrics::gauge!(VIOLATIONS).set(violations.len() as f64);
-        metrics::gauge!(VERIFIED_AT).set(self.clock.now_ms() as f64 / 1_000.0);
-        if let Some(first) = violations.first() {
-            tracing::error!(
-                rule = first.rule,
-                detail = %first.detail,
-                count = violations.len(),
-                "the ledger breaks an invariant"
-            );
-        }
-        Ok(violations.len())
+        verify(
+            self.ledger.as_ref(),
+            &self.clock,
+            self.settings.post_grace_ms as i64,
+        )
+        .await
     }
+}
+
+/// One check of the invariants, exported as [`VIOLATIONS`] and [`VERIFIED_AT`].
+async fn verify(ledger: &dyn Ledger, clock: &SharedClock, grace_ms: i64) -> PortResult<usize> {
+    let violations = ledger
+        .verify(clock.now_ms(), grace_ms, VIOLATIONS_KEPT)
+        .await?;
+    metrics::gauge!(VIOLATIONS).set(violations.len() as f64);
+    metrics::gauge!(VERIFIED_AT).set(clock.now_ms() as f64 / 1_000.0);
+    if let Some(first) = violations.first() {
+        tracing::error!(
+            rule = first.rule,
+            detail = %first.detail,
+            count = violations.len(),
+            "the ledger breaks an invariant"
+        );
+    }
+    Ok(violations.len())
 }
 
 #[async_trait]
@@ -204,13 +212,18 @@ impl Processor for WalletProcessor {
 
     async fn tick(&mut self) -> PortResult<Tick> {
         let now_ms = self.clock.now_ms();
-        if now_ms >= self.next_verify_ms {
+        let idle = self.check.as_ref().is_none_or(|check| check.is_finished());
+        if now_ms >= self.next_verify_ms && idle {
             self.next_verify_ms = now_ms + self.settings.verify_every_ms as i64;
+            let (ledger, clock) = (self.ledger.clone(), self.clock.clone());
+            let grace_ms = self.settings.post_grace_ms as i64;
             // A failed check is reported and tried again at the next interval; it never stops
             // the payments.
-            if let Err(err) = self.verify_now().await {
-                tracing::warn!(error = %err, "the ledger check failed; it runs again later");
-            }
+            self.check = Some(tokio::spawn(async move {
+                if let Err(err) = verify(ledger.as_ref(), &clock, grace_ms).await {
+                    tracing::warn!(error = %err, "the ledger check failed; it runs again later");
+                }
+            }));
         }
         Ok(Tick::Continue)
     }

@@ -105,7 +105,8 @@ async fn ready(db: &Database, tenant: &TenantId, label: &str) -> Vec<Order> {
         .collect();
     let mut readying = futures::stream::iter(orders.iter().enumerate())
         .map(|(i, order)| async move {
-            let event = OutboxEvent::new("demand.orders", "ORDER", order.id, Vec::new().into(), now);
+            let event =
+                OutboxEvent::new("demand.orders", "ORDER", order.id, Vec::new().into(), now);
             let created = OrderStore::create(db, order, None, &event)
                 .await
                 .expect("place");
@@ -125,7 +126,10 @@ async fn ready(db: &Database, tenant: &TenantId, label: &str) -> Vec<Order> {
                     announce: Box::new(|_| Vec::new()),
                 })
             });
-            let outcome = db.transition(tenant, order.id, decide).await.expect("match");
+            let outcome = db
+                .transition(tenant, order.id, decide)
+                .await
+                .expect("match");
             assert!(
                 matches!(outcome, TransitionOutcome::Applied(_)),
                 "{outcome:?}"
@@ -187,10 +191,8 @@ async fn bench(mode: &str, variant: &str) {
     let elapsed = started.elapsed();
     latencies.sort();
     let p = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
-    let violations = db
-        .verify(now_ms(), 0, 10)
-        .await
-        .expect("verify");
+    db.analyze_ledger().await.expect("analyze");
+    let violations = db.verify(now_ms(), 0, 10).await.expect("verify");
     assert!(violations.is_empty(), "{violations:?}");
     println!(
         "{label}: {RIDES} holds posted in batches of {BATCH}, {parallel} at once, {shards} revenue \

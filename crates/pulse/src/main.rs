@@ -143,6 +143,7 @@ async fn ledger_command(
     let pulse::cli::LedgerCommand::Verify { grace, json, .. } = command;
     let now_ms = pulse_core::clock::SystemClock.now_ms();
     let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+    store.analyze_ledger().await?;
     let violations = store.verify(now_ms, grace_ms, 1_000).await?;
     if *json {
         let listed: Vec<serde_json::Value> = violations

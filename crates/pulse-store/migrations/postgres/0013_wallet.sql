@@ -36,7 +36,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS transfers_reference ON transfers (tenant, refe
 -- A pending transfer is resolved (posted or voided) at most once: never both, never twice.
 CREATE UNIQUE INDEX IF NOT EXISTS transfers_resolve_once ON transfers (pending_id)
     WHERE pending_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS transfers_by_order ON transfers (order_id) WHERE order_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS transfers_by_order ON transfers (order_id, kind) WHERE order_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS transactions (
     id            UUID PRIMARY KEY,
