@@ -417,6 +417,23 @@ pub async fn verify_names_each_broken_invariant(db: &Database) {
     .await;
     sound(db).await;
 
+    // An entry whose transfer is gone.
+    exec(
+        db,
+        "UPDATE transactions SET transfer_id = (SELECT order_id FROM transfers WHERE order_id IS NOT NULL LIMIT 1) \
+         WHERE kind = 'top_ups'",
+    )
+    .await;
+    let broken = rules_broken(db).await;
+    assert!(broken.contains(&"transfer_unbalanced"), "{broken:?}");
+    exec(
+        db,
+        "UPDATE transactions SET transfer_id = (SELECT id FROM transfers WHERE kind = 'single' \
+         AND debit_kind = 'top_ups') WHERE kind = 'top_ups'",
+    )
+    .await;
+    sound(db).await;
+
     // A second charge and a void beside the post: what the constraints keep out.
     exec(db, "DROP INDEX transfers_resolve_once").await;
     exec(db, "DROP INDEX transfers_reference").await;

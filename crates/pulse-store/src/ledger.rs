@@ -30,7 +30,7 @@ use crate::unit_of_work::Tx;
 use crate::{Backend, Database};
 
 /// Rows per multi-row statement: far below both engines' bound-parameter limits.
-const CHUNK: usize = 200;
+const CHUNK: usize = 1_000;
 
 /// One entry to write: an amount on an account (and shard) in one phase.
 #[derive(Debug, Clone)]
@@ -552,6 +552,12 @@ const RULES: &[Rule] = &[
              WHERE t.currency <> tr.currency OR t.tenant <> tr.tenant \
                  OR NOT ((t.kind = tr.debit_kind AND t.wallet_id = tr.debit_user) \
                      OR (t.kind = tr.credit_kind AND t.wallet_id = tr.credit_user))",
+        uses_cutoff: false,
+    },
+    Rule {
+        name: "transfer_unbalanced",
+        query: "SELECT CAST(t.id AS TEXT), 'an entry without its transfer' FROM transactions t \
+             LEFT JOIN transfers tr ON tr.id = t.transfer_id WHERE tr.id IS NULL",
         uses_cutoff: false,
     },
     Rule {
