@@ -521,3 +521,228 @@ async fn distributed_a_wallet_killed_while_500_rides_finish_charges_each_once() 
     let (ok, said) = mode.verify(dir.path());
     assert!(ok, "pulse ledger verify: {said}");
 }
+
+/// A `pulse up` of its own, spoken to over HTTP and killable.
+struct Up {
+    process: Killed,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Up {
+    async fn start(data_dir: &Path, port: u16) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_pulse"))
+            .args(["up", "--log-level", "warn"])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env_remove("RUST_LOG")
+            .env("PULSE_PREFIX", common::test_prefix())
+            .env("PULSE_DISPATCH__AUTO", "false")
+            .env("PULSE_TRACKER__MAX_AGE_MS", "600000")
+            .env("PULSE_QUOTAS__API__PER_SECOND", "1000000")
+            .env("PULSE_QUOTAS__API__BURST", "1000000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("pulse up");
+        let base = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        while !reqwest::get(format!("{base}/readyz"))
+            .await
+            .is_ok_and(|response| response.status().is_success())
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "pulse up never got ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let key = std::fs::read_to_string(data_dir.join("api-key")).expect("the api-key file");
+        Self {
+            process: Killed(child),
+            base,
+            http: common::client_with_key(key.trim()),
+        }
+    }
+
+    /// A request's status and JSON body; status 0 when Pulse did not answer.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.json().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+}
+
+/// Drives ride `order_id` (placed already) from wherever it is to FINISHED; `false` when Pulse
+/// stopped answering.
+async fn drive_to_the_end(up: &Up, order_id: &str) -> bool {
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "ride {order_id} never finished"
+        );
+        let (status, order) = up
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/orders/{order_id}"),
+                None,
+            )
+            .await;
+        if status != 200 {
+            return false;
+        }
+        let driver = order["driver_id"].as_str().unwrap_or_default().to_owned();
+        let step = match order["status"].as_str() {
+            Some("PENDING") => (format!("/api/v1/orders/{order_id}/dispatch"), json!({})),
+            Some("MATCHED") => (
+                format!("/api/v1/orders/{order_id}/status"),
+                json!({"status": "STARTED", "driver_id": driver}),
+            ),
+            Some("STARTED") => (
+                format!("/api/v1/orders/{order_id}/status"),
+                json!({"status": "FINISHED", "driver_id": driver}),
+            ),
+            Some("FINISHED") => return true,
+            other => panic!("ride {order_id} is {other:?}"),
+        };
+        let (status, body) = up.call(reqwest::Method::POST, &step.0, Some(&step.1)).await;
+        match status {
+            0 => return false,
+            200 => {}
+            // A driver just freed may still look busy to the index: try again.
+            409 if body["error"]["code"] == "no_driver" => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => panic!("{} answered {status} {body}", step.0),
+        }
+    }
+}
+
+/// Places ride `n` and drives it to the end; its order id when placed, and whether it finished.
+async fn ride_through(up: &Up, n: usize, here: (f64, f64)) -> (Option<String>, bool) {
+    let body = json!({"user_id": format!("crash-r{n}"), "pickup": {"lat": here.0, "lng": here.1},
+        "dropoff": {"lat": here.0 + 0.02, "lng": here.1}});
+    let (status, order) = up
+        .call(reqwest::Method::POST, "/api/v1/orders", Some(&body))
+        .await;
+    if status != 201 {
+        return (None, false);
+    }
+    let id = order["order_id"].as_str().expect("order id").to_owned();
+    let finished = drive_to_the_end(up, &id).await;
+    (Some(id), finished)
+}
+
+#[tokio::test]
+async fn embedded_pulse_killed_while_500_rides_finish_charges_each_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let up = Up::start(dir.path(), port).await;
+    let here = common::unique_point();
+    let locations: Vec<Value> = (0..100)
+        .map(|i| {
+            let at = east_of(here, 5.0 * i as f64);
+            json!({"driver_id": format!("crash-d{i}"), "lat": at.0, "lng": at.1, "available": true})
+        })
+        .collect();
+    let fleet = json!({ "locations": locations });
+    let (status, _) = up
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/drivers/locations",
+            Some(&fleet),
+        )
+        .await;
+    assert_eq!(status, 202);
+
+    // Rides run 16 at once; once 250 finished, the whole process (and its wallet processor)
+    // is killed with SIGKILL, mid-request for some.
+    let up = std::sync::Mutex::new(Some(up));
+    let finished = std::sync::atomic::AtomicUsize::new(0);
+    let remote = {
+        let guard = up.lock().unwrap();
+        let live = guard.as_ref().unwrap();
+        (live.base.clone(), live.http.clone())
+    };
+    let caller = Up {
+        process: Killed(Command::new("true").spawn().unwrap()),
+        base: remote.0,
+        http: remote.1,
+    };
+    let placed: Vec<(usize, Option<String>, bool)> = futures::stream::iter(0..500)
+        .map(|n| {
+            let (caller, finished, up) = (&caller, &finished, &up);
+            async move {
+                let (id, done) = ride_through(caller, n, here).await;
+                if done && finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == 250 {
+                    if let Some(mut live) = up.lock().unwrap().take() {
+                        live.process.0.kill().expect("SIGKILL");
+                        live.process.0.wait().unwrap();
+                    }
+                }
+                (n, id, done)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(up.lock().unwrap().is_none(), "the kill happened");
+    let before_kill = placed.iter().filter(|(_, _, done)| *done).count();
+    assert!(before_kill >= 250, "{before_kill}");
+
+    // Restarted on the same data: every ride is taken up where it stood, to the end. The
+    // drivers ping again, as they do every few seconds (the in-process index starts empty).
+    let up = Up::start(dir.path(), port).await;
+    let (status, _) = up
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/drivers/locations",
+            Some(&fleet),
+        )
+        .await;
+    assert_eq!(status, 202);
+    for (n, id, done) in &placed {
+        if *done {
+            continue;
+        }
+        let finished = match id {
+            Some(id) => drive_to_the_end(&up, id).await,
+            None => ride_through(&up, *n, here).await.1,
+        };
+        assert!(finished, "ride {n} after the restart");
+    }
+    let started = Instant::now();
+    loop {
+        let (_, totals) = up
+            .call(reqwest::Method::GET, "/api/v1/ledger/totals", None)
+            .await;
+        if totals["rides_charged"] == 500 {
+            assert_eq!(totals["held_minor"], 0, "{totals}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not every ride charged: {totals}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(up);
+    let (ok, said) = Mode::Embedded.verify(dir.path());
+    assert!(ok, "pulse ledger verify: {said}");
+}
