@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use common::TestApp;
@@ -623,39 +623,23 @@ async fn distributed_matched_drivers_leave_the_surge_supply() {
     matched_drivers_leave_the_surge_supply(Mode::distributed().await).await;
 }
 
-/// A child process killed when dropped, so a failing test leaves none behind.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A `pulse serve --role dispatch` process on the distributed backends.
-fn dispatch_process(store_url: &str, prefix: &str) -> Killed {
-    let child = Command::new(env!("CARGO_BIN_EXE_pulse"))
-        .args(["serve", "--role", "dispatch", "--log-level", "warn"])
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{}", common::free_port()))
-        .args(["--store", store_url])
-        .args(["--log", &services::kafka_url()])
-        .args(["--cache", &services::redis_url()])
-        .env("PULSE_PREFIX", prefix)
-        .env("PULSE_DISPATCH__AUTO", "true")
-        // Long enough for a new process to join its group (a Kafka rebalance takes seconds)
-        // before the orders waiting for it are given up on.
-        .env("PULSE_DISPATCH__RETRY_FOR_MS", "12000")
-        .env("PULSE_DISPATCH__RETRY_EVERY_MS", "300")
-        .env("PULSE_DISPATCH__CONCURRENCY", "4")
-        // The drivers ping once, at the start: they must stay fresh for the whole test.
-        .env("PULSE_TRACKER__MAX_AGE_MS", "600000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("a dispatch process");
-    Killed(child)
+fn dispatch_process(store_url: &str, prefix: &str) -> common::Killed {
+    common::serve_role(
+        "dispatch",
+        store_url,
+        prefix,
+        &[
+            ("PULSE_DISPATCH__AUTO", "true"),
+            // Long enough for a new process to join its group (a Kafka rebalance takes
+            // seconds) before the orders waiting for it are given up on.
+            ("PULSE_DISPATCH__RETRY_FOR_MS", "12000"),
+            ("PULSE_DISPATCH__RETRY_EVERY_MS", "300"),
+            ("PULSE_DISPATCH__CONCURRENCY", "4"),
+            // The drivers ping once, at the start: they must stay fresh for the whole test.
+            ("PULSE_TRACKER__MAX_AGE_MS", "600000"),
+        ],
+    )
 }
 
 #[tokio::test]

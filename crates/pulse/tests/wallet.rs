@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::TestApp;
+use common::{Killed, TestApp};
 use futures::StreamExt;
 use pulse::Config;
 use pulse_conformance::services;
@@ -427,31 +427,8 @@ async fn distributed_concurrent_holds_never_take_a_wallet_below_zero() {
     concurrent_holds_never_take_a_wallet_below_zero(Mode::distributed().await).await;
 }
 
-/// A child process killed when dropped, so a failing test leaves none behind.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn wallet_process(store_url: &str, prefix: &str) -> Killed {
-    let child = Command::new(env!("CARGO_BIN_EXE_pulse"))
-        .args(["serve", "--role", "wallet", "--log-level", "warn"])
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{}", common::free_port()))
-        .args(["--store", store_url])
-        .args(["--log", &services::kafka_url()])
-        .args(["--cache", &services::redis_url()])
-        .env("PULSE_PREFIX", prefix)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("a wallet process");
-    Killed(child)
+    common::serve_role("wallet", store_url, prefix, &[])
 }
 
 /// Runs `count` rides of riders `{prefix}{n}` to the end, 16 at a time; `each` is called with
@@ -522,9 +499,15 @@ async fn distributed_a_wallet_killed_while_500_rides_finish_charges_each_once() 
     assert!(ok, "pulse ledger verify: {said}");
 }
 
-/// A `pulse up` of its own, spoken to over HTTP and killable.
+/// A `pulse up` of its own, killable, and how to speak to it.
 struct Up {
     process: Killed,
+    api: Remote,
+}
+
+/// Pulse's HTTP API, with a key.
+#[derive(Clone)]
+struct Remote {
     base: String,
     http: reqwest::Client,
 }
@@ -562,11 +545,15 @@ impl Up {
         let key = std::fs::read_to_string(data_dir.join("api-key")).expect("the api-key file");
         Self {
             process: Killed(child),
-            base,
-            http: common::client_with_key(key.trim()),
+            api: Remote {
+                base,
+                http: common::client_with_key(key.trim()),
+            },
         }
     }
+}
 
+impl Remote {
     /// A request's status and JSON body; status 0 when Pulse did not answer.
     async fn call(
         &self,
@@ -590,7 +577,7 @@ impl Up {
 
 /// Drives ride `order_id` (placed already) from wherever it is to FINISHED; `false` when Pulse
 /// stopped answering.
-async fn drive_to_the_end(up: &Up, order_id: &str) -> bool {
+async fn drive_to_the_end(up: &Remote, order_id: &str) -> bool {
     let started = Instant::now();
     loop {
         assert!(
@@ -635,7 +622,7 @@ async fn drive_to_the_end(up: &Up, order_id: &str) -> bool {
 }
 
 /// Places ride `n` and drives it to the end; its order id when placed, and whether it finished.
-async fn ride_through(up: &Up, n: usize, here: (f64, f64)) -> (Option<String>, bool) {
+async fn ride_through(up: &Remote, n: usize, here: (f64, f64)) -> (Option<String>, bool) {
     let body = json!({"user_id": format!("crash-r{n}"), "pickup": {"lat": here.0, "lng": here.1},
         "dropoff": {"lat": here.0 + 0.02, "lng": here.1}});
     let (status, order) = up
@@ -654,6 +641,7 @@ async fn embedded_pulse_killed_while_500_rides_finish_charges_each_once() {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let up = Up::start(dir.path(), port).await;
+    let api = up.api.clone();
     let here = common::unique_point();
     let locations: Vec<Value> = (0..100)
         .map(|i| {
@@ -662,7 +650,7 @@ async fn embedded_pulse_killed_while_500_rides_finish_charges_each_once() {
         })
         .collect();
     let fleet = json!({ "locations": locations });
-    let (status, _) = up
+    let (status, _) = api
         .call(
             reqwest::Method::POST,
             "/api/v1/drivers/locations",
@@ -673,18 +661,9 @@ async fn embedded_pulse_killed_while_500_rides_finish_charges_each_once() {
 
     // Rides run 16 at once; once 250 finished, the whole process (and its wallet processor)
     // is killed with SIGKILL, mid-request for some.
+    let caller = api;
     let up = std::sync::Mutex::new(Some(up));
     let finished = std::sync::atomic::AtomicUsize::new(0);
-    let remote = {
-        let guard = up.lock().unwrap();
-        let live = guard.as_ref().unwrap();
-        (live.base.clone(), live.http.clone())
-    };
-    let caller = Up {
-        process: Killed(Command::new("true").spawn().unwrap()),
-        base: remote.0,
-        http: remote.1,
-    };
     let placed: Vec<(usize, Option<String>, bool)> = futures::stream::iter(0..500)
         .map(|n| {
             let (caller, finished, up) = (&caller, &finished, &up);
@@ -709,7 +688,8 @@ async fn embedded_pulse_killed_while_500_rides_finish_charges_each_once() {
     // Restarted on the same data: every ride is taken up where it stood, to the end. The
     // drivers ping again, as they do every few seconds (the in-process index starts empty).
     let up = Up::start(dir.path(), port).await;
-    let (status, _) = up
+    let api = &up.api;
+    let (status, _) = api
         .call(
             reqwest::Method::POST,
             "/api/v1/drivers/locations",
@@ -722,14 +702,14 @@ async fn embedded_pulse_killed_while_500_rides_finish_charges_each_once() {
             continue;
         }
         let finished = match id {
-            Some(id) => drive_to_the_end(&up, id).await,
-            None => ride_through(&up, *n, here).await.1,
+            Some(id) => drive_to_the_end(api, id).await,
+            None => ride_through(api, *n, here).await.1,
         };
         assert!(finished, "ride {n} after the restart");
     }
     let started = Instant::now();
     loop {
-        let (_, totals) = up
+        let (_, totals) = api
             .call(reqwest::Method::GET, "/api/v1/ledger/totals", None)
             .await;
         if totals["rides_charged"] == 500 {

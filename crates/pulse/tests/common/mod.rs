@@ -527,3 +527,36 @@ pub fn metric_sum(page: &str, name: &str, labels: &[&str]) -> Option<f64> {
     }
     found
 }
+
+/// A child process killed when dropped, so a failing test leaves none behind.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `pulse serve --role <role>` process on the distributed backends (`store_url`, the test
+/// services' Kafka and Redis) under `prefix`, with the settings `env` adds.
+pub fn serve_role(role: &str, store_url: &str, prefix: &str, env: &[(&str, &str)]) -> Killed {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pulse"));
+    command
+        .args(["serve", "--role", role, "--log-level", "warn"])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(["--store", store_url])
+        .args(["--log", &services::kafka_url()])
+        .args(["--cache", &services::redis_url()])
+        .env_remove("RUST_LOG")
+        .env("PULSE_PREFIX", prefix)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    Killed(
+        command
+            .spawn()
+            .unwrap_or_else(|err| panic!("a {role} process: {err}")),
+    )
+}
