@@ -10,42 +10,26 @@ use std::collections::{HashMap, HashSet};
 
 use std::time::{Duration, Instant};
 
-use common::TestApp;
+use common::{Mode, TestApp};
 use pulse::Config;
-use pulse_conformance::services;
 use pulse_core::log::OutgoingRecord;
 use pulse_proto::v1::{ride_event::Kind, DriverLocationUpdated, RideEvent};
 use pulse_proto::Message;
 use pulse_runtime::Role;
 use serde_json::{json, Value};
 
-/// Where a test's Pulse keeps its state.
-#[derive(Debug, Clone)]
-enum Mode {
-    Embedded,
-    Distributed { store_url: String },
+/// Rides as an operator runs them, with retries and freshness short enough for a test.
+trait RideMode {
+    fn configure(&self, config: &mut Config, auto: bool);
 }
 
-impl Mode {
-    async fn distributed() -> Self {
-        Mode::Distributed {
-            store_url: services::fresh_postgres_database().await,
-        }
-    }
-
-    /// Rides as an operator runs them, with retries and freshness short enough for a test.
+impl RideMode for Mode {
     fn configure(&self, config: &mut Config, auto: bool) {
         config.dispatch.auto = auto;
         config.dispatch.retry_for_ms = 3_000;
         config.dispatch.retry_every_ms = 300;
         config.tracker.max_age_ms = 30_000;
-        config.quotas.api = pulse_tenants::QuotaSetting {
-            per_second: 1_000_000,
-            burst: 1_000_000,
-        };
-        if let Mode::Distributed { store_url } = self {
-            common::distributed(config, store_url.clone());
-        }
+        self.backends(config);
     }
 }
 

@@ -10,39 +10,26 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Killed, TestApp};
+use common::{Killed, Mode, TestApp};
 use futures::StreamExt;
 use pulse::Config;
-use pulse_conformance::services;
 use pulse_core::log::OutgoingRecord;
 use pulse_proto::v1::{wallet_transaction, WalletTransaction};
 use pulse_proto::Message;
 use pulse_runtime::Role;
 use serde_json::{json, Value};
 
-#[derive(Debug, Clone)]
-enum Mode {
-    Embedded,
-    Distributed { store_url: String },
+/// Rides paid as an operator runs them: dispatch by hand, drivers fresh for the whole test.
+trait WalletMode {
+    fn configure(&self, config: &mut Config);
+    fn verify(&self, data_dir: &Path) -> (bool, String);
 }
 
-impl Mode {
-    async fn distributed() -> Self {
-        Mode::Distributed {
-            store_url: services::fresh_postgres_database().await,
-        }
-    }
-
+impl WalletMode for Mode {
     fn configure(&self, config: &mut Config) {
         config.dispatch.auto = false;
         config.tracker.max_age_ms = 600_000;
-        config.quotas.api = pulse_tenants::QuotaSetting {
-            per_second: 1_000_000,
-            burst: 1_000_000,
-        };
-        if let Mode::Distributed { store_url } = self {
-            common::distributed(config, store_url.clone());
-        }
+        self.backends(config);
     }
 
     /// `pulse ledger verify` on this mode's store; its exit status and its stderr.

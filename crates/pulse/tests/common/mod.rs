@@ -560,3 +560,32 @@ pub fn serve_role(role: &str, store_url: &str, prefix: &str, env: &[(&str, &str)
             .unwrap_or_else(|err| panic!("a {role} process: {err}")),
     )
 }
+
+/// Where a test's Pulse keeps its state: the embedded default, or a fresh PostgreSQL database
+/// with the test services' Kafka and Redis.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    Embedded,
+    Distributed { store_url: String },
+}
+
+impl Mode {
+    /// A fresh PostgreSQL database, Kafka and Redis.
+    pub async fn distributed() -> Self {
+        Mode::Distributed {
+            store_url: services::fresh_postgres_database().await,
+        }
+    }
+
+    /// Points `config` at this mode's backends, and lifts the `api` quota out of the way of a
+    /// test's bursts.
+    pub fn backends(&self, config: &mut Config) {
+        config.quotas.api = pulse_tenants::QuotaSetting {
+            per_second: 1_000_000,
+            burst: 1_000_000,
+        };
+        if let Mode::Distributed { store_url } = self {
+            distributed(config, store_url.clone());
+        }
+    }
+}
