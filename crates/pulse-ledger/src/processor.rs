@@ -228,3 +228,156 @@ impl Processor for WalletProcessor {
         Ok(Tick::Continue)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use pulse_core::clock::ManualClock;
+    use pulse_core::log::RecordPosition;
+    use pulse_core::PortError;
+
+    use super::*;
+    use crate::model::{Account, Balance, EntryPage, Split, Transfer};
+    use crate::ports::{Created, LedgerTotals, NewTransfer, Violation};
+
+    /// A ledger whose posts answer as told, recording what it was asked.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        fail: bool,
+        asked: Mutex<Vec<PostHold>>,
+    }
+
+    #[async_trait]
+    impl Ledger for Scripted {
+        async fn transfer(&self, _: &TenantId, _: NewTransfer) -> PortResult<Created> {
+            unreachable!("the processor creates no transfer")
+        }
+        async fn transfer_by_reference(
+            &self,
+            _: &TenantId,
+            _: &str,
+        ) -> PortResult<Option<Transfer>> {
+            Ok(None)
+        }
+        async fn balance(&self, _: &TenantId, _: &Account, c: Currency) -> PortResult<Balance> {
+            Ok(Balance::zero(c))
+        }
+        async fn entries(
+            &self,
+            _: &TenantId,
+            _: &Account,
+            _: Currency,
+            _: Option<Uuid>,
+            _: usize,
+        ) -> PortResult<EntryPage> {
+            Ok(EntryPage {
+                entries: Vec::new(),
+                next: None,
+            })
+        }
+        async fn post_holds(&self, posts: &[PostHold]) -> PortResult<Vec<Posted>> {
+            if self.fail {
+                return Err(PortError::unavailable("store", "connection refused"));
+            }
+            self.asked.lock().unwrap().extend_from_slice(posts);
+            Ok(posts
+                .iter()
+                .enumerate()
+                .map(|(n, _)| match n {
+                    0 => Posted::Now(Split {
+                        driver_minor: 800,
+                        commission_minor: 200,
+                    }),
+                    _ => Posted::NoHold,
+                })
+                .collect())
+        }
+        async fn verify(&self, _: i64, _: i64, _: usize) -> PortResult<Vec<Violation>> {
+            Ok(Vec::new())
+        }
+        async fn totals(&self, _: &TenantId, _: Currency) -> PortResult<LedgerTotals> {
+            unreachable!("not asked")
+        }
+    }
+
+    fn record(offset: i64, payload: Vec<u8>) -> ConsumedRecord {
+        ConsumedRecord {
+            position: RecordPosition {
+                topic: "wallet.transactions".into(),
+                partition: 2,
+                offset,
+            },
+            key: None,
+            payload: payload.into(),
+            headers: Vec::new(),
+            timestamp_ms: 1,
+        }
+    }
+
+    fn payment(order_id: Uuid, amount_minor: i64) -> Vec<u8> {
+        WalletTransaction {
+            order_id: order_id.to_string(),
+            kind: Kind::PostHold as i32,
+            user_id: "u1".into(),
+            driver_id: "d1".into(),
+            amount_minor,
+            currency: "USD".into(),
+            timestamp: 1,
+        }
+        .encode_to_vec()
+    }
+
+    fn processor(ledger: Arc<Scripted>) -> WalletProcessor {
+        WalletProcessor::new(
+            ledger,
+            LedgerSettings::default(),
+            Arc::new(ManualClock::new(1_000)),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_store_error_fails_the_batch_so_that_nothing_is_committed() {
+        let ledger = Arc::new(Scripted {
+            fail: true,
+            ..Default::default()
+        });
+        let mut wallet = processor(ledger);
+        let batch = [record(7, payment(Uuid::now_v7(), 1_000))];
+        let outcome = wallet.handle(&batch).await;
+        assert!(
+            outcome.is_err(),
+            "an error, not poison: the loop retries it uncommitted"
+        );
+    }
+
+    #[tokio::test]
+    async fn poison_is_refused_with_its_reason_and_the_rest_posted_in_one_call() {
+        let ledger = Arc::new(Scripted::default());
+        let mut wallet = processor(ledger.clone());
+        let (good, unheld) = (Uuid::now_v7(), Uuid::now_v7());
+        let batch = [
+            record(10, payment(good, 1_000)),
+            record(11, vec![0xff, 0x01]),
+            record(12, payment(Uuid::now_v7(), 0)),
+            record(13, payment(unheld, 500)),
+        ];
+        let poison = wallet.handle(&batch).await.expect("handled");
+        let refused: Vec<(usize, bool)> = poison
+            .iter()
+            .map(|p| (p.index, !p.reason.is_empty()))
+            .collect();
+        assert_eq!(refused, [(1, true), (2, true), (3, true)]);
+        assert!(poison[0].reason.contains("WalletTransaction"), "{poison:?}");
+        assert!(poison[1].reason.contains("> 0"), "{poison:?}");
+        assert!(poison[2].reason.contains("no hold"), "{poison:?}");
+        let asked = ledger.asked.lock().unwrap();
+        assert_eq!(asked.len(), 2, "the decodable payments, in one call");
+        assert_eq!(asked[0].order_id, good);
+        assert_eq!(
+            asked[0].revenue_shard, asked[1].revenue_shard,
+            "one shard per batch"
+        );
+        assert_eq!(asked[0].commission_bp, 2_000);
+    }
+}
