@@ -103,7 +103,8 @@ async fn the_map_draws_live_surge_in_headless_chromium() {
             order_rate: 40.0,
             hotspots: 2,
             ping_interval: Duration::from_secs(2),
-            ride_speed_mps: 60.0,
+            // Fast enough that rides finish (and are charged) while the page is watched.
+            ride_speed_mps: 300.0,
             city: CityBox::BERLIN,
             seed: 11,
             duration: Some(Duration::from_secs(60)),
@@ -197,6 +198,39 @@ async fn the_map_draws_live_surge_in_headless_chromium() {
         assert!(
             started.elapsed() < Duration::from_secs(40),
             "no ride's trail was drawn; last state {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The ledger strip shows what the city's rides were charged, as the API reports it.
+    let ledger = json!({
+        "script": "const m = window.pulseMap; return {ledger: m.ledger, \
+                   charged: document.getElementById('t-charged').textContent, \
+                   revenue: document.getElementById('t-revenue').textContent};",
+        "args": []
+    });
+    let started = Instant::now();
+    loop {
+        let state = driver
+            .command(
+                reqwest::Method::POST,
+                &format!("/session/{id}/execute/sync"),
+                Some(ledger.clone()),
+            )
+            .await;
+        let charged = state["ledger"]["rides_charged"].as_u64().unwrap_or(0);
+        if charged > 0 {
+            assert_ne!(state["charged"], "–", "{state}");
+            assert_ne!(state["revenue"], "–", "{state}");
+            let (_, totals) = app.get_json("/api/v1/ledger/totals").await;
+            assert!(
+                totals["rides_charged"].as_u64() >= Some(charged),
+                "{totals} vs {state}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the map never showed a charged ride; last state {state}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

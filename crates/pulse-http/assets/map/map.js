@@ -63,7 +63,7 @@
   let gotData = false, fitted = false, streamSnapshotSeen = false;
   let hovered = null, pinned = null; // h3 strings
 
-  const pulseMap = (window.pulseMap = { hexagons: 0, colours: [], sseEvents: 0, drivers: 0, riding: 0, trailPoints: 0, connected: false });
+  const pulseMap = (window.pulseMap = { hexagons: 0, colours: [], sseEvents: 0, drivers: 0, riding: 0, trailPoints: 0, connected: false, ledger: null });
 
   // ---------- data application ----------
   function countColour(fill, delta) {
@@ -562,6 +562,34 @@
       .catch(retry);
   }
 
+  // ---------- the ledger ----------
+  // The tenant's money, read every few seconds beside the stream: fares charged for finished
+  // rides and the platform's commission on them (GET /api/v1/ledger/totals).
+  const LEDGER_EVERY_MS = 5000;
+  function money(minor, currency) {
+    try {
+      // Cents while the sums are small, whole units once they are not.
+      const digits = Math.abs(minor) < 100000 ? 2 : 0;
+      return new Intl.NumberFormat(undefined, { style: 'currency', currency, minimumFractionDigits: digits, maximumFractionDigits: digits }).format(minor / 100);
+    } catch {
+      return `${(minor / 100).toFixed(0)} ${currency}`;
+    }
+  }
+  function readLedger() {
+    if (!KEY) return;
+    fetch('/api/v1/ledger/totals', { headers: AUTH, cache: 'no-store' })
+      .then((res) => (res.ok ? res.json() : null))
+      .then((totals) => {
+        if (!totals) return;
+        pulseMap.ledger = totals;
+        $('t-charged').textContent = money(totals.charged_minor, totals.currency);
+        $('t-charged').parentElement.title = `${fmt(totals.rides_charged)} rides charged; ${money(totals.held_minor, totals.currency)} held for rides under way; ${money(totals.topped_up_minor, totals.currency)} topped up`;
+        $('t-revenue').textContent = money(totals.revenue_minor, totals.currency);
+      })
+      .catch(() => {}) // the map works without the wallet; the next read tries again
+      .finally(() => setTimeout(readLedger, LEDGER_EVERY_MS));
+  }
+
   // ---------- boot ----------
   const histBars = Array.from({ length: 10 }, (_, i) => {
     const bar = document.createElement('div');
@@ -580,4 +608,5 @@
     .then((msg) => { if (msg && !streamSnapshotSeen) apply(msg, true); })
     .catch(() => {}); // the stream is authoritative; a failed first paint is harmless
   connect();
+  readLedger();
 })();
