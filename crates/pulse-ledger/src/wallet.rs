@@ -56,11 +56,14 @@ pub struct WalletService {
     clock: SharedClock,
 }
 
-/// Checks an idempotency key: 1 to [`MAX_KEY_LEN`] printable ASCII characters.
+/// Checks an idempotency key: 1 to [`MAX_KEY_LEN`] printable ASCII characters, no `:` — the
+/// key ends the top-up's reference (`top-up:{user_id}:{key}`), and a user id may hold a `:`,
+/// so only a key without one keeps two riders' references apart.
 fn check_key(key: &str) -> Result<(), WalletError> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+    let printable = key.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !printable {
         return Err(WalletError::Invalid(format!(
-            "idempotency_key must be 1 to {MAX_KEY_LEN} printable ASCII characters"
+            "idempotency_key must be 1 to {MAX_KEY_LEN} printable ASCII characters other than ':'"
         )));
     }
     Ok(())
@@ -179,5 +182,31 @@ impl WalletService {
             .ledger
             .entries(tenant, account, currency, before, limit)
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_printable_ascii_without_a_colon() {
+        for good in ["card-1", "8f2a_UUID.v4~x", &"k".repeat(MAX_KEY_LEN)] {
+            assert!(check_key(good).is_ok(), "{good}");
+        }
+        for bad in ["", "a:b", "with space", "é", &"k".repeat(MAX_KEY_LEN + 1)] {
+            assert!(check_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn two_riders_never_share_a_top_up_reference() {
+        // A user id may hold a ':'; the key may not, so the key is what follows the last one.
+        let (a, b) = (reference::top_up("a:b", "c"), reference::top_up("a", "b-c"));
+        assert_ne!(a, b);
+        assert!(
+            check_key("b:c").is_err(),
+            "the key that would collide is refused"
+        );
     }
 }

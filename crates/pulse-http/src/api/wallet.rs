@@ -79,9 +79,14 @@ pub(crate) struct TopUpBody {
     /// ISO 4217 code.
     #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
     currency: String,
-    /// The client's key: a retry with it answers 200 with the original top-up and writes
-    /// nothing; reusing it for another amount is 409.
-    #[schema(min_length = 1, max_length = 64, example = "card-charge-8f2a")]
+    /// The client's key (printable ASCII, no `:`): a retry with it answers 200 with the
+    /// original top-up and writes nothing; reusing it for another amount is 409.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[!-9;-~]{1,64}$",
+        example = "card-charge-8f2a"
+    )]
     idempotency_key: String,
 }
 
