@@ -23,6 +23,9 @@ pub mod ports;
 pub mod processor;
 pub mod wallet;
 
+#[cfg(test)]
+mod testing;
+
 use pulse_core::log::TopicSpec;
 
 /// Payments to make, keyed by order id (Atlas's `wallet-transactions`).

@@ -439,11 +439,36 @@ mod tests {
         assert_eq!(balance.held_minor(), 1_200);
         assert_eq!(balance.available_minor(), 3_800);
         assert_eq!(balance.incoming_minor(), 0);
+        let driver = Balance {
+            posted_minor: 800,
+            pending_minor: 1_250,
+            currency: usd,
+        };
+        assert_eq!(driver.incoming_minor(), 1_250, "fares on their way in");
+        assert_eq!(driver.held_minor(), 0);
+        assert_eq!(driver.available_minor(), 800);
     }
 
     #[test]
     fn settings_are_checked() {
         assert!(LedgerSettings::default().validate().is_ok());
+        let edge = LedgerSettings {
+            commission_bp: 10_000,
+            platform_shards: 256,
+            verify_every_ms: 1_000,
+            ..LedgerSettings::default()
+        };
+        assert!(edge.validate().is_ok(), "the bounds themselves are allowed");
+        let bad = LedgerSettings {
+            verify_every_ms: 999,
+            ..LedgerSettings::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = LedgerSettings {
+            platform_shards: 257,
+            ..LedgerSettings::default()
+        };
+        assert!(bad.validate().is_err());
         let bad = LedgerSettings {
             commission_bp: 10_001,
             ..LedgerSettings::default()

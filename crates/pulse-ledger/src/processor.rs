@@ -80,6 +80,19 @@ fn decode(
     })
 }
 
+/// The revenue shard of a batch: one for the whole batch, and another for the next, so that
+/// concurrent batches (other partitions, other processes) credit different rows instead of
+/// queueing on one.
+fn batch_shard(records: &[ConsumedRecord], settings: &LedgerSettings) -> i32 {
+    // Hashed, not taken modulo: full batches start at offsets that share their low bits.
+    records.first().map_or(0, |first| {
+        settings.shard_of(&format!(
+            "{}:{}",
+            first.position.partition, first.position.offset
+        ))
+    })
+}
+
 impl WalletProcessor {
     /// The processor over `ledger`.
     pub fn new(ledger: Arc<dyn Ledger>, settings: LedgerSettings, clock: SharedClock) -> Self {
@@ -145,13 +158,7 @@ impl Processor for WalletProcessor {
 
     async fn handle(&mut self, records: &[ConsumedRecord]) -> PortResult<Vec<Poison>> {
         let now_ms = self.clock.now_ms();
-        // One revenue shard for the whole batch, and another for the next: concurrent batches
-        // (other partitions, other processes) credit different rows instead of queueing on one.
-        let revenue_shard = records.first().map_or(0, |first| {
-            let spread =
-                u64::from(first.position.partition) * 7_919 + first.position.offset.unsigned_abs();
-            (spread % u64::from(self.settings.platform_shards.max(1))) as i32
-        });
+        let revenue_shard = batch_shard(records, &self.settings);
         let mut poison = Vec::new();
         let mut posts = Vec::new();
         let mut indexes = Vec::new();
@@ -231,75 +238,13 @@ impl Processor for WalletProcessor {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::atomic::Ordering;
 
     use pulse_core::clock::ManualClock;
     use pulse_core::log::RecordPosition;
-    use pulse_core::PortError;
 
     use super::*;
-    use crate::model::{Account, Balance, EntryPage, Split, Transfer};
-    use crate::ports::{Created, LedgerTotals, NewTransfer, Violation};
-
-    /// A ledger whose posts answer as told, recording what it was asked.
-    #[derive(Debug, Default)]
-    struct Scripted {
-        fail: bool,
-        asked: Mutex<Vec<PostHold>>,
-    }
-
-    #[async_trait]
-    impl Ledger for Scripted {
-        async fn transfer(&self, _: &TenantId, _: NewTransfer) -> PortResult<Created> {
-            unreachable!("the processor creates no transfer")
-        }
-        async fn transfer_by_reference(
-            &self,
-            _: &TenantId,
-            _: &str,
-        ) -> PortResult<Option<Transfer>> {
-            Ok(None)
-        }
-        async fn balance(&self, _: &TenantId, _: &Account, c: Currency) -> PortResult<Balance> {
-            Ok(Balance::zero(c))
-        }
-        async fn entries(
-            &self,
-            _: &TenantId,
-            _: &Account,
-            _: Currency,
-            _: Option<Uuid>,
-            _: usize,
-        ) -> PortResult<EntryPage> {
-            Ok(EntryPage {
-                entries: Vec::new(),
-                next: None,
-            })
-        }
-        async fn post_holds(&self, posts: &[PostHold]) -> PortResult<Vec<Posted>> {
-            if self.fail {
-                return Err(PortError::unavailable("store", "connection refused"));
-            }
-            self.asked.lock().unwrap().extend_from_slice(posts);
-            Ok(posts
-                .iter()
-                .enumerate()
-                .map(|(n, _)| match n {
-                    0 => Posted::Now(Split {
-                        driver_minor: 800,
-                        commission_minor: 200,
-                    }),
-                    _ => Posted::NoHold,
-                })
-                .collect())
-        }
-        async fn verify(&self, _: i64, _: i64, _: usize) -> PortResult<Vec<Violation>> {
-            Ok(Vec::new())
-        }
-        async fn totals(&self, _: &TenantId, _: Currency) -> PortResult<LedgerTotals> {
-            unreachable!("not asked")
-        }
-    }
+    use crate::testing::Scripted;
 
     fn record(offset: i64, payload: Vec<u8>) -> ConsumedRecord {
         ConsumedRecord {
@@ -334,6 +279,65 @@ mod tests {
             LedgerSettings::default(),
             Arc::new(ManualClock::new(1_000)),
         )
+    }
+
+    #[test]
+    fn it_consumes_as_the_wallet_role_in_its_own_group() {
+        let wallet = processor(Arc::new(Scripted::default()));
+        assert_eq!(
+            wallet.name(),
+            "wallet",
+            "the role's name and the metrics' label"
+        );
+        let settings = wallet.consumer("g".into(), "p.wallet.transactions".into(), "p.dlq".into());
+        assert_eq!(settings.group, "g");
+        assert_eq!(settings.topics, ["p.wallet.transactions"]);
+        assert_eq!(settings.dead_letter_topic, "p.dlq");
+        assert_eq!(
+            settings.batch_size, 1_000,
+            "a batch is one unit of work of the store"
+        );
+        assert_eq!(settings.tick, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn batches_spread_over_the_revenue_shards() {
+        let settings = LedgerSettings::default();
+        let shards: std::collections::HashSet<i32> = (0..64)
+            .map(|offset| batch_shard(&[record(offset * 1_000, Vec::new())], &settings))
+            .collect();
+        assert!(shards.len() >= 8, "{shards:?}");
+        assert!(
+            shards.iter().all(|shard| (0..16).contains(shard)),
+            "{shards:?}"
+        );
+        assert_eq!(batch_shard(&[], &settings), 0);
+    }
+
+    #[tokio::test]
+    async fn the_ledger_is_checked_when_due_and_not_before() {
+        let ledger = Arc::new(Scripted::default());
+        let clock = ManualClock::new(1_000);
+        let settings = LedgerSettings::default();
+        let every = Duration::from_millis(settings.verify_every_ms);
+        let mut wallet = WalletProcessor::new(ledger.clone(), settings, Arc::new(clock.clone()));
+        let checks = || ledger.verifies.load(Ordering::SeqCst);
+        assert_eq!(wallet.tick().await.unwrap(), Tick::Continue);
+        tokio::task::yield_now().await;
+        assert_eq!(checks(), 0, "not due yet");
+        clock.advance(every);
+        wallet.tick().await.unwrap();
+        let started = std::time::Instant::now();
+        while checks() == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the check never ran"
+            );
+            tokio::task::yield_now().await;
+        }
+        wallet.tick().await.unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!(checks(), 1, "the next one waits a whole interval");
     }
 
     #[tokio::test]

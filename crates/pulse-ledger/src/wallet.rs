@@ -187,7 +187,48 @@ impl WalletService {
 
 #[cfg(test)]
 mod tests {
+    use pulse_core::clock::ManualClock;
+
     use super::*;
+    use crate::testing::Scripted;
+
+    fn usd(amount_minor: i64) -> Money {
+        Money::new(amount_minor, Currency::parse("USD").unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_top_up_is_bounded_and_moves_money_from_the_clearing_account() {
+        let ledger = Arc::new(Scripted::default());
+        let settings = LedgerSettings::default();
+        let max = settings.max_top_up_minor;
+        let wallet = WalletService::new(ledger.clone(), settings, Arc::new(ManualClock::new(7)));
+        let tenant = TenantId::default_tenant();
+        for refused in [0, -1, max + 1] {
+            let err = wallet
+                .top_up(&tenant, "u1", usd(refused), "k")
+                .await
+                .unwrap_err();
+            assert!(matches!(err, WalletError::Invalid(_)), "{refused}: {err}");
+        }
+        for accepted in [1, max] {
+            let done = wallet
+                .top_up(&tenant, "u1", usd(accepted), "k")
+                .await
+                .unwrap();
+            assert!(done.created);
+        }
+        let asked = ledger.transfers.lock().unwrap();
+        assert_eq!(
+            asked.len(),
+            2,
+            "nothing reached the ledger for the refused amounts"
+        );
+        assert_eq!(asked[0].debit, Account::top_ups());
+        assert_eq!(asked[0].credit, Account::rider("u1"));
+        assert_eq!(asked[0].reference, "top-up:u1:k");
+        assert_eq!(asked[0].at_ms, 7);
+        assert!((0..16).contains(&asked[0].shard));
+    }
 
     #[test]
     fn keys_are_printable_ascii_without_a_colon() {
