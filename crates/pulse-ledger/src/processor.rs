@@ -6,7 +6,6 @@
 //! exports what it found.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use pulse_core::clock::SharedClock;
@@ -115,7 +114,6 @@ impl WalletProcessor {
     ) -> ConsumerSettings {
         ConsumerSettings {
             batch_size: 1_000,
-            tick: Duration::from_secs(1),
             dead_letter_topic: dead_letter,
             ..ConsumerSettings::new(group, vec![payments_topic])
         }
@@ -239,6 +237,7 @@ impl Processor for WalletProcessor {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
+    use std::time::Duration;
 
     use pulse_core::clock::ManualClock;
     use pulse_core::log::RecordPosition;
@@ -338,6 +337,17 @@ mod tests {
         wallet.tick().await.unwrap();
         tokio::task::yield_now().await;
         assert_eq!(checks(), 1, "the next one waits a whole interval");
+        clock.advance(every);
+        let started = std::time::Instant::now();
+        while checks() == 1 {
+            wallet.tick().await.unwrap();
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the second check never ran"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(checks(), 2);
     }
 
     #[tokio::test]
