@@ -391,6 +391,16 @@ impl LogConsumer for KafkaConsumer {
                 .find(|t| t.name() == topic_name)
                 .map(|t| t.partitions().len())
                 .unwrap_or(0);
+            // Each partition's end is read *before* the lookup by time: a partition with no
+            // record at or after the time resumes there, so a record appended while the lookup
+            // runs (it would be past an end read afterwards) is still consumed.
+            let mut ends = std::collections::HashMap::with_capacity(partitions);
+            for partition in 0..partitions as i32 {
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic_name, partition, timeout)
+                    .map_err(kafka_error)?;
+                ends.insert(partition, high);
+            }
             let mut query = TopicPartitionList::with_capacity(partitions);
             for partition in 0..partitions {
                 query
@@ -408,13 +418,8 @@ impl LogConsumer for KafkaConsumer {
             for element in found.elements() {
                 let offset = match element.offset() {
                     Offset::Offset(offset) => offset,
-                    // No record at or after the time: resume at the end.
-                    _ => {
-                        let (_, high) = consumer
-                            .fetch_watermarks(&topic_name, element.partition(), timeout)
-                            .map_err(kafka_error)?;
-                        high
-                    }
+                    // No record at or after the time: resume at the end read before.
+                    _ => ends.get(&element.partition()).copied().unwrap_or(0),
                 };
                 offsets.push((element.partition() as u32, offset));
             }
