@@ -29,6 +29,7 @@ pub mod plugin;
 pub mod ports;
 pub mod registry;
 pub mod time;
+pub mod useragent;
 pub mod write_behind;
 
 /// The topics the gateway declares.
