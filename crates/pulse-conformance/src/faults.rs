@@ -421,11 +421,13 @@ struct CachePlan {
     /// While set, every write fails this way.
     failing: Option<WriteFault>,
     failed_writes: u64,
+    /// While set, every read fails too (the cache is down, not just refusing writes).
+    failing_reads: bool,
     /// Guarded batches that applied their first half before failing.
     half_applied_batches: u64,
 }
 
-/// A [`Cache`] around a real one whose writes fail on demand. Reads always pass through.
+/// A [`Cache`] around a real one whose writes (and, on demand, reads) fail.
 #[derive(Debug, Clone)]
 pub struct FaultyCache {
     inner: Arc<dyn Cache>,
@@ -446,9 +448,26 @@ impl FaultyCache {
         lock(&self.plan).failing = Some(fault);
     }
 
-    /// Writes pass through again.
+    /// Reads fail as well until [`Self::heal`]: the cache is down.
+    pub fn fail_reads(&self) {
+        lock(&self.plan).failing_reads = true;
+    }
+
+    /// Writes and reads pass through again.
     pub fn heal(&self) {
-        lock(&self.plan).failing = None;
+        let mut plan = lock(&self.plan);
+        plan.failing = None;
+        plan.failing_reads = false;
+    }
+
+    fn check_read(&self) -> PortResult<()> {
+        if lock(&self.plan).failing_reads {
+            return Err(PortError::unavailable(
+                "faulty-cache",
+                "injected fault: read failed",
+            ));
+        }
+        Ok(())
     }
 
     /// Writes failed so far.
@@ -486,10 +505,12 @@ fn injected_cache() -> PortError {
 #[async_trait]
 impl Cache for FaultyCache {
     async fn get(&self, key: &str) -> PortResult<Option<Bytes>> {
+        self.check_read()?;
         self.inner.get(key).await
     }
 
     async fn get_many(&self, keys: &[String]) -> PortResult<Vec<Option<Bytes>>> {
+        self.check_read()?;
         self.inner.get_many(keys).await
     }
 

@@ -24,6 +24,7 @@ pub mod geo_index;
 pub mod job_queue;
 pub mod ledger;
 pub mod outbox;
+pub mod profiles;
 pub mod rate_limit;
 pub mod ride_store;
 pub mod services;
@@ -245,6 +246,28 @@ macro_rules! ledger_suite {
                 verify_names_each_broken_invariant,
                 a_match_without_a_hold_and_a_cancellation_without_a_void_are_named,
                 entries_page_newest_first,
+            );
+        }
+    };
+}
+
+/// Stamps out the profiles' suite in a module `profile_conformance`.
+#[macro_export]
+macro_rules! profile_suite {
+    ($factory:expr) => {
+        mod profile_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__stamp_cases!(profiles, $factory;
+                an_anonymous_visitor_who_signs_up_keeps_their_page_views,
+                events_applied_again_change_no_count,
+                concurrent_writers_over_one_profile_lose_nothing,
+                merges_follow_the_rules_and_an_unmerge_restores_both_exactly,
+                a_rebuild_from_the_archive_equals_the_live_path,
+                the_reconciliation_repairs_corrupted_hot_copies,
+                reads_fall_back_to_the_store_while_the_cache_is_down,
+                profiles_created_from_traits_are_listed_by_trait,
+                a_stale_commit_is_a_conflict,
             );
         }
     };

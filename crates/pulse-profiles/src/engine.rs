@@ -262,6 +262,10 @@ impl ProfileEngine {
                 records.push(record);
             }
             changes.outbox = records;
+            if changes.touched.is_empty() && changes.events.is_empty() {
+                // Every event was applied before: nothing to write.
+                break (summary, Vec::new(), now);
+            }
             let merges = changes.merges.clone();
             let outcomes = changes.touched.clone();
             match self.store.commit(tenant, changes).await {

@@ -3,6 +3,7 @@
 //! API and the operator's commands need.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use pulse_core::{PortResult, TenantId};
@@ -157,6 +158,9 @@ pub struct Repair {
     pub repaired_at_ms: i64,
 }
 
+/// Builds the `profiles.updates` record of a profile an unmerge recomputed.
+pub type UpdateRecord = Arc<dyn Fn(&StoredProfile) -> OutboxEvent + Send + Sync + 'static>;
+
 /// The profiles' cold store.
 #[async_trait]
 pub trait ProfileStore: Send + Sync + std::fmt::Debug {
@@ -209,7 +213,7 @@ pub trait ProfileStore: Send + Sync + std::fmt::Debug {
         profile: Uuid,
         merge: Option<Uuid>,
         rules: &IdentitySettings,
-        outbox: &(dyn Fn(&StoredProfile) -> OutboxEvent + Sync),
+        outbox: UpdateRecord,
         now_ms: i64,
     ) -> PortResult<Unmerged>;
 

@@ -215,8 +215,7 @@ impl ProfileService {
             .await?
             .ok_or_else(|| PortError::NotFound(format!("profile {owner}")))?;
         Ok(Created {
-            created: stored.profile.id == profile_id_for(tenant.as_str(), &event_id)
-                && stored.version == 1,
+            created: report.summary.created > 0,
             view: stored.profile.view(stored.version, stored.updated_at_ms),
         })
     }
@@ -276,20 +275,21 @@ impl ProfileService {
         let rules = self.engine.settings().identity_for(tenant).clone();
         let engine = self.engine.clone();
         let outbox_tenant = tenant.clone();
-        let record = move |stored: &StoredProfile| {
+        let trace = pulse_trace::TraceContext::current();
+        let record = std::sync::Arc::new(move |stored: &StoredProfile| {
             engine.update_record(
                 &outbox_tenant,
                 stored,
                 profile_updated::Kind::Unmerged,
                 Vec::new(),
-                pulse_trace::TraceContext::current().as_ref(),
+                trace.as_ref(),
             )
-        };
+        });
         let now = self.engine.clock().now_ms();
         let unmerged = self
             .engine
             .store()
-            .unmerge(tenant, id, merge, &rules, &record, now)
+            .unmerge(tenant, id, merge, &rules, record, now)
             .await?;
         metrics::counter!(UNMERGES_TOTAL, "tenant" => tenant.as_str().to_owned()).increment(1);
         let hot = self.engine.hot();

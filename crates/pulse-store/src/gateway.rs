@@ -40,44 +40,7 @@ impl Database {
         events: &[CanonicalEvent],
         plugin_versions: &str,
     ) -> PortResult<u64> {
-        let backend = self.backend();
-        let mut statements = Vec::new();
-        for chunk in events.chunks(CHUNK) {
-            let rows = value_rows(chunk.len(), 10, |column, placeholder| {
-                match (backend, column) {
-                    (Backend::Postgres, 3 | 4) => format!("to_timestamp({placeholder} / 1000.0)"),
-                    (Backend::Sqlite, 3 | 4) => {
-                        format!(
-                            "strftime('%Y-%m-%dT%H:%M:%fZ', {placeholder} / 1000.0, 'unixepoch')"
-                        )
-                    }
-                    (Backend::Postgres, 5 | 9) => format!("CAST({placeholder} AS JSONB)"),
-                    _ => placeholder,
-                }
-            });
-            let mut sql = Sql::new(format!(
-                "INSERT INTO events_raw (tenant_id, event_id, event_type, occurred_at, \
-                 received_at, payload, source, trace_id, idempotency_key, plugin_versions) \
-                 VALUES {rows} ON CONFLICT (tenant_id, event_id) DO NOTHING"
-            ))
-            .planned_each_time();
-            for event in chunk {
-                let payload = std::str::from_utf8(&event.payload)
-                    .map_err(|err| PortError::Invalid(format!("payload: {err}")))?;
-                sql = sql
-                    .bind(event.tenant.as_str())
-                    .bind(event.event_id.as_str())
-                    .bind(event.event_type.as_str())
-                    .bind(event.occurred_at_ms)
-                    .bind(event.received_at_ms)
-                    .bind(payload)
-                    .bind(event.source.as_str())
-                    .bind(event.trace_id.clone())
-                    .bind(event.idempotency_key.clone())
-                    .bind(plugin_versions);
-            }
-            statements.push(sql);
-        }
+        let statements = archive_statements(self.backend(), events, plugin_versions)?;
         self.write(move |mut tx| {
             Box::pin(async move {
                 let mut inserted = 0;
@@ -89,6 +52,51 @@ impl Database {
         })
         .await
     }
+}
+
+/// The statements archiving `events` in `events_raw` (an event already there stays as it is),
+/// for a unit of work of the caller's: the sink's, or the profiles' batch.
+pub(crate) fn archive_statements(
+    backend: Backend,
+    events: &[CanonicalEvent],
+    plugin_versions: &str,
+) -> PortResult<Vec<Sql>> {
+    let mut statements = Vec::new();
+    for chunk in events.chunks(CHUNK) {
+        let rows = value_rows(chunk.len(), 10, |column, placeholder| {
+            match (backend, column) {
+                (Backend::Postgres, 3 | 4) => format!("to_timestamp({placeholder} / 1000.0)"),
+                (Backend::Sqlite, 3 | 4) => {
+                    format!("strftime('%Y-%m-%dT%H:%M:%fZ', {placeholder} / 1000.0, 'unixepoch')")
+                }
+                (Backend::Postgres, 5 | 9) => format!("CAST({placeholder} AS JSONB)"),
+                _ => placeholder,
+            }
+        });
+        let mut sql = Sql::new(format!(
+            "INSERT INTO events_raw (tenant_id, event_id, event_type, occurred_at, \
+             received_at, payload, source, trace_id, idempotency_key, plugin_versions) \
+             VALUES {rows} ON CONFLICT (tenant_id, event_id) DO NOTHING"
+        ))
+        .planned_each_time();
+        for event in chunk {
+            let payload = std::str::from_utf8(&event.payload)
+                .map_err(|err| PortError::Invalid(format!("payload: {err}")))?;
+            sql = sql
+                .bind(event.tenant.as_str())
+                .bind(event.event_id.as_str())
+                .bind(event.event_type.as_str())
+                .bind(event.occurred_at_ms)
+                .bind(event.received_at_ms)
+                .bind(payload)
+                .bind(event.source.as_str())
+                .bind(event.trace_id.clone())
+                .bind(event.idempotency_key.clone())
+                .bind(plugin_versions);
+        }
+        statements.push(sql);
+    }
+    Ok(statements)
 }
 
 #[async_trait::async_trait]

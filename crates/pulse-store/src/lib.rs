@@ -19,6 +19,7 @@ pub mod jobs;
 mod ledger;
 mod orders;
 pub mod outbox;
+mod profiles;
 mod rides;
 pub mod sql;
 mod sqlite_writer;

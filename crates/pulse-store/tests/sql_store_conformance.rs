@@ -22,6 +22,7 @@ mod sqlite {
     pulse_conformance::job_queue_suite!(sqlite());
     pulse_conformance::ride_store_suite!(sqlite());
     pulse_conformance::ledger_suite!(sqlite());
+    pulse_conformance::profile_suite!(sqlite());
 
     /// `kill -9` keeps the page cache, so only the settings SQLite reports show that a commit
     /// is fsynced: the writer's connection, which commits every unit of work, is in WAL mode
@@ -164,6 +165,7 @@ mod postgres {
     pulse_conformance::job_queue_suite!(postgres());
     pulse_conformance::ride_store_suite!(postgres());
     pulse_conformance::ledger_suite!(postgres());
+    pulse_conformance::profile_suite!(postgres());
 }
 
 #[tokio::test]
