@@ -527,6 +527,12 @@ pub async fn a_rebuild_from_the_archive_equals_the_live_path(db: &Database) {
         Some(&(events.len() as u64, events.len() as u64))
     );
     let rebuilt = rig.service.list(&t, None, None, 1_000).await.expect("list");
+    // Versions only grow, so consumers of profiles.updates take the rebuilt profiles.
+    let highest_live = live.iter().map(|v| v.version).max().expect("profiles");
+    assert!(
+        rebuilt.iter().all(|v| v.version > highest_live),
+        "rebuilt versions continue"
+    );
     let shape = |views: &[ProfileView]| -> BTreeMap<String, Value> {
         views
             .iter()

@@ -74,6 +74,14 @@ retried (orders with the same `Idempotency-Key`).
         crate::api::wallet::driver_wallet,
         crate::api::wallet::driver_entries,
         crate::api::wallet::totals,
+        crate::api::profiles::create,
+        crate::api::profiles::list,
+        crate::api::profiles::get_profile,
+        crate::api::profiles::by_user,
+        crate::api::profiles::by_anonymous,
+        crate::api::profiles::events,
+        crate::api::profiles::merges,
+        crate::api::profiles::unmerge,
         crate::api::drivers::report_location,
         crate::api::drivers::report_locations,
         crate::api::quotes::quote,
@@ -134,6 +142,11 @@ retried (orders with the same `Idempotency-Key`).
         (name = "wallet", description = "The wallet: riders' top-ups and wallets, drivers' \
             earnings, their entries, and the tenant's ledger totals. A ride's fare is held on the \
             rider's wallet at the match, paid when it finishes, released when it is cancelled."),
+        (name = "profiles", description = "Customer profiles: one per customer, built from the \
+            identify, track, page, screen, alias and group events the gateway takes in, with \
+            their identities resolved and merged by the tenant's rules, every merge explained and \
+            undoable, and computed attributes (first seen, last active, page views, event \
+            counts, device class, location). Read from the hot copy, the store behind it."),
         (name = "events", description = "The event gateway: events in (the seed's `/v1/events`, \
             and Segment's `/v1/track|identify|page|screen|group|alias|batch` beside it, answered \
             as Segment does), and the tenant's dead letters."),

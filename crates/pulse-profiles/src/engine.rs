@@ -231,35 +231,16 @@ impl ProfileEngine {
             };
             let mut records = Vec::with_capacity(changes.touched.len());
             for touched in &changes.touched {
-                let (id, read_version) = (&touched.id, &touched.read_version);
-                let trace = trace_of.get(id);
-                let record = match &touched.outcome {
-                    Outcome::Live(profile) => {
-                        let stored = after_batch(*read_version, (**profile).clone(), now);
-                        let from = merged_from(*id);
-                        let kind = if read_version.is_none() {
-                            profile_updated::Kind::Created
-                        } else if from.is_empty() {
-                            profile_updated::Kind::Updated
-                        } else {
-                            profile_updated::Kind::Merged
-                        };
-                        self.update_record(tenant, &stored, kind, from, trace)
-                    }
-                    Outcome::MergedInto(into) => {
-                        let mut stored =
-                            after_batch(*read_version, crate::model::Profile::new(*id, now), now);
-                        stored.merged_into = Some(*into);
-                        self.update_record(
-                            tenant,
-                            &stored,
-                            profile_updated::Kind::MergedAway,
-                            Vec::new(),
-                            trace,
-                        )
-                    }
+                let trace = trace_of.get(&touched.id);
+                let stored = after_batch(touched, now);
+                let from = merged_from(touched.id);
+                let kind = match (&touched.outcome, touched.read_version) {
+                    (Outcome::MergedInto(_), _) => profile_updated::Kind::MergedAway,
+                    (_, None) => profile_updated::Kind::Created,
+                    _ if from.is_empty() => profile_updated::Kind::Updated,
+                    _ => profile_updated::Kind::Merged,
                 };
-                records.push(record);
+                records.push(self.update_record(tenant, &stored, kind, from, trace));
             }
             changes.outbox = records;
             if changes.touched.is_empty() && changes.events.is_empty() {
@@ -301,32 +282,31 @@ impl ProfileEngine {
         let mut writes = Vec::new();
         let mut profiles = Vec::with_capacity(outcomes.len());
         for touched in &outcomes {
-            let (id, read_version) = (&touched.id, &touched.read_version);
-            profiles.push(*id);
-            match &touched.outcome {
-                Outcome::Live(profile) => {
-                    let kind = if read_version.is_none() {
-                        "created"
-                    } else {
-                        "updated"
-                    };
-                    metrics::counter!(UPDATES_TOTAL, "tenant" => tenant_label.clone(), "kind" => kind)
-                        .increment(1);
-                    let stored = after_batch(*read_version, (**profile).clone(), now);
+            profiles.push(touched.id);
+            let stored = after_batch(touched, now);
+            let kind = match (&touched.outcome, touched.read_version) {
+                (Outcome::MergedInto(into), _) => {
+                    writes.push(self.hot.entry_write(
+                        tenant,
+                        touched.id,
+                        &HotEntry::MergedInto(*into),
+                    ));
+                    "merged_away"
+                }
+                (Outcome::Live(_), read) => {
                     writes.extend(
                         self.hot
                             .writes_for(tenant, &stored.profile.view(stored.version, now)),
                     );
+                    if read.is_none() {
+                        "created"
+                    } else {
+                        "updated"
+                    }
                 }
-                Outcome::MergedInto(into) => {
-                    metrics::counter!(UPDATES_TOTAL, "tenant" => tenant_label.clone(), "kind" => "merged_away")
-                        .increment(1);
-                    writes.push(
-                        self.hot
-                            .entry_write(tenant, *id, &HotEntry::MergedInto(*into)),
-                    );
-                }
-            }
+            };
+            metrics::counter!(UPDATES_TOTAL, "tenant" => tenant_label.clone(), "kind" => kind)
+                .increment(1);
         }
         if let Err(err) = self.hot.apply(writes).await {
             metrics::counter!(HOT_WRITE_ERRORS_TOTAL).increment(1);

@@ -38,6 +38,8 @@ pub struct Loaded {
     pub profiles: HashMap<Uuid, StoredProfile>,
     /// Pairs of those profiles an unmerge split, which are never merged again (smaller id first).
     pub blocks: HashSet<(Uuid, Uuid)>,
+    /// Every version the tenant's profiles had before its last rebuild is at most this.
+    pub version_floor: i64,
 }
 
 /// How a profile a batch touched ends.
@@ -56,6 +58,9 @@ pub struct Touched {
     pub id: Uuid,
     /// The version the batch read; `None` for a profile the batch created.
     pub read_version: Option<i64>,
+    /// The version it writes: one more than it read, or above the tenant's version floor
+    /// when it is new (so a profile rebuilt under an old id still gets newer versions).
+    pub version: i64,
     /// How it ends.
     pub outcome: Outcome,
 }
@@ -236,7 +241,8 @@ pub trait ProfileStore: Send + Sync + std::fmt::Debug {
     async fn repairs(&self, limit: usize) -> PortResult<Vec<Repair>>;
 
     /// Deletes `tenant`'s profiles, identities, merges and applied-event marks (not its blocks,
-    /// an operator's decisions), before a rebuild; how many profiles went.
+    /// an operator's decisions), before a rebuild, raising the tenant's version floor to the
+    /// highest version it had; how many profiles went.
     async fn reset(&self, tenant: &TenantId) -> PortResult<u64>;
 
     /// Archived events of the profile types, in time order after `after`.

@@ -54,6 +54,7 @@ pub struct Working<'r> {
     merges: Vec<Merge>,
     archive: Vec<CanonicalEvent>,
     refused_identifiers: u64,
+    version_floor: i64,
     now_ms: i64,
 }
 
@@ -98,6 +99,7 @@ impl<'r> Working<'r> {
         Self {
             tenant,
             rules,
+            version_floor: loaded.version_floor,
             loaded_seen: loaded.seen,
             owners: loaded.owners,
             slots,
@@ -344,6 +346,9 @@ impl<'r> Working<'r> {
             touched.push(Touched {
                 id: *id,
                 read_version: slot.read_version,
+                version: slot
+                    .read_version
+                    .map_or(self.version_floor + 1, |read| read + 1),
                 outcome,
             });
         }
@@ -362,13 +367,17 @@ impl<'r> Working<'r> {
     }
 }
 
-/// A stored profile after a batch: its new version and state.
-pub fn after_batch(read_version: Option<i64>, profile: Profile, now_ms: i64) -> StoredProfile {
+/// A profile as a batch leaves it.
+pub fn after_batch(touched: &Touched, now_ms: i64) -> StoredProfile {
+    let (profile, merged_into) = match &touched.outcome {
+        Outcome::Live(profile) => ((**profile).clone(), None),
+        Outcome::MergedInto(into) => (Profile::new(touched.id, now_ms), Some(*into)),
+    };
     StoredProfile {
         profile,
-        version: read_version.unwrap_or(0) + 1,
+        version: touched.version,
         updated_at_ms: now_ms,
-        merged_into: None,
+        merged_into,
     }
 }
 

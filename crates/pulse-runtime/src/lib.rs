@@ -46,11 +46,14 @@ pub enum Role {
     Dispatch,
     /// The wallet: posts finished rides' holds and checks the ledger's invariants.
     Wallet,
+    /// Customer profiles: identity resolution and enrichment from `events.processed`, and the
+    /// hot copies' reconciliation.
+    Profiles,
 }
 
 impl Role {
     /// Every role, as `pulse up` runs them.
-    pub const ALL: [Role; 8] = [
+    pub const ALL: [Role; 9] = [
         Role::Gateway,
         Role::Engine,
         Role::Relay,
@@ -59,6 +62,7 @@ impl Role {
         Role::Tracker,
         Role::Dispatch,
         Role::Wallet,
+        Role::Profiles,
     ];
 
     /// The role's name on the command line.
@@ -72,6 +76,7 @@ impl Role {
             Role::Tracker => "tracker",
             Role::Dispatch => "dispatch",
             Role::Wallet => "wallet",
+            Role::Profiles => "profiles",
         }
     }
 }
@@ -84,7 +89,7 @@ impl fmt::Display for Role {
 
 /// A role name that is not one of [`Role::ALL`].
 #[derive(Debug, thiserror::Error)]
-#[error("unknown role {0:?}: expected one or more of gateway, engine, relay, pipeline, worker, tracker, dispatch, wallet (comma-separated)")]
+#[error("unknown role {0:?}: expected one or more of gateway, engine, relay, pipeline, worker, tracker, dispatch, wallet, profiles (comma-separated)")]
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {

@@ -281,7 +281,7 @@ async fn write_changes(tx: &mut Tx<'_>, tenant: &TenantId, changes: &Changes) ->
                 .bind(touched.id)
                 .bind(state)
                 .bind(traits.unwrap_or_else(|| "{}".into()))
-                .bind(1_i64)
+                .bind(touched.version)
                 .bind(merged_into)
                 .bind(last_active)
                 .bind(created_at);
@@ -494,6 +494,15 @@ impl ProfileStore for Database {
         identifiers: &[Identifier],
     ) -> PortResult<Loaded> {
         let mut loaded = Loaded::default();
+        if let Some(row) = self
+            .fetch_optional(
+                &Sql::new("SELECT version_floor FROM profile_epochs WHERE tenant_id = $1")
+                    .bind(tenant.as_str()),
+            )
+            .await?
+        {
+            loaded.version_floor = row.i64(0)?;
+        }
         for row in self
             .fetch_chunks(event_ids, |chunk| {
                 let mut sql = Sql::new(format!(
@@ -959,6 +968,17 @@ impl ProfileStore for Database {
         let tenant = tenant.as_str().to_owned();
         self.write(move |mut tx| {
             Box::pin(async move {
+                tx.execute(
+                    &Sql::new(
+                        "INSERT INTO profile_epochs (tenant_id, version_floor) \
+                         SELECT $1, COALESCE(MAX(version), 0) FROM user_profiles WHERE tenant_id = $1 \
+                         ON CONFLICT (tenant_id) DO UPDATE SET version_floor = CASE \
+                         WHEN excluded.version_floor > profile_epochs.version_floor \
+                         THEN excluded.version_floor ELSE profile_epochs.version_floor END",
+                    )
+                    .bind(tenant.as_str()),
+                )
+                .await?;
                 let mut profiles = 0;
                 for table in [
                     "user_profiles",

@@ -140,10 +140,19 @@ impl Application {
                     clock.clone(),
                     backend_timeout,
                 ));
-            let rides =
-                wiring::rides::router(config, &backends, clock.clone(), backend_timeout).merge(
-                    wiring::wallet::router(config, &backends, clock.clone(), backend_timeout),
-                );
+            let rides = wiring::rides::router(config, &backends, clock.clone(), backend_timeout)
+                .merge(wiring::wallet::router(
+                    config,
+                    &backends,
+                    clock.clone(),
+                    backend_timeout,
+                ))
+                .merge(wiring::profiles::router(
+                    config,
+                    &backends,
+                    clock.clone(),
+                    backend_timeout,
+                ));
             let jobs_api = wiring::jobs::router(
                 config,
                 &backends,
@@ -228,7 +237,14 @@ impl Application {
                 .await
                 .map_err(Into::into)
         });
-        if let Some(cache) = self.backends.memory_cache.clone() {
+        let memory_caches: Vec<(&'static str, pulse_memory::MemoryCache)> = [
+            ("shared", self.backends.memory_cache.clone()),
+            ("profiles", self.backends.memory_profile_cache.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(name, cache)| cache.map(|cache| (name, cache)))
+        .collect();
+        if !memory_caches.is_empty() {
             let stop = self.shutdown.clone();
             supervisor.spawn("memory-cache-sweeper", async move {
                 let mut ticker = tokio::time::interval(MEMORY_CACHE_SWEEP);
@@ -236,9 +252,12 @@ impl Application {
                     tokio::select! {
                         () = stop.cancelled() => return Ok(()),
                         _ = ticker.tick() => {
-                            let purged = cache.purge_expired();
-                            metrics::gauge!(pulse_memory::ENTRIES).set(cache.len() as f64);
-                            tracing::debug!(purged, "swept expired cache entries");
+                            for (name, cache) in &memory_caches {
+                                let purged = cache.purge_expired();
+                                metrics::gauge!(pulse_memory::ENTRIES, "cache" => *name)
+                                    .set(cache.len() as f64);
+                                tracing::debug!(cache = name, purged, "swept expired cache entries");
+                            }
                         }
                     }
                 }
@@ -324,6 +343,17 @@ impl Application {
             let stop = self.shutdown.clone();
             supervisor.spawn("wallet", async move {
                 pulse_runtime::processor::run(log, wallet, settings, stop)
+                    .await
+                    .map_err(Into::into)
+            });
+        }
+        if self.roles.contains(&Role::Profiles) {
+            let (profiles, settings) =
+                wiring::profiles::processor(&self.config, &self.backends, self.clock.clone());
+            let log = self.backends.log.clone();
+            let stop = self.shutdown.clone();
+            supervisor.spawn("profiles", async move {
+                pulse_runtime::processor::run(log, profiles, settings, stop)
                     .await
                     .map_err(Into::into)
             });

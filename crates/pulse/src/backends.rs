@@ -30,6 +30,7 @@ pub fn declared_topics() -> Vec<TopicSpec> {
         pulse_gateway::TOPICS,
         pulse_marketplace::TOPICS,
         pulse_ledger::TOPICS,
+        pulse_profiles::TOPICS,
         &[pulse_runtime::processor::DEAD_LETTER],
     ]
     .concat()
@@ -46,6 +47,12 @@ pub struct Backends {
     pub cache: Arc<dyn Cache>,
     /// Set when the cache is in-process, so its expired entries can be swept.
     pub memory_cache: Option<MemoryCache>,
+    /// Where the profiles' hot copies live: Redis beside everything else, or in-process with
+    /// its own entry budget (`profiles.hot_max_entries`), so a million profiles never evict a
+    /// surge value or a quote lock.
+    pub profile_cache: Arc<dyn Cache>,
+    /// Set when the profiles' cache is in-process, so its expired entries can be swept.
+    pub memory_profile_cache: Option<MemoryCache>,
     /// Per-tenant quotas: in-process beside the in-process cache; on Redis (one count for every
     /// process), falling open to an in-process limit while Redis does not answer.
     pub rate_limiter: Arc<dyn RateLimiter>,
@@ -129,13 +136,16 @@ impl Backends {
             }
         };
         let mut memory_cache = None;
+        let mut memory_profile_cache = None;
         let clock: pulse_core::clock::SharedClock = Arc::new(pulse_core::clock::SystemClock);
         let local_limiter = Arc::new(MemoryRateLimiter::new(clock.clone(), LOCAL_LIMITER_KEYS));
         let (cache, rate_limiter, geo): (Arc<dyn Cache>, Arc<dyn RateLimiter>, Arc<dyn GeoIndex>) =
             match config.cache_target()? {
                 CacheTarget::Memory => {
-                    let cache = MemoryCache::new(clock, config.memory_cache.max_entries);
+                    let cache = MemoryCache::new(clock.clone(), config.memory_cache.max_entries);
                     memory_cache = Some(cache.clone());
+                    memory_profile_cache =
+                        Some(MemoryCache::new(clock, config.profiles.hot_max_entries));
                     (
                         Arc::new(cache),
                         local_limiter,
@@ -177,11 +187,17 @@ impl Backends {
                 .await
                 .with_context(|| format!("creating topic {name} ({})", topic.carries))?;
         }
+        let profile_cache: Arc<dyn Cache> = match &memory_profile_cache {
+            Some(profiles) => Arc::new(profiles.clone()),
+            None => cache.clone(),
+        };
         Ok(Self {
             store,
             log,
             cache,
             memory_cache,
+            profile_cache,
+            memory_profile_cache,
             rate_limiter,
             geo,
         })

@@ -8,6 +8,7 @@ use pulse_jobs::config::JobsConfig;
 use pulse_ledger::model::LedgerSettings;
 use pulse_marketplace::dispatch::DispatchConfig;
 use pulse_marketplace::tracker::TrackerConfig;
+use pulse_profiles::settings::ProfileSettings;
 use pulse_sinks::WebhookSettings;
 use pulse_tenants::config::{AuthConfig, QuotasConfig};
 use std::net::SocketAddr;
@@ -151,6 +152,11 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     /// The wallet: funds required or not, the commission, the ledger's checks.
     pub wallet: LedgerSettings,
+    /// Customer profiles: identity rules (per tenant), trait limits, the hot copy, the
+    /// reconciliation.
+    pub profiles: ProfileSettings,
+    /// Circuit breaker on the profiles' hot-copy reads.
+    pub profiles_breaker: BreakerConfig,
 }
 
 /// A setting that must never reach a log: its `Debug` shows only that it is set.
@@ -196,6 +202,8 @@ impl Default for Config {
             tracker: TrackerConfig::default(),
             dispatch: DispatchConfig::default(),
             wallet: LedgerSettings::default(),
+            profiles: ProfileSettings::default(),
+            profiles_breaker: BreakerConfig::default(),
             http: HttpConfig::default(),
         }
     }
@@ -351,6 +359,8 @@ impl Config {
             self.tracker.validate(),
             self.dispatch.validate(),
             self.wallet.validate(),
+            self.profiles.validate(),
+            self.profiles_breaker.validate("profiles_breaker"),
             (self.jobs.worker.drain_timeout_ms < self.shutdown_timeout_secs.saturating_mul(1_000))
                 .then_some(())
                 .ok_or_else(|| {

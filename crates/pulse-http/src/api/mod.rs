@@ -8,6 +8,7 @@ pub(crate) mod events;
 pub(crate) mod jobs;
 mod json;
 pub(crate) mod orders;
+pub(crate) mod profiles;
 pub(crate) mod quotes;
 pub(crate) mod rides;
 pub(crate) mod surge;
@@ -34,6 +35,7 @@ pub use crate::body::MAX_API_BODY_BYTES;
 pub use events::{EventsApi, BACKPRESSURE_TOTAL, INGEST_LATENCY_SECONDS, INGEST_REQUESTS_TOTAL};
 pub use jobs::JobsApi;
 pub use json::ApiJson;
+pub use profiles::READ_SOURCE_HEADER;
 
 /// Where the event gateway's doors are mounted (the seed's `POST /v1/events`, and Segment's
 /// paths beside it).
@@ -70,6 +72,13 @@ pub struct RidesApi {
 pub struct WalletApi {
     /// Top-ups, balances, entries.
     pub wallet: pulse_ledger::wallet::WalletService,
+}
+
+/// What the profiles' handlers need.
+#[derive(Debug, Clone)]
+pub struct ProfilesApi {
+    /// Reads (hot, then cold), creates, lists, merges and unmerges.
+    pub profiles: pulse_profiles::service::ProfileService,
 }
 
 /// What the surge domain's handlers need (driver locations, quotes, the live map).
@@ -139,6 +148,27 @@ pub fn wallet_routes(timeout: Duration, body: BodyLimits) -> Router<Arc<WalletAp
             get(wallet::driver_entries),
         )
         .route("/ledger/totals", get(wallet::totals));
+    bounded(routes, timeout, body)
+}
+
+/// The profiles' routes, to nest under `/api/v1`.
+pub fn profiles_router(state: ProfilesApi, timeout: Duration, body: BodyLimits) -> Router {
+    profiles_routes(timeout, body).with_state(Arc::new(state))
+}
+
+/// [`profiles_router`] before it is given its state.
+pub fn profiles_routes(timeout: Duration, body: BodyLimits) -> Router<Arc<ProfilesApi>> {
+    let routes = Router::new()
+        .route("/profiles", get(profiles::list).post(profiles::create))
+        .route("/profiles/by-user/{user_id}", get(profiles::by_user))
+        .route(
+            "/profiles/by-anonymous/{anonymous_id}",
+            get(profiles::by_anonymous),
+        )
+        .route("/profiles/{profile_id}", get(profiles::get_profile))
+        .route("/profiles/{profile_id}/events", get(profiles::events))
+        .route("/profiles/{profile_id}/merges", get(profiles::merges))
+        .route("/profiles/{profile_id}/unmerge", post(profiles::unmerge));
     bounded(routes, timeout, body)
 }
 

@@ -199,6 +199,68 @@ pub(crate) enum OrderStatus {
     Cancelled,
 }
 
+/// A customer profile (`pulse_profiles::model::ProfileView`): what the hot copy holds and the
+/// store recomputes.
+#[derive(ToSchema)]
+pub(crate) struct Profile {
+    profile_id: uuid::Uuid,
+    /// Grows with every change (a consumer of `profiles.updates` keeps the highest).
+    version: i64,
+    /// Its user ids (at most `profiles.identity.max_user_ids`).
+    user_ids: Vec<String>,
+    /// Its anonymous ids (devices and browsers before sign-up).
+    anonymous_ids: Vec<String>,
+    /// Its e-mail addresses, lower-cased (when e-mail is an identifier).
+    emails: Vec<String>,
+    /// Each trait's latest value by event time.
+    #[schema(value_type = Object)]
+    traits: std::collections::BTreeMap<String, serde_json::Value>,
+    computed: ProfileComputed,
+    /// RFC 3339.
+    created_at: String,
+    /// RFC 3339.
+    updated_at: String,
+}
+
+/// What a profile's events add up to; the same whatever order they arrived in.
+#[derive(ToSchema)]
+pub(crate) struct ProfileComputed {
+    /// The earliest event time, RFC 3339.
+    first_seen_at: Option<String>,
+    /// The latest event time, RFC 3339.
+    last_active_at: Option<String>,
+    /// `page` events.
+    #[schema(minimum = 0)]
+    page_views: u64,
+    /// Events by type.
+    event_counts: std::collections::BTreeMap<String, u64>,
+    /// `track` events by their `event` name.
+    track_counts: std::collections::BTreeMap<String, u64>,
+    device_class: DeviceClass,
+    /// The latest position an event carried (`context.location`).
+    location: Option<Location>,
+}
+
+/// The device class of the latest user agent (woothee's categories and a tablet rule).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub(crate) enum DeviceClass {
+    Mobile,
+    Tablet,
+    Desktop,
+    Bot,
+    Unknown,
+}
+
+/// A position.
+#[derive(ToSchema)]
+pub(crate) struct Location {
+    /// Latitude, degrees.
+    lat: f64,
+    /// Longitude, degrees.
+    lng: f64,
+}
+
 #[cfg(test)]
 mod tests {
     use pulse_core::{Currency, Money, TenantId};
@@ -365,6 +427,47 @@ mod tests {
                 scope: Scope::Ingest,
             },
         );
+    }
+
+    #[test]
+    fn the_profile_mirror_has_the_fields_a_profile_serialises() {
+        use pulse_gateway::useragent::DeviceClass;
+        use pulse_profiles::event::{EventKind, ProfileEvent};
+        use pulse_profiles::model::{Identifier, IdentityKind, Profile};
+        use pulse_profiles::settings::TraitLimits;
+        let mut profile = Profile::new(uuid::Uuid::nil(), 1_700_000_000_000);
+        profile
+            .identifiers
+            .insert(Identifier::new(IdentityKind::UserId, "u1"));
+        let mut traits = serde_json::Map::new();
+        traits.insert("plan".into(), Value::from("pro"));
+        profile.apply(
+            &ProfileEvent {
+                event_id: "e1".into(),
+                kind: EventKind::Track,
+                occurred_at_ms: 1_700_000_000_000,
+                identifiers: vec![Identifier::new(IdentityKind::UserId, "u1")],
+                previous_id: None,
+                traits,
+                track_name: Some("Order Placed".into()),
+                device: Some(DeviceClass::Mobile),
+                location: Some(pulse_profiles::model::Location {
+                    lat: 52.5,
+                    lng: 13.4,
+                }),
+            },
+            &TraitLimits::default(),
+        );
+        assert_mirrors("Profile", profile.view(3, 1_700_000_000_001));
+        for class in [
+            DeviceClass::Mobile,
+            DeviceClass::Tablet,
+            DeviceClass::Desktop,
+            DeviceClass::Bot,
+            DeviceClass::Unknown,
+        ] {
+            assert_mirrors("DeviceClass", class);
+        }
     }
 
     #[test]

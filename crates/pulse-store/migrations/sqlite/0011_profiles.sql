@@ -4,7 +4,8 @@
 -- first given to, where an unmerge sends it back); `identity_merges` the identity graph's edges
 -- with their cause; `profile_events` each applied event's mark (applied once per event id) and
 -- its profile — the archive itself is `events_raw`, joined in the `tracked_events` view;
--- `profile_blocks` pairs an unmerge split; `profile_repairs` the reconciliation's audit log.
+-- `profile_blocks` pairs an unmerge split; `profile_repairs` the reconciliation's audit log;
+-- `profile_epochs` each tenant's version floor, raised by a rebuild so versions only grow.
 CREATE TABLE IF NOT EXISTS user_profiles (
     tenant_id      TEXT NOT NULL,
     profile_id     TEXT NOT NULL,
@@ -68,6 +69,11 @@ CREATE TABLE IF NOT EXISTS profile_blocks (
     PRIMARY KEY (tenant_id, profile_a, profile_b)
 );
 CREATE INDEX IF NOT EXISTS profile_blocks_b ON profile_blocks (tenant_id, profile_b);
+
+CREATE TABLE IF NOT EXISTS profile_epochs (
+    tenant_id     TEXT PRIMARY KEY,
+    version_floor INTEGER NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS profile_repairs (
     id             TEXT PRIMARY KEY,

@@ -4,6 +4,7 @@
 pub mod gateway;
 pub mod jobs;
 pub mod orders;
+pub mod profiles;
 pub mod rides;
 pub mod surge;
 pub mod tenants;
