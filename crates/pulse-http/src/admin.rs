@@ -35,6 +35,8 @@ pub struct AdminApi {
     pub clock: pulse_core::clock::SharedClock,
     /// The token that opens these routes.
     pub token: AdminToken,
+    /// Customer profiles: their reconciliation and rebuild.
+    pub profiles: pulse_profiles::service::ProfileService,
 }
 
 /// A tenant as the admin API shows it.
@@ -163,7 +165,7 @@ pub(crate) struct KeyList {
     keys: Vec<KeyBody>,
 }
 
-type AdminState = State<Arc<AdminApi>>;
+pub(crate) type AdminState = State<Arc<AdminApi>>;
 
 /// List the tenants.
 #[utoipa::path(get, path = "/admin/v1/tenants", operation_id = "listTenants", tag = "admin",
@@ -516,4 +518,10 @@ pub fn admin_routes() -> Router<Arc<AdminApi>> {
         )
         .route("/keys", post(create_key))
         .route("/keys/{key_id}/revoke", post(revoke_key))
+        .route(
+            "/profiles/reconcile",
+            post(crate::admin_profiles::reconcile),
+        )
+        .route("/profiles/rebuild", post(crate::admin_profiles::rebuild))
+        .route("/profiles/repairs", get(crate::admin_profiles::repairs))
 }

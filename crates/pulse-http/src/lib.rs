@@ -18,6 +18,7 @@
 //! server loop with its timeouts and connection limit is [`server`].
 
 pub mod admin;
+mod admin_profiles;
 pub mod api;
 pub mod auth;
 pub mod body;

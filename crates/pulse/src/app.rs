@@ -106,7 +106,13 @@ impl Application {
                 clock.clone(),
             );
             let book = pipelines.clone().expect("built for the gateway role");
-            let admin = wiring::tenants::admin_router(config, tenants, book, clock.clone())?;
+            let admin = wiring::tenants::admin_router(
+                config,
+                tenants,
+                book,
+                wiring::profiles::service(config, &backends, clock.clone()),
+                clock.clone(),
+            )?;
             let (ingress, events) = wiring::gateway::routers(
                 config,
                 &backends,

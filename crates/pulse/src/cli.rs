@@ -99,6 +99,12 @@ pub enum Command {
         #[command(subcommand)]
         command: JobCommand,
     },
+    /// Reconcile or rebuild customer profiles (asks the running Pulse, where the hot copies live)
+    Profiles {
+        /// What to do.
+        #[command(subcommand)]
+        command: ProfilesCommand,
+    },
     /// Check the wallet's ledger
     Ledger {
         /// What to do.
@@ -113,6 +119,44 @@ pub enum Command {
         /// The city.
         #[command(flatten)]
         city: CityArgs,
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+/// `pulse profiles …`: asks the running Pulse (its admin API, with the admin token of the
+/// settings' data directory or `PULSE_ADMIN_TOKEN`), which does the work where the hot copies
+/// live, and shows its progress.
+#[derive(Debug, Subcommand)]
+pub enum ProfilesCommand {
+    /// Compare the hot copies with the store and repair those that differ (each repair is
+    /// audited: `GET /admin/v1/profiles/repairs`)
+    Reconcile {
+        /// Every live profile (default: the most recently changed `profiles.reconcile_sample`)
+        #[arg(long)]
+        full: bool,
+        /// Print the report as JSON on stdout
+        #[arg(long)]
+        json: bool,
+        /// The running Pulse [default: http://<listen>]
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Recompute profiles from the archive (events_raw), with a progress bar
+    Rebuild {
+        /// One tenant (default: every tenant with archived profile events)
+        #[arg(long, value_name = "TENANT_ID")]
+        tenant: Option<String>,
+        /// Print each tenant's report as JSON on stdout
+        #[arg(long)]
+        json: bool,
+        /// The running Pulse [default: http://<listen>]
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
         /// Settings.
         #[command(flatten)]
         common: CommonArgs,
@@ -400,6 +444,10 @@ impl Command {
                 | JobCommand::Retry { common, .. }
                 | JobCommand::Cancel { common, .. }
                 | JobCommand::Redrive { common, .. } => common,
+            }),
+            Command::Profiles { command } => Some(match command {
+                ProfilesCommand::Reconcile { common, .. }
+                | ProfilesCommand::Rebuild { common, .. } => common,
             }),
             Command::Ledger { command } => Some(match command {
                 LedgerCommand::Verify { common, .. } => common,

@@ -8,6 +8,7 @@ pub mod app;
 pub mod backends;
 pub mod cli;
 pub mod config;
+pub mod profiles_cli;
 pub mod telemetry;
 pub mod wiring;
 

@@ -99,6 +99,7 @@ async fn run_command(cli: &Cli, config: &Config) -> anyhow::Result<()> {
             store.close().await;
             outcome
         }
+        Command::Profiles { command } => pulse::profiles_cli::run(command, config).await,
         Command::Ledger { command } => {
             let store = open_migrated_store(config).await?;
             let outcome = ledger_command(&store, command).await;

@@ -46,6 +46,7 @@ pub fn admin_router(
     config: &Config,
     tenants: Tenants,
     pipelines: pulse_gateway::book::PipelineBook,
+    profiles: pulse_profiles::service::ProfileService,
     clock: SharedClock,
 ) -> anyhow::Result<axum::Router> {
     let token = admin_token(config)?;
@@ -54,6 +55,7 @@ pub fn admin_router(
             tenants,
             token,
             pipelines,
+            profiles,
             clock,
         },
         std::time::Duration::from_secs(config.backend_timeout_secs),
@@ -123,6 +125,22 @@ pub fn write_key_file(data_dir: &Path, key: &str) -> anyhow::Result<()> {
 /// The key in `<data_dir>/api-key`, if the file is there.
 pub fn read_key_file(data_dir: &Path) -> anyhow::Result<Option<String>> {
     read_secret(&key_file(data_dir))
+}
+
+/// The admin token a client of the running Pulse presents: `PULSE_ADMIN_TOKEN`, else the one
+/// Pulse wrote into the data directory on its first start (never generated here).
+pub fn client_admin_token(config: &Config) -> anyhow::Result<String> {
+    if let Some(token) = &config.admin_token {
+        return Ok(token.0.clone());
+    }
+    let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+    read_secret(&path)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no admin token: {} does not exist (start Pulse on this data directory first, or \
+             set PULSE_ADMIN_TOKEN)",
+            path.display()
+        )
+    })
 }
 
 fn read_secret(path: &Path) -> anyhow::Result<Option<String>> {
