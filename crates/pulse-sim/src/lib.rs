@@ -267,15 +267,97 @@ struct Wallets {
 }
 
 impl Wallets {
-    /// Whether `user_id` still needs its top-up (and marks it done: a failed one is not retried).
-    fn first_time(&self, user_id: &str) -> bool {
-        self.amount_minor > 0
-            && self
-                .done
-                .lock()
-                .expect("wallets lock")
-                .insert(user_id.to_owned())
+    /// Whether this is `user_id`'s first order of the run (and marks it: the sign-up and the
+    /// top-up happen once, a failed one is not retried).
+    fn first_order(&self, user_id: &str) -> bool {
+        self.done
+            .lock()
+            .expect("wallets lock")
+            .insert(user_id.to_owned())
     }
+}
+
+/// A rider's app: its device (one of the user agents, fixed per rider) and its anonymous id
+/// before sign-up, as Segment's libraries would send them.
+#[derive(Debug, Clone)]
+struct Analytics {
+    user_id: String,
+    anonymous_id: String,
+    user_agent: &'static str,
+}
+
+/// The user agents the riders' apps and browsers send: phones, a tablet, desktops.
+const USER_AGENTS: [&str; 4] = [
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+];
+
+impl Analytics {
+    fn of(user_id: &str) -> Self {
+        let hash = user_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        Self {
+            user_id: user_id.to_owned(),
+            anonymous_id: format!("anon-{user_id}"),
+            // Two phones for every desktop or tablet, as ride apps see.
+            user_agent: USER_AGENTS[[0, 1, 0, 1, 2, 3][(hash % 6) as usize]],
+        }
+    }
+
+    fn context(&self) -> Value {
+        json!({"userAgent": self.user_agent, "library": {"name": "pulse-simulate", "version": "1"}})
+    }
+
+    /// Before an order: the app opened (anonymous page views before the first sign-up, then
+    /// the identify that links the two ids), and the booking page.
+    fn before_order(&self, first_order: bool) -> Vec<Value> {
+        let mut calls = Vec::new();
+        if first_order {
+            for page in ["Home", "Pricing"] {
+                calls.push(json!({"type": "page", "anonymousId": self.anonymous_id,
+                    "name": page, "context": self.context()}));
+            }
+            calls.push(json!({"type": "identify", "userId": self.user_id,
+                "anonymousId": self.anonymous_id, "context": self.context(),
+                "traits": {"email": format!("{}@riders.example", self.user_id), "plan": "rider"}}));
+        }
+        calls.push(
+            json!({"type": "page", "userId": self.user_id, "name": "Book a ride",
+            "context": self.context()}),
+        );
+        calls
+    }
+
+    /// After an order: the track call around it, from where the rider stands.
+    fn after_order(&self, order_id: Option<&str>, at: city::Position) -> Vec<Value> {
+        let event = if order_id.is_some() {
+            "Order Placed"
+        } else {
+            "Order Failed"
+        };
+        let mut context = self.context();
+        context["location"] = json!({"latitude": at.lat, "longitude": at.lng});
+        vec![
+            json!({"type": "track", "userId": self.user_id, "event": event,
+            "properties": {"order_id": order_id}, "context": context}),
+        ]
+    }
+}
+
+/// Sends the app's `calls` as one Segment batch.
+async fn send_analytics(
+    client: &reqwest::Client,
+    target: &str,
+    stats: &Mutex<Stats>,
+    calls: Vec<Value>,
+) {
+    let batch = client
+        .post(format!("{target}/v1/batch"))
+        .json(&json!({ "batch": calls }));
+    exchange(Kind::Analytics, batch, stats).await;
 }
 
 fn started_ms() -> u128 {
@@ -330,7 +412,10 @@ async fn send(
             let quote_id = quoted
                 .as_ref()
                 .and_then(|quote| quote.get("quote_id")?.as_str().map(str::to_owned));
-            if follow.wallets.first_time(&user_id) {
+            let analytics = Analytics::of(&user_id);
+            let first_order = follow.wallets.first_order(&user_id);
+            send_analytics(client, target, stats, analytics.before_order(first_order)).await;
+            if first_order && follow.wallets.amount_minor > 0 {
                 let currency = quoted
                     .as_ref()
                     .and_then(|quote| quote["price"]["total"]["currency"].as_str())
@@ -354,6 +439,14 @@ async fn send(
             }
             let order = client.post(format!("{target}/api/v1/orders")).json(&order);
             let placed = exchange(Kind::Order, order, stats).await;
+            let order_id = placed.as_ref().and_then(|order| order["order_id"].as_str());
+            send_analytics(
+                client,
+                target,
+                stats,
+                analytics.after_order(order_id, pickup),
+            )
+            .await;
             if let Some(order_id) = placed
                 .as_ref()
                 .and_then(|order| order["order_id"].as_str())

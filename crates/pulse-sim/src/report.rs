@@ -30,15 +30,18 @@ pub enum Kind {
     Move,
     /// A rider's wallet top-up, before its first order.
     TopUp,
+    /// The rider app's analytics (a Segment batch of page views, identify, track).
+    Analytics,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 6] = [
         Kind::Quote,
         Kind::Order,
         Kind::Ping,
         Kind::Move,
         Kind::TopUp,
+        Kind::Analytics,
     ];
 
     fn index(self) -> usize {
@@ -48,6 +51,7 @@ impl Kind {
             Kind::Ping => 2,
             Kind::Move => 3,
             Kind::TopUp => 4,
+            Kind::Analytics => 5,
         }
     }
 
@@ -58,6 +62,7 @@ impl Kind {
             Kind::Ping => "pings",
             Kind::Move => "moves",
             Kind::TopUp => "top-ups",
+            Kind::Analytics => "events",
         }
     }
 }
@@ -110,7 +115,7 @@ impl KindStats {
 /// Everything recorded so far.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
-    kinds: [KindStats; 5],
+    kinds: [KindStats; Kind::ALL.len()],
     rides: RideStats,
     errors: BTreeMap<String, u64>,
     error_samples: Vec<String>,
@@ -126,7 +131,7 @@ struct KindWindow {
 /// Counters now and latencies since the previous progress report.
 #[derive(Debug, Clone)]
 pub struct Window {
-    kinds: [KindWindow; 5],
+    kinds: [KindWindow; Kind::ALL.len()],
     rides: (u64, u64, u64),
     errors: BTreeMap<String, u64>,
 }
@@ -296,6 +301,8 @@ pub struct Summary {
     pub rides: RideSummary,
     /// Riders' wallets topped up (each once, before its first order).
     pub top_ups: KindSummary,
+    /// The rider app's analytics batches (Segment's `/v1/batch`), which fill the profiles.
+    pub analytics: KindSummary,
     /// The tenant's ledger at the end (all runs so far): money moved, the platform's revenue.
     pub ledger: Option<LedgerSummary>,
     /// Failed requests by cause.
@@ -389,6 +396,7 @@ impl Summary {
                 moves: kind(&stats.kinds[Kind::Move.index()]),
             },
             top_ups: kind(&stats.kinds[Kind::TopUp.index()]),
+            analytics: kind(&stats.kinds[Kind::Analytics.index()]),
             ledger,
             errors: stats.errors.clone(),
             error_samples: stats.error_samples.clone(),
@@ -438,6 +446,7 @@ impl fmt::Display for Summary {
             rides.match_latency_ms.p99
         )?;
         kind_line(f, "top-ups", &self.top_ups)?;
+        kind_line(f, "events", &self.analytics)?;
         if let Some(ledger) = &self.ledger {
             let money = |minor: i64| format!("{:.2} {}", minor as f64 / 100.0, ledger.currency);
             writeln!(
@@ -491,7 +500,7 @@ enum Mode {
 pub struct Progress {
     mode: Mode,
     drawn: usize,
-    last: Option<(Duration, [u64; 5])>,
+    last: Option<(Duration, [u64; Kind::ALL.len()])>,
 }
 
 impl Progress {
@@ -566,7 +575,8 @@ impl Progress {
             .take(3)
             .map(|cell| format!("{} ×{:.2}", cell.h3, cell.multiplier))
             .collect();
-        let [quotes_line, orders_line, pings_line, moves_line, top_ups_line] = kind_lines;
+        let [quotes_line, orders_line, pings_line, moves_line, top_ups_line, analytics_line] =
+            kind_lines;
         let (matched, finished, no_driver) = window.rides;
         let lines = [
             format!("pulse simulate  {clock}"),
@@ -575,6 +585,7 @@ impl Progress {
             pings_line,
             moves_line,
             top_ups_line,
+            analytics_line,
             format!(
                 "  rides  {matched:>9} matched {finished:>9} finished {no_driver:>7} no_driver"
             ),
