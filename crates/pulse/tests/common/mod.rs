@@ -477,6 +477,11 @@ impl OwnRedis {
         Self { port, child }
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Freezes the server (SIGSTOP): connections stay open and nothing answers, like a hung
     /// Redis.
     pub fn pause(&self) {
