@@ -68,8 +68,11 @@ pub(crate) struct ReconcileBody {
         (status = 200, description = "Progress, then the report, one JSON object per line.", content_type = "application/x-ndjson", body = String),
         (status = 400, response = BadRequest),
         (status = 401, response = AdminUnauthorized),
+        (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
     )
 )]
 pub(crate) async fn reconcile(
@@ -126,8 +129,11 @@ pub(crate) struct RebuildBody {
         (status = 200, description = "Progress, then each tenant's report, one JSON object per line.", content_type = "application/x-ndjson", body = String),
         (status = 400, response = BadRequest),
         (status = 401, response = AdminUnauthorized),
+        (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
     )
 )]
 pub(crate) async fn rebuild(
@@ -208,6 +214,7 @@ pub(crate) struct RepairsBody {
     responses(
         (status = 200, description = "The repairs.", body = RepairsBody),
         (status = 401, response = AdminUnauthorized),
+        (status = 500, response = Internal),
         (status = 503, response = Unavailable),
     )
 )]

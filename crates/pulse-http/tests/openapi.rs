@@ -166,6 +166,9 @@ fn every_served_api_route() -> BTreeSet<Route> {
         &Router::new().nest(API_PREFIX, pulse_http::api::wallet_routes(timeout, body)),
     ));
     served.extend(served_routes(
+        &Router::new().nest(API_PREFIX, pulse_http::api::profiles_routes(timeout, body)),
+    ));
+    served.extend(served_routes(
         &Router::new().nest(API_PREFIX, pulse_http::api::surge_routes(timeout, body)),
     ));
     served.extend(served_routes(

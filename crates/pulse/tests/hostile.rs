@@ -650,8 +650,123 @@ fn cases() -> Vec<Case> {
         case("dead letters with a page of 0", request("GET", "/api/v1/events/dead-letters?limit=0", &[], b""), 400, bad),
         case("dead letters with an unknown filter", request("GET", "/api/v1/events/dead-letters?tenant=other", &[], b""), 400, bad),
     ]);
+    // The profiles' doors.
+    let overlong_user = "u".repeat(300);
+    cases.extend([
+        case(
+            "a profile id that is no UUID",
+            request("GET", "/api/v1/profiles/not-a-uuid", &[], b""),
+            400,
+            bad,
+        ),
+        case(
+            "`..` as a profile id",
+            request("GET", "/api/v1/profiles/..", &[], b""),
+            400,
+            bad,
+        ),
+        case(
+            "a profile's events with a page of 0",
+            request(
+                "GET",
+                "/api/v1/profiles/00000000-0000-0000-0000-000000000000/events?limit=0",
+                &[],
+                b"",
+            ),
+            400,
+            bad,
+        ),
+        case(
+            "a profile's events after garbage",
+            request(
+                "GET",
+                "/api/v1/profiles/00000000-0000-0000-0000-000000000000/events?after=zzz",
+                &[],
+                b"",
+            ),
+            400,
+            bad,
+        ),
+        case(
+            "`%00` in a user id",
+            request("GET", "/api/v1/profiles/by-user/u%00", &[], b""),
+            400,
+            bad,
+        ),
+        case(
+            "invalid UTF-8 in an anonymous id",
+            request("GET", "/api/v1/profiles/by-anonymous/%FF%FE", &[], b""),
+            400,
+            bad,
+        ),
+        case(
+            "an overlong user id",
+            request(
+                "GET",
+                &format!("/api/v1/profiles/by-user/{overlong_user}"),
+                &[],
+                b"",
+            ),
+            400,
+            bad,
+        ),
+        case(
+            "profiles with a page of 0",
+            request("GET", "/api/v1/profiles?limit=0", &[], b""),
+            400,
+            bad,
+        ),
+        case(
+            "profiles with a page of a million",
+            request("GET", "/api/v1/profiles?limit=1000000", &[], b""),
+            400,
+            bad,
+        ),
+        case(
+            "profiles by two traits",
+            request("GET", "/api/v1/profiles?trait.a=1&trait.b=2", &[], b""),
+            400,
+            bad,
+        ),
+        case(
+            "profiles by an unknown parameter",
+            request("GET", "/api/v1/profiles?tenant=other", &[], b""),
+            400,
+            bad,
+        ),
+        case(
+            "a profile that is not JSON",
+            json_post("/api/v1/profiles", "{traits:"),
+            400,
+            bad,
+        ),
+        case(
+            "a profile with traits that are a list",
+            json_post("/api/v1/profiles", r#"{"user_id":"u-1","traits":[1]}"#),
+            400,
+            bad,
+        ),
+        case(
+            "a profile with a control character in its key",
+            json_post(
+                "/api/v1/profiles",
+                "{\"user_id\":\"u-1\",\"idempotency_key\":\"a\\u0007b\"}",
+            ),
+            400,
+            bad,
+        ),
+        case(
+            "an unmerge that is not JSON",
+            json_post(
+                "/api/v1/profiles/00000000-0000-0000-0000-000000000000/unmerge",
+                "[[",
+            ),
+            400,
+            bad,
+        ),
+    ]);
     // 2. Every wrong method on every route.
-    let routes: [(&str, &[&str]); 16] = [
+    let routes: [(&str, &[&str]); 18] = [
         ("/v1/events", &["GET", "PUT", "DELETE"]),
         ("/v1/track", &["GET", "DELETE"]),
         ("/api/v1/events/dead-letters", &["POST", "DELETE"]),
@@ -661,6 +776,11 @@ fn cases() -> Vec<Case> {
         ("/api/v1/quote", &["POST", "DELETE"]),
         ("/api/v1/surge/cells", &["POST", "PUT"]),
         ("/api/v1/surge/stream", &["POST", "DELETE"]),
+        ("/api/v1/profiles", &["PUT", "DELETE"]),
+        (
+            "/api/v1/profiles/00000000-0000-0000-0000-000000000000/unmerge",
+            &["GET", "PUT"],
+        ),
         ("/healthz", &["POST", "DELETE"]),
         ("/readyz", &["POST"]),
         ("/metrics", &["POST", "PUT"]),

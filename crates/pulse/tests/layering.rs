@@ -13,7 +13,7 @@ use serde_json::Value;
 const IO_LIBRARIES: [&str; 5] = ["sqlx", "rdkafka", "redis", "reqwest", "axum"];
 
 /// Crates that hold ports, platform machinery or domain logic.
-const CORE_AND_DOMAIN_CRATES: [&str; 14] = [
+const CORE_AND_DOMAIN_CRATES: [&str; 15] = [
     "pulse-core",
     "pulse-geo",
     "pulse-proto",
@@ -28,6 +28,7 @@ const CORE_AND_DOMAIN_CRATES: [&str; 14] = [
     "pulse-jobs",
     "pulse-marketplace",
     "pulse-ledger",
+    "pulse-profiles",
 ];
 
 /// The triple rustc builds for by default.
