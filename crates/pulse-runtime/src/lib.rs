@@ -300,7 +300,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![Role::Worker]
         );
-        assert!(parse_roles("profiles").is_err());
+        assert!(parse_roles("segments").is_err());
         assert!(parse_roles(" , ").is_err());
     }
 
