@@ -268,6 +268,7 @@ macro_rules! profile_suite {
                 reads_fall_back_to_the_store_while_the_cache_is_down,
                 profiles_created_from_traits_are_listed_by_trait,
                 a_stale_commit_is_a_conflict,
+                an_unmerge_keeps_the_pair_apart_after_later_merges,
             );
         }
     };

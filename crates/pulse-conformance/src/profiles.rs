@@ -522,6 +522,8 @@ pub async fn a_rebuild_from_the_archive_equals_the_live_path(db: &Database) {
         live.len() + merges_live as usize
     );
     assert_eq!(report.events, events.len() as u64);
+    // The same archive makes the same profiles again: no hot copy is left without one.
+    assert_eq!(report.hot_copies_dropped, 0);
     assert_eq!(
         done.last(),
         Some(&(events.len() as u64, events.len() as u64))
@@ -821,4 +823,88 @@ pub async fn a_stale_commit_is_a_conflict(db: &Database) {
         view_of(&rig, &t, &anon("anon-1")).await.computed.page_views,
         2
     );
+}
+
+/// An unmerge's block holds for good: after one of the pair joins a third profile, a later
+/// batch naming both sides still does not merge them; and a profile merged away cannot be
+/// unmerged (what it took in moved on with it).
+pub async fn an_unmerge_keeps_the_pair_apart_after_later_merges(db: &Database) {
+    let mut settings = ProfileSettings::default();
+    settings.tenants.insert(
+        "blocks".into(),
+        IdentitySettings {
+            max_user_ids: 3,
+            ..IdentitySettings::default()
+        },
+    );
+    let rig = rig_with(db, settings);
+    let t = tenant("blocks");
+    let apply = |events: Vec<Incoming>| {
+        let engine = rig.service.engine().clone();
+        let t = t.clone();
+        async move { engine.apply(&t, &events).await.expect("apply") }
+    };
+    apply(vec![
+        page(&t, "p1", "anon-1", T0, IPHONE),
+        track(&t, "t1", "user-1", T0 + 1, "Order Placed"),
+    ])
+    .await;
+    apply(vec![identify(
+        &t,
+        "i1",
+        "user-1",
+        Some("anon-1"),
+        T0 + 2,
+        json!({}),
+    )])
+    .await;
+    let merged = view_of(&rig, &t, &user("user-1")).await;
+    let merges = rig
+        .service
+        .merges(&t, merged.profile_id)
+        .await
+        .expect("merges")
+        .expect("profile");
+    assert_eq!(merges.len(), 1);
+    let err = rig
+        .service
+        .unmerge(&t, merges[0].from, None)
+        .await
+        .expect_err("a merged-away profile has nothing to give back");
+    assert!(
+        matches!(&err, pulse_core::PortError::Invalid(message) if message.contains("merged into")),
+        "{err}"
+    );
+    rig.service
+        .unmerge(&t, merged.profile_id, None)
+        .await
+        .expect("unmerge");
+    // One of the pair joins a third profile...
+    apply(vec![track(&t, "t2", "user-2", T0 + 3, "Order Placed")]).await;
+    apply(vec![identify(
+        &t,
+        "i2",
+        "user-2",
+        Some("anon-1"),
+        T0 + 4,
+        json!({}),
+    )])
+    .await;
+    let third = view_of(&rig, &t, &user("user-2")).await;
+    assert_eq!(third.anonymous_ids, vec!["anon-1"]);
+    // ... and a later batch naming both sides leaves them apart.
+    apply(vec![identify(
+        &t,
+        "i3",
+        "user-1",
+        Some("anon-1"),
+        T0 + 5,
+        json!({}),
+    )])
+    .await;
+    let one = view_of(&rig, &t, &user("user-1")).await;
+    let other = view_of(&rig, &t, &anon("anon-1")).await;
+    assert_ne!(one.profile_id, other.profile_id, "{one:?} {other:?}");
+    assert_eq!(one.user_ids, vec!["user-1"]);
+    assert_eq!(other.user_ids, vec!["user-2"]);
 }

@@ -25,8 +25,8 @@ use crate::settings::ProfileSettings;
 
 /// Profile changes, by tenant and kind (`created`, `updated`, `merged_away`).
 pub const UPDATES_TOTAL: &str = "pulse_profiles_updates_total";
-/// Events applied or skipped, by tenant and outcome (`applied`, `duplicate`, `unidentified`,
-/// `not_a_profile_event`).
+/// Events applied or skipped, by tenant and outcome (`applied`, `duplicate`, `skipped`: not a
+/// profile event, or naming nobody).
 pub const EVENTS_TOTAL: &str = "pulse_profiles_events_total";
 /// Merges made, by tenant and reason.
 pub const MERGES_TOTAL: &str = "pulse_profiles_merges_total";
@@ -36,7 +36,8 @@ pub const REFUSED_IDENTIFIERS_TOTAL: &str = "pulse_profiles_refused_identifiers_
 pub const CONFLICTS_TOTAL: &str = "pulse_profiles_commit_conflicts_total";
 /// Hot-copy writes that failed after a commit (the reconciliation repairs them).
 pub const HOT_WRITE_ERRORS_TOTAL: &str = "pulse_profiles_hot_write_errors_total";
-/// Seconds from an event's arrival at the gateway to its profile's commit.
+/// Seconds from an event's arrival at the gateway to its profile's commit (live events only,
+/// not a rebuild's replay).
 pub const FRESHNESS_SECONDS: &str = "pulse_profiles_freshness_seconds";
 
 /// Attempts at a commit before the batch fails (and the processor retries it with backoff).
@@ -156,6 +157,21 @@ impl ProfileEngine {
 
     /// Applies `events` of `tenant`: each one's effect once, whatever was applied before.
     pub async fn apply(&self, tenant: &TenantId, events: &[Incoming]) -> PortResult<Report> {
+        self.apply_events(tenant, events, true).await
+    }
+
+    /// [`ProfileEngine::apply`] for archived events a rebuild replays: their age says nothing
+    /// about how fresh live profiles are, so it is kept out of the freshness histogram.
+    pub async fn replay(&self, tenant: &TenantId, events: &[Incoming]) -> PortResult<Report> {
+        self.apply_events(tenant, events, false).await
+    }
+
+    async fn apply_events(
+        &self,
+        tenant: &TenantId,
+        events: &[Incoming],
+        live: bool,
+    ) -> PortResult<Report> {
         let rules = self.settings.identity_for(tenant);
         let tenant_label = tenant.as_str().to_owned();
         let mut read = Vec::with_capacity(events.len());
@@ -261,13 +277,27 @@ impl ProfileEngine {
                     metrics::counter!(CONFLICTS_TOTAL).increment(1);
                     tracing::debug!(%tenant, attempt, %why, "profiles changed meanwhile; resolving the batch again");
                 }
+                // Writers racing on the same profiles this long is contention, not a fault of
+                // the batch: a later retry (the processor's, the client's) can succeed.
+                Err(PortError::Conflict(why)) => {
+                    metrics::counter!(CONFLICTS_TOTAL).increment(1);
+                    return Err(PortError::Unavailable {
+                        backend: "profiles",
+                        message: format!(
+                            "profiles changed under {COMMIT_ATTEMPTS} attempts in a row: {why}"
+                        ),
+                    });
+                }
                 Err(err) => return Err(err),
             }
         };
         drop(spans);
-        for (_, incoming) in &read {
-            let lag = (now - incoming.event.received_at_ms).max(0) as f64 / 1_000.0;
-            metrics::histogram!(FRESHNESS_SECONDS).record(lag);
+        if live {
+            let committed = self.clock.now_ms();
+            for (_, incoming) in &read {
+                let lag = (committed - incoming.event.received_at_ms).max(0) as f64 / 1_000.0;
+                metrics::histogram!(FRESHNESS_SECONDS).record(lag);
+            }
         }
         metrics::counter!(EVENTS_TOTAL, "tenant" => tenant_label.clone(), "outcome" => "applied")
             .increment(summary.applied);

@@ -74,7 +74,7 @@ pub struct ProfileEvent {
     pub traits: Map<String, Value>,
     /// A track call's `event` name.
     pub track_name: Option<String>,
-    /// The device class of `context.userAgent`, when there is one.
+    /// The device class of `context.userAgent`, when there is one and it is recognised.
     pub device: Option<DeviceClass>,
     /// `context.location`, when it holds a valid position.
     pub location: Option<Location>,
@@ -159,7 +159,11 @@ impl ProfileEvent {
                 .then(|| payload.get("event").and_then(Value::as_str))
                 .flatten()
                 .map(str::to_owned),
-            device: agent.map(|agent| useragent::classify(Some(agent))),
+            // An agent nobody recognises says nothing about the device: it must not replace a
+            // class an earlier event established.
+            device: agent
+                .map(|agent| useragent::classify(Some(agent)))
+                .filter(|class| *class != DeviceClass::Unknown),
             location,
         }
     }
@@ -248,6 +252,22 @@ pub(crate) mod tests {
                 lng: 13.4
             })
         );
+    }
+
+    #[test]
+    fn an_agent_nobody_recognises_names_no_device() {
+        let settings = IdentitySettings::default();
+        for agent in ["", "curl-ish/0.0 (something)", "%%%"] {
+            let read = ProfileEvent::read(
+                &canonical(
+                    "page",
+                    serde_json::json!({"userId": "u1", "context": {"userAgent": agent}}),
+                ),
+                &settings,
+            )
+            .expect("an event");
+            assert_eq!(read.device, None, "{agent:?}");
+        }
     }
 
     #[test]

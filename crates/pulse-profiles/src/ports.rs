@@ -105,6 +105,9 @@ pub struct Changes {
     pub events: Vec<AppliedEvent>,
     /// Merges made.
     pub merges: Vec<Merge>,
+    /// Pairs kept apart from now on: an unmerge's block that a merged profile passed on to
+    /// the one it joined (kept as they are when already there).
+    pub blocks: Vec<(Uuid, Uuid)>,
     /// Events to archive in `events_raw` (kept as they are when already there).
     pub archive: Vec<CanonicalEvent>,
     /// `profiles.updates` records, written through the outbox.
@@ -242,8 +245,8 @@ pub trait ProfileStore: Send + Sync + std::fmt::Debug {
 
     /// Deletes `tenant`'s profiles, identities, merges and applied-event marks (not its blocks,
     /// an operator's decisions), before a rebuild, raising the tenant's version floor to the
-    /// highest version it had; how many profiles went.
-    async fn reset(&self, tenant: &TenantId) -> PortResult<u64>;
+    /// highest version it had; the profiles that went (live or merged away).
+    async fn reset(&self, tenant: &TenantId) -> PortResult<Vec<Uuid>>;
 
     /// Archived events of the profile types, in time order after `after`.
     async fn archive_page(

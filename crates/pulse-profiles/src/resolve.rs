@@ -49,6 +49,7 @@ pub struct Working<'r> {
     slots: HashMap<Uuid, Slot>,
     order: Vec<Uuid>,
     blocks: HashSet<(Uuid, Uuid)>,
+    new_blocks: Vec<(Uuid, Uuid)>,
     identities: Vec<NewIdentity>,
     events: Vec<AppliedEvent>,
     merges: Vec<Merge>,
@@ -105,6 +106,7 @@ impl<'r> Working<'r> {
             slots,
             order: Vec::new(),
             blocks: loaded.blocks,
+            new_blocks: Vec::new(),
             identities: Vec::new(),
             events: Vec::new(),
             merges: Vec::new(),
@@ -211,7 +213,8 @@ impl<'r> Working<'r> {
         for id in &absorbed.identifiers {
             self.owners.insert(id.clone(), into);
         }
-        // Blocks of the merged profile now hold for the one it joined.
+        // Blocks of the merged profile now hold for the one it joined, in later batches too:
+        // a later load finds blocks by live profile, never by one merged away.
         let inherited: Vec<(Uuid, Uuid)> = self
             .blocks
             .iter()
@@ -221,7 +224,11 @@ impl<'r> Working<'r> {
                 _ => None,
             })
             .collect();
-        self.blocks.extend(inherited);
+        for block in inherited {
+            if self.blocks.insert(block) {
+                self.new_blocks.push(block);
+            }
+        }
         self.merges.push(Merge {
             id: Uuid::now_v7(),
             into,
@@ -358,6 +365,7 @@ impl<'r> Working<'r> {
                 identities: self.identities,
                 events: self.events,
                 merges: self.merges,
+                blocks: self.new_blocks,
                 archive: self.archive,
                 outbox: Vec::new(),
                 now_ms: self.now_ms,

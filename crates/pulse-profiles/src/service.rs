@@ -332,9 +332,10 @@ impl ProfileService {
         let total = self.engine.store().archive_count(tenant).await?;
         let reset = self.engine.store().reset(tenant).await?;
         let mut report = RebuildReport {
-            profiles_reset: reset,
+            profiles_reset: reset.len() as u64,
             ..RebuildReport::default()
         };
+        let mut rebuilt = std::collections::HashSet::new();
         let mut after: Option<Cursor> = None;
         loop {
             let events = self
@@ -351,13 +352,27 @@ impl ProfileService {
                     trace: None,
                 })
                 .collect();
-            let applied = self.engine.apply(tenant, &incoming).await?;
+            let applied = self.engine.replay(tenant, &incoming).await?;
+            rebuilt.extend(applied.profiles.iter().copied());
             report.events += events.len() as u64;
             report.applied += applied.summary.applied;
             report.merges += applied.summary.merges;
             progress(report.events, total.max(report.events));
             if events.len() < page {
                 break;
+            }
+        }
+        // A profile the archive no longer makes (its id came from an order of events the
+        // replay does not repeat) must not keep answering from its hot copy until the TTL.
+        let hot = self.engine.hot();
+        for gone in reset.into_iter().filter(|id| !rebuilt.contains(id)) {
+            match hot.delete(&hot.profile_key(tenant, gone)).await {
+                Ok(()) => report.hot_copies_dropped += 1,
+                // The cold store is rebuilt; a copy left behind expires with its TTL.
+                Err(err) => {
+                    metrics::counter!(crate::engine::HOT_WRITE_ERRORS_TOTAL).increment(1);
+                    tracing::warn!(%tenant, profile = %gone, error = %err, "hot copy of a profile the rebuild did not make again is left to expire");
+                }
             }
         }
         Ok(report)
@@ -375,4 +390,6 @@ pub struct RebuildReport {
     pub applied: u64,
     /// Merges made.
     pub merges: u64,
+    /// Hot copies of profiles the replay did not make again, deleted.
+    pub hot_copies_dropped: u64,
 }

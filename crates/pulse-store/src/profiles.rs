@@ -431,10 +431,36 @@ async fn write_changes(tx: &mut Tx<'_>, tenant: &TenantId, changes: &Changes) ->
         )
         .await?;
     }
+    for &(a, b) in &changes.blocks {
+        insert_block(tx, tenant, a, b, changes.now_ms).await?;
+    }
     for sql in archive_statements(backend, &changes.archive, ARCHIVED_BY)? {
         tx.execute(&sql).await?;
     }
     outbox::enqueue(tx, &changes.outbox).await
+}
+
+/// Keeps `a` and `b` apart (an unmerge's block); the pair in id order, once.
+async fn insert_block(
+    tx: &mut Tx<'_>,
+    tenant: &TenantId,
+    a: Uuid,
+    b: Uuid,
+    now_ms: i64,
+) -> PortResult<()> {
+    let (a, b) = if a < b { (a, b) } else { (b, a) };
+    tx.execute(
+        &Sql::new(
+            "INSERT INTO profile_blocks (tenant_id, profile_a, profile_b, created_at_ms) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, profile_a, profile_b) DO NOTHING",
+        )
+        .bind(tenant.as_str())
+        .bind(a)
+        .bind(b)
+        .bind(now_ms),
+    )
+    .await?;
+    Ok(())
 }
 
 /// A profile recomputed from its identities and its archived events (in time order).
@@ -721,6 +747,25 @@ impl ProfileStore for Database {
             .write(move |mut tx| {
                 Box::pin(async move {
                     let t = tenant.as_str();
+                    // A profile merged away holds no identities or events any more: what it
+                    // took in moved on with it, so only its live profile can give it back.
+                    let live = tx
+                        .fetch_optional(
+                            &Sql::new(
+                                "SELECT merged_into FROM user_profiles \
+                                 WHERE tenant_id = $1 AND profile_id = $2",
+                            )
+                            .bind(t)
+                            .bind(profile),
+                        )
+                        .await?
+                        .ok_or_else(|| PortError::NotFound(format!("no profile {profile}")))?;
+                    if let Some(into) = live.opt_uuid(0)? {
+                        return Err(PortError::Invalid(format!(
+                            "profile {profile} was merged into {into}: undo that merge, or \
+                             unmerge from the profile it lives on"
+                        )));
+                    }
                     let found = tx
                         .fetch_optional(
                             &Sql::new(format!(
@@ -839,22 +884,7 @@ impl ProfileStore for Database {
                             .bind(now_ms),
                     )
                     .await?;
-                    let (a, b) = if profile < restored_id {
-                        (profile, restored_id)
-                    } else {
-                        (restored_id, profile)
-                    };
-                    tx.execute(
-                        &Sql::new(
-                            "INSERT INTO profile_blocks (tenant_id, profile_a, profile_b, created_at_ms) \
-                             VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, profile_a, profile_b) DO NOTHING",
-                        )
-                        .bind(t)
-                        .bind(a)
-                        .bind(b)
-                        .bind(now_ms),
-                    )
-                    .await?;
+                    insert_block(&mut tx, &tenant, profile, restored_id, now_ms).await?;
                     let restored = stored.pop().expect("two profiles");
                     let kept = stored.pop().expect("two profiles");
                     outbox::enqueue(&mut tx, &[outbox_record(&kept), outbox_record(&restored)])
@@ -964,7 +994,7 @@ impl ProfileStore for Database {
             .collect()
     }
 
-    async fn reset(&self, tenant: &TenantId) -> PortResult<u64> {
+    async fn reset(&self, tenant: &TenantId) -> PortResult<Vec<Uuid>> {
         let tenant = tenant.as_str().to_owned();
         self.write(move |mut tx| {
             Box::pin(async move {
@@ -979,22 +1009,27 @@ impl ProfileStore for Database {
                     .bind(tenant.as_str()),
                 )
                 .await?;
-                let mut profiles = 0;
+                let mut profiles = Vec::new();
+                for row in tx
+                    .fetch_all(
+                        &Sql::new("SELECT profile_id FROM user_profiles WHERE tenant_id = $1")
+                            .bind(tenant.as_str()),
+                    )
+                    .await?
+                {
+                    profiles.push(row.uuid(0)?);
+                }
                 for table in [
                     "user_profiles",
                     "identities",
                     "identity_merges",
                     "profile_events",
                 ] {
-                    let deleted = tx
-                        .execute(
-                            &Sql::new(format!("DELETE FROM {table} WHERE tenant_id = $1"))
-                                .bind(tenant.as_str()),
-                        )
-                        .await?;
-                    if table == "user_profiles" {
-                        profiles = deleted;
-                    }
+                    tx.execute(
+                        &Sql::new(format!("DELETE FROM {table} WHERE tenant_id = $1"))
+                            .bind(tenant.as_str()),
+                    )
+                    .await?;
                 }
                 Ok(profiles)
             })

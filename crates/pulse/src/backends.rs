@@ -16,10 +16,12 @@ use pulse_kafka::{KafkaLog, KafkaOptions};
 use pulse_memory::MemoryCache;
 use pulse_memory::{MemoryGeoIndex, MemoryRateLimiter};
 use pulse_redis::{RedisCache, RedisGeoIndex, RedisOptions, RedisRateLimiter};
+use pulse_resilience::cache::GuardedCache;
 use pulse_resilience::{Breaker, FailOpenRateLimiter, LeasedRateLimiter};
 use pulse_store::{Database, StoreOptions};
 
 use crate::config::{CacheTarget, Config, LogTarget};
+use crate::wiring::profiles::PROFILES_BREAKER;
 
 /// The topics the domains declare (and the platform's dead-letter topic), created at start-up
 /// when missing. A new domain adds its list here.
@@ -49,7 +51,7 @@ pub struct Backends {
     pub memory_cache: Option<MemoryCache>,
     /// Where the profiles' hot copies live: Redis beside everything else, or in-process with
     /// its own entry budget (`profiles.hot_max_entries`), so a million profiles never evict a
-    /// surge value or a quote lock.
+    /// surge value or a quote lock; behind the profiles' timeout and breaker.
     pub profile_cache: Arc<dyn Cache>,
     /// Set when the profiles' cache is in-process, so its expired entries can be swept.
     pub memory_profile_cache: Option<MemoryCache>,
@@ -191,6 +193,19 @@ impl Backends {
             Some(profiles) => Arc::new(profiles.clone()),
             None => cache.clone(),
         };
+        // One timeout and one breaker for every profiles caller of the process (processor,
+        // API, admin), so the breaker's state is the process's view of the hot copy.
+        let profile_cache: Arc<dyn Cache> = Arc::new(
+            GuardedCache::new(
+                profile_cache,
+                "profiles",
+                config.profiles_breaker.call_timeout(),
+            )
+            .with_breaker(Breaker::new(
+                PROFILES_BREAKER,
+                &config.profiles_breaker.settings(),
+            )),
+        );
         Ok(Self {
             store,
             log,

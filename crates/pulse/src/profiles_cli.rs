@@ -110,8 +110,8 @@ fn draw(line: &Value, progress: &Value, terminal: bool) {
 fn report(line: &Value, done: &Value) {
     if let Some(tenant) = line.get("tenant").and_then(Value::as_str) {
         eprintln!(
-            "tenant {tenant}: {} events read, {} applied, {} merges, {} profiles replaced",
-            done["events"], done["applied"], done["merges"], done["profiles_reset"]
+            "tenant {tenant}: {} events read, {} applied, {} merges, {} profiles replaced, {} stale hot copies dropped",
+            done["events"], done["applied"], done["merges"], done["profiles_reset"], done["hot_copies_dropped"]
         );
     } else if let Some(tenants) = done.get("tenants") {
         eprintln!("rebuilt the profiles of {tenants} tenant(s) from the archive");

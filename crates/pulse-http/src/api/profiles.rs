@@ -11,7 +11,6 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pulse_core::PortError;
-use pulse_orders::validate_user_id;
 use pulse_profiles::model::{Identifier, IdentityKind, Merge, ProfileView};
 use pulse_profiles::ports::TraitFilter;
 use pulse_profiles::service::{NewProfile, Read};
@@ -53,13 +52,31 @@ fn profile_id_of(id: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiErr
     Uuid::parse_str(&raw).map_err(|_| ApiError::bad_request("profile_id must be a UUID"))
 }
 
+/// The identifier a lookup names, read by the tenant's own rules (as its events are), so
+/// every identifier a profile holds can be looked up and nothing else is.
 fn identifier_of(
+    state: &ProfilesApi,
+    caller: &pulse_tenants::Principal,
     kind: IdentityKind,
     value: Result<Path<String>, PathRejection>,
 ) -> Result<Identifier, ApiError> {
     let Path(value) = value.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
-    validate_user_id(&value).map_err(|err| ApiError::bad_request(err.to_string()))?;
-    Ok(Identifier::new(kind, value))
+    let rules = state
+        .profiles
+        .engine()
+        .settings()
+        .identity_for(&caller.tenant);
+    let accepted = rules
+        .accept(kind, Some(&Value::String(value)))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{} is no identifier here: empty, blocked, longer than {} bytes or with \
+                 control characters",
+                kind.as_str(),
+                rules.max_identifier_bytes
+            ))
+        })?;
+    Ok(Identifier::new(kind, accepted))
 }
 
 fn answer(read: Read) -> Response {
@@ -134,8 +151,8 @@ async fn by_identifier(
     path = "/api/v1/profiles/by-user/{user_id}",
     operation_id = "getProfileByUserId",
     tag = "profiles",
-    params(("user_id" = String, Path, min_length = 1, max_length = 50,
-        description = "Segment's `userId` (percent-encoded).")),
+    params(("user_id" = String, Path, min_length = 1, max_length = 256,
+        description = "Segment's `userId` (percent-encoded; at most the tenant's `max_identifier_bytes`, 256 by default).")),
     responses(
         (status = 200, description = "The profile.", body = domain::Profile),
         (status = 400, response = BadRequest),
@@ -155,7 +172,7 @@ pub(crate) async fn by_user(
     by_identifier(
         &state,
         &caller,
-        identifier_of(IdentityKind::UserId, user_id)?,
+        identifier_of(&state, &caller, IdentityKind::UserId, user_id)?,
     )
     .await
 }
@@ -166,8 +183,8 @@ pub(crate) async fn by_user(
     path = "/api/v1/profiles/by-anonymous/{anonymous_id}",
     operation_id = "getProfileByAnonymousId",
     tag = "profiles",
-    params(("anonymous_id" = String, Path, min_length = 1, max_length = 50,
-        description = "Segment's `anonymousId` (percent-encoded).")),
+    params(("anonymous_id" = String, Path, min_length = 1, max_length = 256,
+        description = "Segment's `anonymousId` (percent-encoded; at most the tenant's `max_identifier_bytes`, 256 by default).")),
     responses(
         (status = 200, description = "The profile.", body = domain::Profile),
         (status = 400, response = BadRequest),
@@ -187,7 +204,7 @@ pub(crate) async fn by_anonymous(
     by_identifier(
         &state,
         &caller,
-        identifier_of(IdentityKind::AnonymousId, anonymous_id)?,
+        identifier_of(&state, &caller, IdentityKind::AnonymousId, anonymous_id)?,
     )
     .await
 }

@@ -11,8 +11,6 @@ use pulse_profiles::engine::ProfileEngine;
 use pulse_profiles::hot::HotProfiles;
 use pulse_profiles::processor::ProfilesProcessor;
 use pulse_profiles::service::ProfileService;
-use pulse_resilience::breaker::Breaker;
-use pulse_resilience::cache::GuardedCache;
 use pulse_runtime::processor::ConsumerSettings;
 
 use crate::backends::Backends;
@@ -23,17 +21,8 @@ pub const PROFILES_BREAKER: &str = "profiles_cache";
 
 /// The engine that applies events to profiles, for this deployment.
 pub fn engine(config: &Config, backends: &Backends, clock: SharedClock) -> ProfileEngine {
-    let cache = GuardedCache::new(
-        backends.profile_cache.clone(),
-        "profiles",
-        config.profiles_breaker.call_timeout(),
-    )
-    .with_breaker(Breaker::new(
-        PROFILES_BREAKER,
-        &config.profiles_breaker.settings(),
-    ));
     let hot = HotProfiles::new(
-        Arc::new(cache),
+        backends.profile_cache.clone(),
         config.prefix.clone(),
         Duration::from_secs(config.profiles.hot_ttl_secs),
     );
