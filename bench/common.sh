@@ -43,3 +43,13 @@ wait_for_pulse() {
     exit 1
   fi
 }
+
+# What the scripts read off wrk's output and a running Pulse (on $port).
+rate() { awk '/Requests\/sec/ { print $2 }'; }
+p99() { awk '$1 == "99%" { print $2 }'; }
+# counter NAME [FILTER] — the sum of a metric's samples whose labels contain FILTER.
+counter() {
+  curl -s "http://127.0.0.1:$port/metrics" |
+    awk -v name="$1" -v filter="${2:-}" '{ split($1, parts, "{") } parts[1] == name && (filter == "" || index($1, filter)) { sum += $2 } END { printf "%d", sum }'
+}
+url() { echo "http://127.0.0.1:$port$1"; }

@@ -46,9 +46,6 @@ trap 'kill -TERM $pulse_pid 2>/dev/null; wait $pulse_pid 2>/dev/null; rm -rf "$d
 wait_for_pulse "$pulse_pid" "$port" "$data/pulse.log"
 key="$(api_key_header "$data")"
 
-rate() { awk '/Requests\/sec/ { print $2 }'; }
-p99() { awk '$1 == "99%" { print $2 }'; }
-
 echo "== $mode: quotes (GET /api/v1/quote), $connections connections, $duration"
 quotes_out="$(wrk -t1 -c"$connections" -d"$duration" --latency -H "$key" \
   "http://127.0.0.1:$port/api/v1/quote?lat=37.7793&lng=-122.4192&dropoff_lat=37.80&dropoff_lng=-122.40")"

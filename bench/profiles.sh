@@ -72,14 +72,6 @@ env ${environment[@]+"${environment[@]}"} "$binary" "${args[@]}" 2>"$data/pulse.
 pulse_pid=$!
 wait_for_pulse "$pulse_pid" "$port" "$data/pulse.log"
 key="$(api_key_header "$data")"
-url() { echo "http://127.0.0.1:$port$1"; }
-rate() { awk '/Requests\/sec/ { print $2 }'; }
-p99() { awk '$1 == "99%" { print $2 }'; }
-# counter NAME [FILTER] — the sum of a metric's samples whose labels contain FILTER.
-counter() {
-  curl -s "$(url /metrics)" |
-    awk -v name="$1" -v filter="${2:-}" '{ split($1, parts, "{") } parts[1] == name && (filter == "" || index($1, filter)) { sum += $2 } END { printf "%d", sum }'
-}
 
 echo "== $mode: loading $profiles customers through POST /v1/batch"
 started=$(date +%s.%N)

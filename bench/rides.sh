@@ -105,14 +105,6 @@ stop_pulse() {
   pulse_pid=""
 }
 
-rate() { awk '/Requests\/sec/ { print $2 }'; }
-p99() { awk '$1 == "99%" { print $2 }'; }
-# counter NAME [FILTER] — the sum of a metric's samples whose labels contain FILTER.
-counter() {
-  curl -s "http://127.0.0.1:$port/metrics" |
-    awk -v name="$1" -v filter="${2:-}" '{ split($1, parts, "{") } parts[1] == name && (filter == "" || index($1, filter)) { sum += $2 } END { printf "%d", sum }'
-}
-url() { echo "http://127.0.0.1:$port$1"; }
 
 # ---------------------------------------------------------------------------------------------
 start_pulse a
