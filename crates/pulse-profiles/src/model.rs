@@ -129,7 +129,8 @@ pub struct Profile {
     pub device: Option<Stamped<DeviceClass>>,
     /// The latest known position.
     pub location: Option<Stamped<Location>>,
-    /// Traits refused by the limits (count, size).
+    /// New traits refused because the profile held `max_traits` already (an oversized one is
+    /// dropped before, when the event is read).
     pub traits_refused: u64,
     /// When the profile was created (the first event's or the API call's time).
     pub created_at_ms: i64,

@@ -225,12 +225,12 @@ pub trait ProfileStore: Send + Sync + std::fmt::Debug {
         now_ms: i64,
     ) -> PortResult<Unmerged>;
 
-    /// Live profiles changed most recently, over every tenant (the periodic reconciliation's
-    /// sample).
+    /// Profiles changed most recently, over every tenant, merged-away ones included (their hot
+    /// copy is a redirect to check too): the periodic reconciliation's sample.
     async fn recently_changed(&self, limit: usize) -> PortResult<Vec<(TenantId, StoredProfile)>>;
 
-    /// Live profiles of every tenant in (tenant, id) order after `after` (a full
-    /// reconciliation).
+    /// Profiles of every tenant, merged-away ones included, in (tenant, id) order after
+    /// `after` (a full reconciliation).
     async fn all_live(
         &self,
         after: Option<&(TenantId, Uuid)>,

@@ -301,6 +301,7 @@ impl ProfileService {
             ));
         }
         if let Err(err) = hot.apply(writes).await {
+            metrics::counter!(crate::engine::HOT_WRITE_ERRORS_TOTAL).increment(1);
             tracing::warn!(error = %err, "hot copies of an unmerge not written; the reconciliation repairs them");
         }
         Ok(unmerged)

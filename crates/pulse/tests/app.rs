@@ -63,6 +63,7 @@ async fn assert_operational_endpoints(app: &TestApp) {
             "events.processed",
             "rides.events",
             "wallet.transactions",
+            "profiles.updates",
             "pulse.dead-letter"
         ],
         "the contract topics, declared by their domains"

@@ -288,3 +288,49 @@ async fn an_event_is_one_trace_from_the_ingest_request_to_each_sink() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_call_is_one_trace_from_the_ingest_request_to_the_profile_update() {
+    exporter();
+    let app = TestApp::spawn(|_| {}).await;
+    let (trace, caller, traceparent) = caller_context();
+    let response = app
+        .client()
+        .post(format!("{}/v1/identify", app.base))
+        .header("traceparent", &traceparent)
+        .json(&json!({"userId": "traced-customer", "traits": {"plan": "pro"}}))
+        .send()
+        .await
+        .expect("ingest");
+    assert_eq!(response.status(), 200);
+    let started = Instant::now();
+    let spans = loop {
+        let spans = finished_spans(trace);
+        if spans.iter().any(|span| span.name == "apply to profile") {
+            break spans;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the trace never reached the profile; spans so far: {:?}",
+            spans.iter().map(|span| &span.name).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let named = |name: &str| {
+        spans
+            .iter()
+            .find(|span| span.name == name)
+            .unwrap_or_else(|| panic!("no {name} span"))
+    };
+    let http = named("POST /v1/identify");
+    assert_eq!(
+        http.parent_span_id, caller,
+        "the server span continues the caller's"
+    );
+    assert_eq!(
+        named("apply to profile").parent_span_id,
+        http.span_context.span_id(),
+        "profile ← events.processed headers ← ingest request"
+    );
+    app.stop().await;
+}
