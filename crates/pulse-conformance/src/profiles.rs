@@ -777,6 +777,27 @@ pub async fn profiles_created_from_traits_are_listed_by_trait(db: &Database) {
         ..pulse_profiles::service::NewProfile::default()
     };
     assert!(rig.service.create(&t, blocked).await.is_err());
+    // A refused identifier beside a good one is refused too, not dropped for the other.
+    let half_blocked = pulse_profiles::service::NewProfile {
+        user_id: Some("undefined".into()),
+        anonymous_id: Some("anon-77".into()),
+        ..pulse_profiles::service::NewProfile::default()
+    };
+    let err = rig
+        .service
+        .create(&t, half_blocked)
+        .await
+        .expect_err("a blocked user id");
+    assert!(
+        matches!(&err, pulse_core::PortError::Invalid(message) if message.contains("user_id")),
+        "{err}"
+    );
+    assert!(rig
+        .service
+        .by_identifier(&t, &anon("anon-77"))
+        .await
+        .expect("read")
+        .is_none());
     assert_eq!(
         count(
             db,

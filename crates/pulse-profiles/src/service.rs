@@ -150,6 +150,26 @@ impl ProfileService {
 
     /// Creates (or, when its identifiers are known, updates) a profile from `new`.
     pub async fn create(&self, tenant: &TenantId, new: NewProfile) -> PortResult<Created> {
+        // An identifier the caller named but the rules refuse is an error, not silently
+        // dropped in favour of the other one.
+        let rules = self.engine.settings().identity_for(tenant);
+        for (kind, value) in [
+            (IdentityKind::UserId, &new.user_id),
+            (IdentityKind::AnonymousId, &new.anonymous_id),
+        ] {
+            if let Some(value) = value {
+                if rules
+                    .accept(kind, Some(&Value::from(value.clone())))
+                    .is_none()
+                {
+                    return Err(PortError::Invalid(format!(
+                        "{} {value:?} identifies nobody here: empty, blocked, longer than {} bytes or with control characters",
+                        kind.as_str(),
+                        rules.max_identifier_bytes
+                    )));
+                }
+            }
+        }
         let mut payload = Map::new();
         if let Some(user) = &new.user_id {
             payload.insert("userId".into(), Value::from(user.clone()));
@@ -185,7 +205,6 @@ impl ProfileService {
                     .into(),
             ));
         }
-        let rules = self.engine.settings().identity_for(tenant);
         let key = [
             (
                 IdentityKind::UserId,
