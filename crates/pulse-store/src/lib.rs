@@ -190,7 +190,9 @@ impl Database {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // Readers' page cache (SQLite's default is 2 MiB), per pooled connection.
+                .pragma("cache_size", format!("-{}", 16 * 1024));
             let connect_error = |source| StoreError::Connect {
                 backend: Backend::Sqlite,
                 source,
