@@ -269,6 +269,7 @@ macro_rules! profile_suite {
                 profiles_created_from_traits_are_listed_by_trait,
                 a_stale_commit_is_a_conflict,
                 an_unmerge_keeps_the_pair_apart_after_later_merges,
+                the_archive_keeps_every_writers_versions,
             );
         }
     };

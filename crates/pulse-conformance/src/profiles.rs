@@ -929,3 +929,42 @@ pub async fn an_unmerge_keeps_the_pair_apart_after_later_merges(db: &Database) {
     assert_eq!(one.user_ids, vec!["user-1"]);
     assert_eq!(other.user_ids, vec!["user-2"]);
 }
+
+/// The profiles and the gateway's `postgres_sink` both archive an event in `events_raw`:
+/// whichever comes second keeps the first's row and adds its plugin versions.
+pub async fn the_archive_keeps_every_writers_versions(db: &Database) {
+    let rig = rig(db);
+    let t = tenant("acme");
+    let first = page(&t, "p1", "anon-1", T0, IPHONE);
+    rig.service
+        .engine()
+        .apply(&t, std::slice::from_ref(&first))
+        .await
+        .expect("apply");
+    let sink = r#"{"postgres_sink": "1.0.0"}"#;
+    let stamped = db
+        .archive_events(&[first.event.clone(), first.event.clone()], sink)
+        .await
+        .expect("archive");
+    assert_eq!(stamped, 1, "the row is stamped once, not inserted again");
+    assert_eq!(
+        db.archive_events(std::slice::from_ref(&first.event), sink)
+            .await
+            .expect("archive again"),
+        0,
+        "the same writer again changes nothing"
+    );
+    let versions = db
+        .fetch_optional(&Sql::new(
+            "SELECT CAST(plugin_versions AS TEXT) FROM events_raw WHERE event_id = 'p1'".to_owned(),
+        ))
+        .await
+        .expect("read")
+        .expect("archived")
+        .text(0)
+        .expect("text");
+    let versions: Value = serde_json::from_str(&versions).expect("json");
+    assert_eq!(versions["postgres_sink"], "1.0.0", "{versions}");
+    assert_eq!(versions["profiles"], "1.0.0", "{versions}");
+    assert_eq!(count(db, "SELECT COUNT(*) FROM events_raw").await, 1);
+}

@@ -34,7 +34,8 @@ impl Database {
     }
 
     /// Archives `events` in `events_raw` with the plugin versions that touched them; an event
-    /// already archived for its tenant stays as it is. How many rows are new.
+    /// already archived for its tenant keeps its row and gains these versions. How many rows
+    /// are new or newly stamped (an event archived again by the same writer counts 0).
     pub async fn archive_events(
         &self,
         events: &[CanonicalEvent],
@@ -54,13 +55,33 @@ impl Database {
     }
 }
 
-/// The statements archiving `events` in `events_raw` (an event already there stays as it is),
+/// The statements archiving `events` in `events_raw` (an event already there keeps its row and
+/// gains `plugin_versions`),
 /// for a unit of work of the caller's: the sink's, or the profiles' batch.
 pub(crate) fn archive_statements(
     backend: Backend,
     events: &[CanonicalEvent],
     plugin_versions: &str,
 ) -> PortResult<Vec<Sql>> {
+    // One row per event in a statement: the same event twice would be an upsert of a row the
+    // statement itself wrote.
+    let mut seen = std::collections::HashSet::new();
+    let events: Vec<&CanonicalEvent> = events
+        .iter()
+        .filter(|event| seen.insert((event.tenant.as_str(), event.event_id.as_str())))
+        .collect();
+    // An event already archived keeps its row, and gains the versions of this writer (the sink
+    // and the profiles both archive; whichever comes second is recorded too).
+    let stamp = match backend {
+        Backend::Postgres => {
+            "DO UPDATE SET plugin_versions = events_raw.plugin_versions || excluded.plugin_versions \
+             WHERE NOT events_raw.plugin_versions @> excluded.plugin_versions"
+        }
+        Backend::Sqlite => {
+            "DO UPDATE SET plugin_versions = json_patch(events_raw.plugin_versions, excluded.plugin_versions) \
+             WHERE events_raw.plugin_versions <> json_patch(events_raw.plugin_versions, excluded.plugin_versions)"
+        }
+    };
     let mut statements = Vec::new();
     for chunk in events.chunks(CHUNK) {
         let rows = value_rows(chunk.len(), 10, |column, placeholder| {
@@ -76,7 +97,7 @@ pub(crate) fn archive_statements(
         let mut sql = Sql::new(format!(
             "INSERT INTO events_raw (tenant_id, event_id, event_type, occurred_at, \
              received_at, payload, source, trace_id, idempotency_key, plugin_versions) \
-             VALUES {rows} ON CONFLICT (tenant_id, event_id) DO NOTHING"
+             VALUES {rows} ON CONFLICT (tenant_id, event_id) {stamp}"
         ))
         .planned_each_time();
         for event in chunk {
