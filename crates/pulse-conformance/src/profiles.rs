@@ -62,6 +62,19 @@ fn rig_with(db: &Database, settings: ProfileSettings) -> Rig {
     }
 }
 
+/// A rig whose tenant `name` lets a profile hold `user_ids` user ids (the others: Segment's 1).
+fn rig_allowing_user_ids(db: &Database, name: &str, user_ids: usize) -> Rig {
+    let mut settings = ProfileSettings::default();
+    settings.tenants.insert(
+        name.into(),
+        IdentitySettings {
+            max_user_ids: user_ids,
+            ..IdentitySettings::default()
+        },
+    );
+    rig_with(db, settings)
+}
+
 fn rig(db: &Database) -> Rig {
     rig_with(db, ProfileSettings::default())
 }
@@ -318,15 +331,7 @@ pub async fn concurrent_writers_over_one_profile_lose_nothing(db: &Database) {
 /// are recorded with their cause, and an unmerge restores both profiles exactly as they would
 /// be had the merge never happened — and keeps them apart afterwards.
 pub async fn merges_follow_the_rules_and_an_unmerge_restores_both_exactly(db: &Database) {
-    let mut settings = ProfileSettings::default();
-    settings.tenants.insert(
-        "lenient".into(),
-        IdentitySettings {
-            max_user_ids: 2,
-            ..IdentitySettings::default()
-        },
-    );
-    let rig = rig_with(db, settings);
+    let rig = rig_allowing_user_ids(db, "lenient", 2);
     let journey = |t: &TenantId, with_anon: bool| {
         vec![
             page(t, "p1", "anon-1", T0, IPHONE),
@@ -850,15 +855,7 @@ pub async fn a_stale_commit_is_a_conflict(db: &Database) {
 /// batch naming both sides still does not merge them; and a profile merged away cannot be
 /// unmerged (what it took in moved on with it).
 pub async fn an_unmerge_keeps_the_pair_apart_after_later_merges(db: &Database) {
-    let mut settings = ProfileSettings::default();
-    settings.tenants.insert(
-        "blocks".into(),
-        IdentitySettings {
-            max_user_ids: 3,
-            ..IdentitySettings::default()
-        },
-    );
-    let rig = rig_with(db, settings);
+    let rig = rig_allowing_user_ids(db, "blocks", 3);
     let t = tenant("blocks");
     let apply = |events: Vec<Incoming>| {
         let engine = rig.service.engine().clone();

@@ -238,33 +238,37 @@ async fn a_driver_location_is_one_trace_from_http_to_the_engine() {
     app.stop().await;
 }
 
-/// An event is one trace from the ingest request to its delivery to each sink.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_is_one_trace_from_the_ingest_request_to_each_sink() {
+/// Sends `body` to the ingest door `path` under a fresh caller context, waits for the span
+/// `last` of that trace, and checks the chain: the caller ← the door's server span ← `last`
+/// (`why` names the hops between).
+async fn an_ingest_is_one_trace_down_to(
+    path: &str,
+    body: serde_json::Value,
+    status: u16,
+    last: &str,
+    why: &str,
+) {
     exporter();
     let app = TestApp::spawn(|_| {}).await;
     let (trace, caller, traceparent) = caller_context();
     let response = app
         .client()
-        .post(format!("{}/v1/events", app.base))
+        .post(format!("{}{path}", app.base))
         .header("traceparent", &traceparent)
-        .json(&json!({"event_type": "traced", "user_id": "u"}))
+        .json(&body)
         .send()
         .await
         .expect("ingest");
-    assert_eq!(response.status(), 202);
+    assert_eq!(response.status(), status);
     let started = Instant::now();
     let spans = loop {
         let spans = finished_spans(trace);
-        if spans
-            .iter()
-            .any(|span| span.name == "deliver to postgres_sink")
-        {
+        if spans.iter().any(|span| span.name == last) {
             break spans;
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "the trace never reached the sink; spans so far: {:?}",
+            "the trace never reached {last}; spans so far: {:?}",
             spans.iter().map(|span| &span.name).collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -275,62 +279,41 @@ async fn an_event_is_one_trace_from_the_ingest_request_to_each_sink() {
             .find(|span| span.name == name)
             .unwrap_or_else(|| panic!("no {name} span"))
     };
-    let http = named("POST /v1/events");
+    let http = named(&format!("POST {path}"));
     assert_eq!(
         http.parent_span_id, caller,
         "the server span continues the caller's"
     );
-    let deliver = named("deliver to postgres_sink");
     assert_eq!(
-        deliver.parent_span_id,
+        named(last).parent_span_id,
         http.span_context.span_id(),
-        "sink ← record headers ← ingest request"
+        "{why}"
     );
     app.stop().await;
 }
 
+/// An event is one trace from the ingest request to its delivery to each sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_one_trace_from_the_ingest_request_to_each_sink() {
+    an_ingest_is_one_trace_down_to(
+        "/v1/events",
+        json!({"event_type": "traced", "user_id": "u"}),
+        202,
+        "deliver to postgres_sink",
+        "sink ← record headers ← ingest request",
+    )
+    .await;
+}
+
+/// A Segment call is one trace from the ingest request to the profile it updates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_segment_call_is_one_trace_from_the_ingest_request_to_the_profile_update() {
-    exporter();
-    let app = TestApp::spawn(|_| {}).await;
-    let (trace, caller, traceparent) = caller_context();
-    let response = app
-        .client()
-        .post(format!("{}/v1/identify", app.base))
-        .header("traceparent", &traceparent)
-        .json(&json!({"userId": "traced-customer", "traits": {"plan": "pro"}}))
-        .send()
-        .await
-        .expect("ingest");
-    assert_eq!(response.status(), 200);
-    let started = Instant::now();
-    let spans = loop {
-        let spans = finished_spans(trace);
-        if spans.iter().any(|span| span.name == "apply to profile") {
-            break spans;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the trace never reached the profile; spans so far: {:?}",
-            spans.iter().map(|span| &span.name).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let named = |name: &str| {
-        spans
-            .iter()
-            .find(|span| span.name == name)
-            .unwrap_or_else(|| panic!("no {name} span"))
-    };
-    let http = named("POST /v1/identify");
-    assert_eq!(
-        http.parent_span_id, caller,
-        "the server span continues the caller's"
-    );
-    assert_eq!(
-        named("apply to profile").parent_span_id,
-        http.span_context.span_id(),
-        "profile ← events.processed headers ← ingest request"
-    );
-    app.stop().await;
+    an_ingest_is_one_trace_down_to(
+        "/v1/identify",
+        json!({"userId": "traced-customer", "traits": {"plan": "pro"}}),
+        200,
+        "apply to profile",
+        "profile ← events.processed headers ← ingest request",
+    )
+    .await;
 }
