@@ -122,6 +122,16 @@ impl EmbeddedConsumer {
                 break;
             }
             let from = self.positions[tp];
+            // Nothing committed at or after `from`: no query (an idle consumer polls every
+            // partition it holds several times a second).
+            if self
+                .shared
+                .ends
+                .end(&tp.topic, tp.partition)
+                .is_some_and(|end| end <= from)
+            {
+                continue;
+            }
             let limit = i64::try_from(max - records.len()).unwrap_or(i64::MAX);
             let rows = sqlx::query(
                 r#"SELECT "offset", record_key, payload, headers, timestamp_ms FROM records

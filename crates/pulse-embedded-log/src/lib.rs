@@ -18,6 +18,7 @@ pub const COMMIT_SECONDS: &str = "pulse_embedded_log_commit_seconds";
 pub const EXPIRED_RECORDS_TOTAL: &str = "pulse_embedded_log_expired_records_total";
 
 mod consumer;
+mod ends;
 mod group;
 mod schema;
 mod writer;
@@ -37,6 +38,7 @@ use sqlx::{ConnectOptions, SqlitePool};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::consumer::EmbeddedConsumer;
+use crate::ends::CommittedEnds;
 use crate::group::Groups;
 use crate::schema::{storage_error, BACKEND};
 use crate::writer::{AppendRequest, Writer};
@@ -133,6 +135,9 @@ pub(crate) struct Shared {
     groups: Groups,
     /// Bumped after every committed append batch; consumers wait on it instead of polling.
     appended: watch::Sender<u64>,
+    /// Where each partition ends, so consumers read only partitions holding records they have
+    /// not seen.
+    ends: Arc<CommittedEnds>,
     /// Held for the life of the log so no second process opens the same directory.
     _dir_lock: File,
 }
@@ -200,6 +205,7 @@ impl EmbeddedLog {
                 .set_commit_hook(move || gate());
         }
         schema::ensure(&mut writer_conn).await?;
+        let ends = Arc::new(CommittedEnds::load(&mut writer_conn).await?);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(connect)
@@ -211,11 +217,12 @@ impl EmbeddedLog {
             clock: options.clock.clone(),
             groups: Groups::default(),
             appended: appended.clone(),
+            ends: ends.clone(),
             _dir_lock: dir_lock,
         });
         let (requests, inbox) = mpsc::channel(4096);
         let (durability_questions, questions_inbox) = mpsc::channel(4);
-        let writer = Writer::new(writer_conn, options.clock.clone(), appended);
+        let writer = Writer::new(writer_conn, options.clock.clone(), appended, ends);
         // The writer gets a thread and a current-thread runtime of its own: its future is not
         // `Send` in rustc's eyes (sqlx's higher-ranked `Executor` impls, rust-lang/rust#102211),
         // and one thread is all a single SQLite writer can use anyway.
@@ -362,7 +369,9 @@ impl EventLog for EmbeddedLog {
                 .map_err(storage_error)?;
             }
         }
-        tx.commit().await.map_err(storage_error)
+        tx.commit().await.map_err(storage_error)?;
+        self.shared.ends.add_topic(topic, partitions);
+        Ok(())
     }
 
     async fn partition_count(&self, topic: &str) -> PortResult<u32> {

@@ -2,6 +2,7 @@
 //! ("group commit"), so many concurrent producers share one fsync.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use pulse_core::clock::SharedClock;
 use pulse_core::log::{OutgoingRecord, RecordPosition};
@@ -9,6 +10,7 @@ use pulse_core::{PortError, PortResult};
 use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::ends::CommittedEnds;
 use crate::schema::{encode_headers, storage_error};
 use crate::Durability;
 
@@ -37,6 +39,7 @@ pub(crate) struct Writer {
     /// Round-robin cursor for records without a key.
     unkeyed_cursor: u32,
     appended: watch::Sender<u64>,
+    ends: Arc<CommittedEnds>,
 }
 
 impl Writer {
@@ -44,6 +47,7 @@ impl Writer {
         conn: SqliteConnection,
         clock: SharedClock,
         appended: watch::Sender<u64>,
+        ends: Arc<CommittedEnds>,
     ) -> Self {
         Self {
             conn,
@@ -52,6 +56,7 @@ impl Writer {
             next_offsets: HashMap::new(),
             unkeyed_cursor: 0,
             appended,
+            ends,
         }
     }
 
@@ -89,6 +94,8 @@ impl Writer {
         match outcome {
             Ok(()) => {
                 let records: usize = batch.iter().map(|request| request.records.len()).sum();
+                // Published before the wake-up below: a consumer woken by it finds the new ends.
+                self.ends.advance(&staged_offsets);
                 self.next_offsets.extend(staged_offsets);
                 metrics::counter!(crate::APPENDED_RECORDS_TOTAL).increment(records as u64);
                 metrics::histogram!(crate::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
