@@ -12,7 +12,6 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
@@ -94,13 +93,14 @@ fn unsupported_encoding(encoding: &str, limits: &BodyLimits) -> ApiError {
     )
 }
 
-/// Reads the body of `request` whole under `limits`, then runs the handler with it.
-pub async fn read_body(limits: BodyLimits, request: Request, next: Next) -> Response {
-    // Most reads (quotes, the map) carry no body: nothing to wait for or to cap.
+/// `request` with its body read whole under `limits` and held in memory, or the error to
+/// answer. A request without a body (most reads: quotes, the map) passes as is: nothing to wait
+/// for or to cap.
+pub async fn read_body(limits: BodyLimits, request: Request) -> Result<Request, Response> {
     if axum::body::HttpBody::is_end_stream(request.body())
         && !request.headers().contains_key(header::CONTENT_ENCODING)
     {
-        return next.run(request).await;
+        return Ok(request);
     }
     let (mut parts, body) = request.into_parts();
     let gzip = match parts.headers.get(header::CONTENT_ENCODING) {
@@ -110,20 +110,22 @@ pub async fn read_body(limits: BodyLimits, request: Request, next: Next) -> Resp
             match value.as_str() {
                 "identity" => false,
                 "gzip" | "x-gzip" if limits.accept_gzip => true,
-                _ => return unsupported_encoding(&value, &limits).into_response(),
+                _ => return Err(unsupported_encoding(&value, &limits).into_response()),
             }
         }
     };
     let read = Limited::new(body, limits.max_bytes).collect();
     let bytes = match tokio::time::timeout(limits.read_timeout, read).await {
-        Err(_) => return too_slow(limits.read_timeout),
+        Err(_) => return Err(too_slow(limits.read_timeout)),
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(err)) if is_length_limit(&*err) => {
-            return too_large(limits.max_bytes).into_response()
+            return Err(too_large(limits.max_bytes).into_response())
         }
         Ok(Err(err)) => {
-            return ApiError::bad_request(format!("the request body could not be read: {err}"))
-                .into_response()
+            return Err(
+                ApiError::bad_request(format!("the request body could not be read: {err}"))
+                    .into_response(),
+            )
         }
     };
     let bytes = if gzip {
@@ -133,13 +135,12 @@ pub async fn read_body(limits: BodyLimits, request: Request, next: Next) -> Resp
                 parts.headers.remove(header::CONTENT_LENGTH);
                 inflated
             }
-            Err(err) => return err.into_response(),
+            Err(err) => return Err(err.into_response()),
         }
     } else {
         bytes
     };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
 /// Whether a body error is (or wraps) a size limit, ours or the outer layer's.

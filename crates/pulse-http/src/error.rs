@@ -1,8 +1,6 @@
 //! The one error shape clients see: `{"error":{"code":"...","message":"..."}}`.
 
-use axum::extract::Request;
-use axum::http::{header, StatusCode, Uri};
-use axum::middleware::Next;
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -94,13 +92,10 @@ pub(crate) async fn not_found(uri: Uri) -> ApiError {
 }
 
 /// Gives axum's empty 405 (a route that exists, called with a method it has no handler for) the
-/// house shape, keeping its `Allow` header. A middleware rather than
-/// `Router::method_not_allowed_fallback`, so routers merged or nested later are covered too.
-pub(crate) async fn json_method_not_allowed(request: Request, next: Next) -> Response {
-    // Cheap clones (a small enum and shared bytes): the message is built only for a 405.
-    let method = request.method().clone();
-    let uri = request.uri().clone();
-    let response = next.run(request).await;
+/// house shape, keeping its `Allow` header. Applied to every response by the outer layer
+/// ([`crate::front`]) rather than `Router::method_not_allowed_fallback`, so routers merged or
+/// nested later are covered too. Other responses pass untouched.
+pub(crate) fn json_method_not_allowed(method: &Method, uri: &Uri, response: Response) -> Response {
     if response.status() != StatusCode::METHOD_NOT_ALLOWED
         || response.headers().contains_key(header::CONTENT_TYPE)
     {

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod body;
 pub mod docs_page;
 mod error;
+mod front;
 mod limits;
 pub mod map_page;
 mod metrics_layer;
@@ -95,10 +96,7 @@ pub fn router(
     }
     router
         .fallback(error::not_found)
-        .layer(axum::middleware::from_fn(error::json_method_not_allowed))
-        .layer(axum::middleware::from_fn(metrics_layer::record_request))
-        .layer(axum::middleware::from_fn(trace_layer::trace_request))
-        .layer(axum::middleware::from_fn(limits::cap_body))
+        .layer(axum::middleware::from_fn(front::front))
 }
 
 #[cfg(test)]

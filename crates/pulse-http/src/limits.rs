@@ -6,8 +6,6 @@
 
 use axum::extract::Request;
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Limited};
 
 use crate::ApiError;
@@ -25,19 +23,21 @@ pub(crate) fn too_large(limit: usize) -> ApiError {
     )
 }
 
-/// Refuses a declared `Content-Length` over [`MAX_BODY_BYTES`] at once, and caps a body without
-/// one (chunked) while it is read.
-pub(crate) async fn cap_body(request: Request, next: Next) -> Response {
+/// Refuses a declared `Content-Length` over [`MAX_BODY_BYTES`] at once (the 413 to answer), and
+/// caps a body without one (chunked) while it is read. A request without a body passes as is.
+pub(crate) fn cap_body(request: Request) -> Result<Request, ApiError> {
+    if axum::body::HttpBody::is_end_stream(request.body()) {
+        return Ok(request);
+    }
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
-        return too_large(MAX_BODY_BYTES).into_response();
+        return Err(too_large(MAX_BODY_BYTES));
     }
-    let request = request.map(|body| {
+    Ok(request.map(|body| {
         axum::body::Body::new(Limited::new(body, MAX_BODY_BYTES).map_err(axum::Error::new))
-    });
-    next.run(request).await
+    }))
 }

@@ -3,9 +3,8 @@
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::MatchedPath;
+use axum::http::{Method, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Requests served, by route template, method and status.
@@ -47,18 +46,19 @@ pub fn install_metrics_recorder() -> PrometheusHandle {
         .clone()
 }
 
-pub(crate) async fn record_request(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
+/// Counts one answered request and records its latency, by route template (`unmatched` when no
+/// route matched), method and status.
+pub(crate) fn record_request(
+    route: Option<&MatchedPath>,
+    method: &Method,
+    status: StatusCode,
+    started: Instant,
+) {
+    let route = route.map_or("unmatched", MatchedPath::as_str).to_owned();
+    let method = method.as_str().to_owned();
+    let status = status.as_u16().to_string();
     metrics::counter!(HTTP_REQUESTS_TOTAL, "route" => route.clone(), "method" => method.clone(), "status" => status)
         .increment(1);
     metrics::histogram!(HTTP_REQUEST_DURATION, "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
-    response
 }

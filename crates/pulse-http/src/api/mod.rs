@@ -284,34 +284,47 @@ pub fn bounded<S>(routes: Router<S>, timeout: Duration, body: BodyLimits) -> Rou
 where
     S: Clone + Send + Sync + 'static,
 {
-    let routes = routes.layer(axum::middleware::from_fn(move |request, next| {
-        deadline(timeout, request, next)
-    }));
-    with_body_limits(routes, body)
+    layered(routes, body, Some(timeout))
 }
 
 fn with_body_limits<S>(routes: Router<S>, body: BodyLimits) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
+    layered(routes, body, None)
+}
+
+/// One layer for both (each axum `from_fn` layer costs a boxed service and future per request).
+fn layered<S>(routes: Router<S>, body: BodyLimits, timeout: Option<Duration>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     routes
-        .layer(axum::middleware::from_fn(move |request, next| {
-            crate::body::read_body(body, request, next)
-        }))
+        .layer(axum::middleware::from_fn(
+            move |request, next: axum::middleware::Next| async move {
+                match crate::body::read_body(body, request).await {
+                    Ok(request) => within_deadline(timeout, next.run(request)).await,
+                    Err(refused) => refused,
+                }
+            },
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(body.max_bytes))
 }
 
 /// Answers 503 when a request outlives `timeout`, so a hung backend (a stopped PostgreSQL, a
 /// Kafka that does not acknowledge) costs a client at most that long. The work is dropped: a
 /// transaction not yet committed rolls back, and an order that did commit is found again by its
-/// `Idempotency-Key` on retry.
-async fn deadline(
-    timeout: Duration,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
+/// `Idempotency-Key` on retry. Without a timeout (the live stream, meant to stay open) it runs
+/// as long as it runs.
+async fn within_deadline(
+    timeout: Option<Duration>,
+    respond: impl std::future::Future<Output = axum::response::Response>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match tokio::time::timeout(timeout, next.run(request)).await {
+    let Some(timeout) = timeout else {
+        return respond.await;
+    };
+    match tokio::time::timeout(timeout, respond).await {
         Ok(response) => response,
         Err(_) => ApiError::unavailable(format!(
             "a backend did not answer within {timeout:?}; retry (with the same Idempotency-Key \
