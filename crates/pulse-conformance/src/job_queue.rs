@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use pulse_core::TenantId;
 use pulse_jobs::model::{
-    Completion, Enqueued, Failure, JobFilter, JobState, Lease, LeaseRequest, NewJob,
+    Completion, Enqueued, Failure, JobFilter, JobState, Lease, LeaseRef, LeaseRequest, NewJob,
 };
 use pulse_jobs::ports::{JobBook, JobQueue};
 use uuid::Uuid;
@@ -674,4 +674,31 @@ pub async fn depths_count_backlogs_and_purge_honours_retention<Q: JobQueue + Job
         .await
         .expect("get")
         .is_none());
+}
+
+/// A worker heartbeats every lease it holds while its finished attempts complete, each list in
+/// its own order: the statements must take the rows' locks in one order, or PostgreSQL aborts
+/// one of them as a deadlock — and a lost heartbeat lets a lease lapse, so its job runs twice.
+pub async fn heartbeats_racing_completions_never_deadlock<Q: JobQueue + JobBook>(queue: &Q) {
+    for round in 0..6 {
+        let now = T0 + round * 10;
+        enqueue(queue, (0..250).map(|_| job("acme", "email")).collect()).await;
+        let held = lease(queue, "worker-a", 250, now).await;
+        assert_eq!(held.len(), 250, "round {round}: the whole batch is leased");
+        let mut beats: Vec<LeaseRef> = held.iter().map(Lease::reference).collect();
+        beats.reverse();
+        let finished: Vec<Completion> = held.iter().map(|lease| done(lease, "ok")).collect();
+        let (beat, completed) = tokio::join!(
+            queue.heartbeat(&beats, now + VISIBILITY),
+            queue.complete(&finished, now + 1),
+        );
+        beat.unwrap_or_else(|err| panic!("round {round}: heartbeat failed: {err}"));
+        let completed =
+            completed.unwrap_or_else(|err| panic!("round {round}: completion failed: {err}"));
+        assert_eq!(
+            completed.len(),
+            250,
+            "round {round}: every attempt completed"
+        );
+    }
 }

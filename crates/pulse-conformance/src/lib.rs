@@ -359,6 +359,7 @@ macro_rules! job_queue_suite {
                 release_hands_a_job_back_without_counting_the_attempt,
                 listing_filters_and_pages,
                 depths_count_backlogs_and_purge_honours_retention,
+                heartbeats_racing_completions_never_deadlock,
             );
         }
     };

@@ -425,6 +425,16 @@ async fn lease_shares(
         .collect()
 }
 
+/// `rows` sorted by job id: the heartbeat, completion and failure statements of one worker run
+/// concurrently over overlapping jobs, and rows locked in two orders deadlock on PostgreSQL
+/// (which aborts one statement: a heartbeat lost that way let a lease lapse and its job run
+/// twice).
+fn in_lock_order<T: Clone>(rows: &[T], id: impl Fn(&T) -> Uuid) -> Vec<T> {
+    let mut sorted = rows.to_vec();
+    sorted.sort_by_key(id);
+    sorted
+}
+
 /// `WITH v(columns) AS (VALUES …) UPDATE jobs SET {set} FROM v WHERE the lease matches`, over
 /// `rows` rows of `width` values after the statement's `fixed` first placeholders.
 fn by_lease(columns: &str, fixed: usize, rows: usize, width: usize, set: &str) -> String {
@@ -512,6 +522,7 @@ impl JobQueue for Database {
     }
 
     async fn heartbeat(&self, leases: &[LeaseRef], until_ms: i64) -> PortResult<Vec<Uuid>> {
+        let leases = in_lock_order(leases, |lease| lease.id);
         let statements = leases
             .chunks(CHUNK)
             .map(|chunk| {
@@ -534,6 +545,7 @@ impl JobQueue for Database {
     }
 
     async fn complete(&self, done: &[Completion], now_ms: i64) -> PortResult<Vec<Uuid>> {
+        let done = in_lock_order(done, |completion| completion.lease.id);
         let statements = done
             .chunks(CHUNK)
             .map(|chunk| {
@@ -561,7 +573,7 @@ impl JobQueue for Database {
     }
 
     async fn fail(&self, failed: &[Failure], now_ms: i64) -> PortResult<Vec<Uuid>> {
-        let failed = failed.to_vec();
+        let failed = in_lock_order(failed, |failure| failure.lease.id);
         self.write(move |mut tx| {
             Box::pin(async move {
                 let mut recorded = Vec::new();
