@@ -577,11 +577,15 @@ async fn ten_thousand_jobs_of_three_tenants_each_run_once_across_a_worker_restar
     let workers = |count: usize| {
         (0..count)
             .map(|_| {
-                mode.worker_command(dir.path(), &prefix, common::free_port())
-                    .spawn()
-                    .expect("a worker process")
+                // Killed on drop: a failing assertion must not leave workers running (they
+                // held the machine's cores through the rest of a CI run).
+                common::Killed(
+                    mode.worker_command(dir.path(), &prefix, common::free_port())
+                        .spawn()
+                        .expect("a worker process"),
+                )
             })
-            .collect::<Vec<Child>>()
+            .collect::<Vec<common::Killed>>()
     };
     let mut running = if embedded { Vec::new() } else { workers(4) };
     let mut enqueued = 0;
@@ -614,8 +618,8 @@ async fn ten_thousand_jobs_of_three_tenants_each_run_once_across_a_worker_restar
                 app = Some(restarted);
             } else {
                 let mut stopped = running.remove(0);
-                kill(&stopped, "TERM");
-                let _ = stopped.wait();
+                kill(&stopped.0, "TERM");
+                let _ = stopped.0.wait();
                 running.extend(workers(1));
             }
         }
@@ -666,10 +670,7 @@ async fn ten_thousand_jobs_of_three_tenants_each_run_once_across_a_worker_restar
             assert_eq!(page["jobs"], json!([]), "{state}: {page}");
         }
     }
-    for child in &mut running {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(running);
     app.take().unwrap().stop().await;
 }
 
