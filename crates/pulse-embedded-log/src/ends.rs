@@ -63,7 +63,8 @@ impl CommittedEnds {
             .by_topic
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        by_topic.get(topic)?.get(partition as usize).copied()
+        let end = *by_topic.get(topic)?.get(partition as usize)?;
+        (end != i64::MAX).then_some(end)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Vec<i64>>> {
@@ -103,7 +104,7 @@ mod tests {
         ends.advance(&HashMap::from([(("t".to_owned(), 2), 7)]));
         assert_eq!(ends.end("t", 2), Some(7));
         // Partitions 0 and 1 were never seen: unknown, so a consumer reads them.
-        assert_eq!(ends.end("t", 0), Some(i64::MAX));
+        assert_eq!(ends.end("t", 0), None);
         ends.add_topic("t", 3);
         assert_eq!(ends.end("t", 0), Some(0));
         assert_eq!(

@@ -34,8 +34,6 @@ pub(crate) struct Writer {
     clock: SharedClock,
     /// Partition counts of topics seen so far (a topic's count never shrinks).
     partitions: HashMap<String, u32>,
-    /// Next offset per (topic, partition), as last committed.
-    next_offsets: HashMap<(String, u32), i64>,
     /// Round-robin cursor for records without a key.
     unkeyed_cursor: u32,
     appended: watch::Sender<u64>,
@@ -53,7 +51,6 @@ impl Writer {
             conn,
             clock,
             partitions: HashMap::new(),
-            next_offsets: HashMap::new(),
             unkeyed_cursor: 0,
             appended,
             ends,
@@ -96,7 +93,6 @@ impl Writer {
                 let records: usize = batch.iter().map(|request| request.records.len()).sum();
                 // Published before the wake-up below: a consumer woken by it finds the new ends.
                 self.ends.advance(&staged_offsets);
-                self.next_offsets.extend(staged_offsets);
                 metrics::counter!(crate::APPENDED_RECORDS_TOTAL).increment(records as u64);
                 metrics::histogram!(crate::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
                 self.appended.send_modify(|seq| *seq = seq.wrapping_add(1));
@@ -175,8 +171,9 @@ impl Writer {
                     }
                 };
                 let slot = (request.topic.clone(), partition);
-                let offset = match staged.get(&slot).or_else(|| self.next_offsets.get(&slot)) {
-                    Some(offset) => *offset,
+                let committed = || self.ends.end(&request.topic, partition);
+                let offset = match staged.get(&slot).copied().or_else(committed) {
+                    Some(offset) => offset,
                     None => load_next_offset(&mut self.conn, &request.topic, partition).await?,
                 };
                 staged.insert(slot, offset + 1);
